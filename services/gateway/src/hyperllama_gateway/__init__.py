@@ -1,0 +1,3 @@
+"""HyperLlama gateway."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,35 @@
+"""Building the FastAPI application: routers, error handlers, body limit, scheduler client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from hyperllama_gateway import __version__, errors, ops
+from hyperllama_gateway.request_body import BodySizeLimit, JsonBodies
+from hyperllama_gateway.ollama.router import router as ollama_router
+from hyperllama_gateway.openai.router import router as openai_router
+from hyperllama_gateway.scheduler_client import SchedulerClient
+from hyperllama_gateway.settings import GatewaySettings
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.scheduler = SchedulerClient(
+            settings.scheduler_address, settings.control_timeout_seconds, settings.scheduler_retry_seconds
+        )
+        yield
+        await app.state.scheduler.close()
+
+    app = FastAPI(title="HyperLlama", version=__version__, lifespan=lifespan)
+    app.include_router(ops.router)
+    app.include_router(openai_router)
+    app.include_router(ollama_router)
+    errors.install(app)
+    app.add_middleware(JsonBodies)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,69 @@
+"""The HTTP side of the error hierarchy: one envelope per API family, decided by the path."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hyperllama_common.errors import HyperLlamaError, InvalidRequest, ModelNotFound, Overloaded
+
+
+def is_openai_path(path: str) -> bool:
+    return path.startswith("/v1/") or path == "/v1"
+
+
+def error_response(path: str, err: HyperLlamaError) -> JSONResponse:
+    headers = {"Retry-After": str(err.retry_after)} if err.retry_after is not None else None
+    if is_openai_path(path):
+        body = {
+            "error": {
+                "message": err.message,
+                "type": err.openai_type,
+                "param": err.param,
+                "code": err.code,
+            }
+        }
+        return JSONResponse(body, status_code=err.http_status, headers=headers)
+    # Ollama answers an overloaded server with 503.
+    status = 503 if isinstance(err, Overloaded) else err.http_status
+    return JSONResponse({"error": err.message}, status_code=status, headers=headers)
+
+
+def openai_error_event(err: HyperLlamaError) -> dict[str, object]:
+    return {"error": {"message": err.message, "type": err.openai_type, "param": err.param, "code": err.code}}
+
+
+def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return f"invalid JSON in request body: {first.get('ctx', {}).get('error', '')}".strip(), None
+    if first.get("type") == "missing" and not loc:
+        return "request body is required (a JSON object)", None
+    where = ".".join(loc)
+    message = first.get("msg", "invalid request")
+    return (f"{where}: {message}" if where else message), (loc[0] if loc else None)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(HyperLlamaError)
+    async def _hyperllama(request: Request, err: HyperLlamaError) -> JSONResponse:
+        return error_response(request.url.path, err)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = describe_validation_error(exc)
+        return error_response(request.url.path, InvalidRequest(message, param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err: HyperLlamaError
+        if exc.status_code == 404:
+            err = ModelNotFound(f"no route for {request.method} {request.url.path}")
+            err.code = None
+        else:
+            err = InvalidRequest(str(exc.detail))
+        err.http_status = exc.status_code
+        return error_response(request.url.path, err)

@@ -1,0 +1,199 @@
+"""Translation between Ollama requests/responses and HyperLlama's internal generation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from typing import Any
+
+from hyperllama.scheduler.v1 import scheduler_pb2
+from hyperllama.worker.v1 import worker_pb2
+from hyperllama_common.errors import HyperLlamaError, InvalidRequest
+from hyperllama_gateway.generation import Generation, Result, apply_final
+from hyperllama_gateway.ollama.protocol import ChatRequest, Format, GenerateRequest, Options
+
+_ROLES = {"system", "user", "assistant", "tool"}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def sampling_params(options: Options | None) -> tuple[worker_pb2.SamplingParams, int]:
+    params = worker_pb2.SamplingParams()
+    if options is None:
+        return params, 0
+    for field, value in (
+        ("temperature", options.temperature),
+        ("top_k", options.top_k),
+        ("top_p", options.top_p),
+        ("min_p", options.min_p),
+        ("seed", options.seed),
+        ("repeat_penalty", options.repeat_penalty),
+        ("frequency_penalty", options.frequency_penalty),
+        ("presence_penalty", options.presence_penalty),
+    ):
+        if value is not None:
+            setattr(params, field, value)
+    if options.num_predict is not None and options.num_predict >= 0:
+        params.max_tokens = options.num_predict
+    if options.stop:
+        params.stop.extend([options.stop] if isinstance(options.stop, str) else options.stop)
+    return params, options.num_ctx or 0
+
+
+def _apply_format(request: worker_pb2.GenerateRequest, fmt: Format) -> None:
+    if fmt == "json":
+        request.response_format.kind = worker_pb2.ResponseFormat.KIND_JSON_OBJECT
+    elif isinstance(fmt, dict):
+        request.response_format.kind = worker_pb2.ResponseFormat.KIND_JSON_SCHEMA
+        request.response_format.json_schema = json.dumps(fmt)
+
+
+def generate_request(body: GenerateRequest, request_id: str) -> worker_pb2.GenerateRequest:
+    if body.images:
+        raise InvalidRequest("image input is not supported by this model")
+    sampling, num_ctx = sampling_params(body.options)
+    request = worker_pb2.GenerateRequest(
+        request_id=request_id, model=body.model, sampling=sampling, num_ctx=num_ctx
+    )
+    if body.raw:
+        request.prompt = body.prompt
+    else:
+        messages = [worker_pb2.ChatMessage(role="system", content=body.system)] if body.system else []
+        messages.append(worker_pb2.ChatMessage(role="user", content=body.prompt))
+        request.chat.messages.extend(messages)
+    _apply_format(request, body.format)
+    return request
+
+
+def chat_request(body: ChatRequest, request_id: str) -> worker_pb2.GenerateRequest:
+    messages = []
+    for i, m in enumerate(body.messages):
+        if m.role not in _ROLES:
+            raise InvalidRequest(
+                f"messages[{i}].role '{m.role}' is not one of system, user, assistant, tool"
+            )
+        if m.images:
+            raise InvalidRequest("image input is not supported by this model")
+        messages.append(worker_pb2.ChatMessage(role=m.role, content=m.content))
+    sampling, num_ctx = sampling_params(body.options)
+    request = worker_pb2.GenerateRequest(
+        request_id=request_id,
+        model=body.model,
+        chat=worker_pb2.ChatConversation(messages=messages),
+        sampling=sampling,
+        num_ctx=num_ctx,
+    )
+    _apply_format(request, body.format)
+    return request
+
+
+def final_fields(gen: Generation, result: Result) -> dict[str, Any]:
+    t = result.timings
+    return {
+        "done": True,
+        "done_reason": result.finish_reason,
+        "total_duration": gen.total_duration_ns(),
+        "load_duration": t.load_duration_ns,
+        "prompt_eval_count": result.prompt_tokens,
+        "prompt_eval_duration": t.prompt_eval_duration_ns,
+        "eval_count": result.completion_tokens,
+        "eval_duration": t.eval_duration_ns,
+    }
+
+
+def _text_field(chat: bool, text: str) -> dict[str, Any]:
+    return {"message": {"role": "assistant", "content": text}} if chat else {"response": text}
+
+
+def response(gen: Generation, result: Result, chat: bool) -> dict[str, Any]:
+    return {
+        "model": gen.request.model,
+        "created_at": now(),
+        **_text_field(chat, result.text),
+        **final_fields(gen, result),
+    }
+
+
+def load_response(model: str, chat: bool) -> dict[str, Any]:
+    """Ollama's answer to a request with nothing to generate: the model is loaded and ready."""
+    return {"model": model, "created_at": now(), **_text_field(chat, ""), "done": True, "done_reason": "load"}
+
+
+def _line(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode() + b"\n"
+
+
+async def ndjson_stream(gen: Generation, chat: bool) -> AsyncIterator[bytes]:
+    """NDJSON lines; the last has ``done: true``, or a single ``{"error": ...}`` line ends it."""
+    result = Result()
+    try:
+        async for chunk in gen.chunks():
+            if chunk.text:
+                yield _line(
+                    {"model": gen.request.model, "created_at": now(), **_text_field(chat, chunk.text), "done": False}
+                )
+            if apply_final(result, chunk):
+                yield _line(
+                    {"model": gen.request.model, "created_at": now(), **_text_field(chat, ""), **final_fields(gen, result)}
+                )
+    except HyperLlamaError as err:
+        yield _line({"error": err.message})
+
+
+def model_details(info: worker_pb2.ModelInfo) -> dict[str, Any]:
+    return {
+        "parent_model": "",
+        "format": info.format,
+        "family": info.family,
+        "families": [info.family] if info.family else None,
+        "parameter_size": info.parameter_size,
+        "quantization_level": info.quantization_level,
+    }
+
+
+def _modified_at(info: worker_pb2.ModelInfo) -> str:
+    return datetime.fromtimestamp(info.modified_at_unix, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def tag_entry(info: worker_pb2.ModelInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "model": info.name,
+        "modified_at": _modified_at(info),
+        "size": info.size_bytes,
+        "digest": info.digest.removeprefix("sha256:"),
+        "details": model_details(info),
+    }
+
+
+def ps_entry(entry: scheduler_pb2.ModelEntry) -> dict[str, Any]:
+    info = entry.info
+    return {
+        **tag_entry(info),
+        "expires_at": "2318-01-01T00:00:00Z",  # kept loaded; workers do not unload idle models
+        "size_vram": 0,
+        "context_length": info.context_length,
+        "workers": list(entry.worker_ids),
+    }
+
+
+def show(entry: scheduler_pb2.ModelEntry) -> dict[str, Any]:
+    info = entry.info
+    model_info: dict[str, Any] = {}
+    for key, value in info.metadata.items():
+        model_info[key] = int(value) if value.isdigit() else value
+    model_info[f"{info.family}.context_length"] = info.context_length
+    model_info["general.parameter_count"] = info.parameter_count
+    return {
+        "license": info.metadata.get("general.license", ""),
+        "modelfile": f"FROM {info.name}\n",
+        "parameters": "",
+        "template": info.chat_template,
+        "details": model_details(info),
+        "model_info": model_info,
+        "capabilities": ["completion", "embedding"],
+        "modified_at": _modified_at(info),
+    }

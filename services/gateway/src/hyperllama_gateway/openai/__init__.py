@@ -1,0 +1,1 @@
+"""The OpenAI API family (/v1/*, SSE streaming)."""

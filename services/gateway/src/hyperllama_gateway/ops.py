@@ -1,0 +1,35 @@
+"""Operational routes: liveness, readiness, and the root probes Ollama clients send."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from hyperllama_common.errors import HyperLlamaError
+from hyperllama_gateway.deps import Scheduler
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """The gateway process is alive (it says nothing about the rest of the cluster)."""
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(scheduler: Scheduler) -> JSONResponse:
+    """200 only when the scheduler answers and at least one worker is ready."""
+    try:
+        workers = await scheduler.list_workers()
+    except HyperLlamaError as err:
+        return JSONResponse({"status": "unavailable", "reason": err.message}, status_code=503)
+    ready_workers = [w.worker_id for w in workers if w.ready]
+    if not ready_workers:
+        return JSONResponse({"status": "unavailable", "reason": "no worker is ready"}, status_code=503)
+    return JSONResponse({"status": "ready", "workers": ready_workers})
+
+
+@router.api_route("/", methods=["GET", "HEAD"])
+async def root() -> PlainTextResponse:
+    return PlainTextResponse("Ollama is running")

@@ -1,0 +1,82 @@
+"""Request-body handling before routing: a size limit, and JSON whatever the declared type."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hyperllama_gateway.errors import is_openai_path
+
+
+class BodySizeLimit:
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        message = f"request body exceeds the limit of {self.max_bytes} bytes"
+        if is_openai_path(scope["path"]):
+            body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": "request_too_large"}}
+        else:
+            body = {"error": message}
+        payload = json.dumps(body).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_bytes:
+                await self._refuse(scope, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        # No declared length (chunked upload): count as it arrives, keep at most the limit.
+        received: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            received.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._refuse(scope, send)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Message:
+            return received.pop(0) if received else await receive()
+
+        await self.app(scope, replay, send)
+
+
+class JsonBodies:
+    """Ollama reads every body as JSON whatever its Content-Type (curl -d sends a form type), and so
+    do we: a POST without a JSON content type is relabelled before FastAPI parses it."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            ctype = dict(scope["headers"]).get(b"content-type", b"")
+            if not ctype.startswith(b"application/json"):
+                scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)

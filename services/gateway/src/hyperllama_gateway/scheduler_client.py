@@ -1,0 +1,82 @@
+"""The gateway's only way to the scheduler: typed gRPC calls with deadlines and mapped errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from hyperllama.worker.v1 import worker_pb2
+from hyperllama_common.errors import from_rpc_error
+
+log = logging.getLogger(__name__)
+
+
+def _is_transport_failure(err: grpc.aio.AioRpcError) -> bool:
+    """UNAVAILABLE raised by the channel itself (scheduler down or restarting), not by the scheduler."""
+    raised_by_service = any(k == "hl-error-kind" for k, _ in (err.trailing_metadata() or ()))
+    return err.code() == grpc.StatusCode.UNAVAILABLE and not raised_by_service
+
+
+class SchedulerClient:
+    def __init__(self, address: str, control_timeout: float, retry_seconds: float):
+        self._channel = grpc.aio.insecure_channel(address)
+        self._stub = scheduler_pb2_grpc.SchedulerServiceStub(self._channel)
+        self.control_timeout = control_timeout
+        self.retry_seconds = retry_seconds
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def generate(
+        self, request: scheduler_pb2.GenerateRequest, timeout: float
+    ) -> AsyncIterator[worker_pb2.GenerateChunk]:
+        """Stream a generation. Before the first chunk a scheduler restart is retried with the same
+        request id, which keeps the request's place in the queue."""
+        give_up_at = time.monotonic() + self.retry_seconds
+        deadline = time.monotonic() + timeout
+        delay = 0.1
+        while True:
+            call = self._stub.Generate(request, timeout=max(0.001, deadline - time.monotonic()))
+            received = False
+            try:
+                async for chunk in call:
+                    received = True
+                    yield chunk
+                return
+            except grpc.aio.AioRpcError as err:
+                if received or not _is_transport_failure(err) or time.monotonic() > give_up_at:
+                    raise from_rpc_error(err) from None
+                log.warning("scheduler unavailable, retrying %s", request.request.request_id)
+            finally:
+                call.cancel()  # the client went away: cancel end to end
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def embed(self, request: worker_pb2.EmbedRequest, timeout: float) -> worker_pb2.EmbedResponse:
+        try:
+            return await self._stub.Embed(scheduler_pb2.EmbedRequest(request=request), timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+
+    async def list_models(self) -> list[scheduler_pb2.ModelEntry]:
+        try:
+            response = await self._stub.ListModels(
+                scheduler_pb2.ListModelsRequest(), timeout=self.control_timeout
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+        return list(response.models)
+
+    async def list_workers(self) -> list[worker_pb2.WorkerInfo]:
+        try:
+            response = await self._stub.ListWorkers(
+                scheduler_pb2.ListWorkersRequest(), timeout=self.control_timeout
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+        return list(response.workers)

@@ -1,0 +1,121 @@
+"""Matching queued requests to free worker slots.
+
+Each scheduler process owns the requests whose callers are connected to it (their waiters). A dispatch
+pass for a model walks the head of the model's Redis queue in order and hands each waiting request a
+slot on the live worker with the most free slots. Passes are triggered by admissions, released slots
+and heartbeats, and by every waiter's periodic lease renewal, so a missed wake-up only costs a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from hyperllama_common.errors import DeadlineExceeded, HyperLlamaError
+from hyperllama_scheduler.queue import RequestQueue
+from hyperllama_scheduler.registry import WorkerRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Slot:
+    worker_id: str
+    address: str
+
+
+class Dispatcher:
+    def __init__(self, queue: RequestQueue, registry: WorkerRegistry, lease_seconds: float):
+        self.queue = queue
+        self.registry = registry
+        self.lease_ms = int(lease_seconds * 1000)
+        self._renew_every = lease_seconds / 3
+        self.inflight: Counter[str] = Counter()
+        self._waiters: dict[str, asyncio.Future[Slot]] = {}
+        self._passing: set[str] = set()
+        self._again: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def wait_for_slot(self, model: str, request_id: str, deadline: float) -> Slot:
+        """Wait until the dispatcher hands this queued request a slot, or the deadline passes."""
+        fut: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+        self._waiters[request_id] = fut
+        got_slot = False
+        try:
+            self.wake(model)
+            while True:
+                remaining = deadline - time.time()
+                if remaining <= 0:
+                    raise DeadlineExceeded(f"request {request_id} waited in the queue past its deadline")
+                try:
+                    slot = await asyncio.wait_for(asyncio.shield(fut), min(remaining, self._renew_every))
+                    got_slot = True
+                    return slot
+                except TimeoutError:
+                    await self.queue.renew_lease(request_id, self.lease_ms)
+                    self.wake(model)
+        finally:
+            self._waiters.pop(request_id, None)
+            if not got_slot and fut.done() and not fut.cancelled():
+                self.release(fut.result())  # reserved for us just as we gave up
+            fut.cancel()
+
+    def release(self, slot: Slot) -> None:
+        self.inflight[slot.worker_id] -= 1
+        if self.inflight[slot.worker_id] <= 0:
+            del self.inflight[slot.worker_id]
+        for model in self.registry.models_of(slot.worker_id):
+            self.wake(model)
+
+    def wake(self, model: str) -> None:
+        """Run a dispatch pass for the model soon; coalesces with one already running."""
+        if model in self._passing:
+            self._again.add(model)
+            return
+        self._passing.add(model)
+        task = asyncio.get_running_loop().create_task(self._pass_loop(model))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _pass_loop(self, model: str) -> None:
+        try:
+            while True:
+                self._again.discard(model)
+                await self._dispatch_pass(model)
+                if model not in self._again:
+                    return
+        except HyperLlamaError as err:
+            log.warning("dispatch for %s failed: %s", model, err.message)
+        finally:
+            self._passing.discard(model)
+
+    async def _dispatch_pass(self, model: str) -> None:
+        free = {
+            w.worker_id: (w.address, w.slots_total - self.inflight[w.worker_id])
+            for w in await self.registry.live_for(model)
+        }
+        total_free = sum(n for _, n in free.values() if n > 0)
+        if total_free <= 0:
+            return
+        for request_id in await self.queue.head(model, max(16, total_free * 4)):
+            if total_free <= 0:
+                return
+            fut = self._waiters.get(request_id)
+            if fut is None:
+                # Another scheduler's caller, or a caller that is gone (its lease lapsed).
+                if not await self.queue.lease_alive(request_id):
+                    await self.queue.forget(model, request_id)
+                continue
+            if fut.done() or not await self.queue.take(model, request_id):
+                continue
+            if fut.done():  # the caller left while we took it; its own clean-up forgets it
+                continue
+            worker_id = max(free, key=lambda w: free[w][1])
+            address, n = free[worker_id]
+            free[worker_id] = (address, n - 1)
+            total_free -= 1
+            self.inflight[worker_id] += 1
+            fut.set_result(Slot(worker_id, address))

@@ -1,0 +1,59 @@
+"""Entry point: connect to Redis, serve the scheduler's gRPC services, stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import redis.asyncio as redis
+
+from hyperllama.scheduler.v1 import scheduler_pb2_grpc
+from hyperllama_common.grpc_server import GrpcServer
+from hyperllama_common.logs import setup_logging
+from hyperllama_scheduler.dispatcher import Dispatcher
+from hyperllama_scheduler.queue import RequestQueue
+from hyperllama_scheduler.registry import WorkerRegistry
+from hyperllama_scheduler.service import RegistryServicer, SchedulerServicer
+from hyperllama_scheduler.settings import SchedulerSettings
+from hyperllama_scheduler.worker_client import WorkerClients
+
+log = logging.getLogger("hyperllama_scheduler")
+
+
+async def serve(settings: SchedulerSettings) -> None:
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+    )
+    queue = RequestQueue(client, settings.queue_max_per_model, settings.retry_after_seconds)
+    registry = WorkerRegistry(client, settings.worker_lease_seconds)
+    dispatcher = Dispatcher(queue, registry, settings.request_lease_seconds)
+    workers = WorkerClients()
+
+    server = GrpcServer(
+        f"{settings.host}:{settings.port}", "hyperllama.scheduler.v1.SchedulerService", settings.grace_seconds
+    )
+    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(
+        SchedulerServicer(settings, queue, registry, dispatcher, workers), server.server
+    )
+    scheduler_pb2_grpc.add_RegistryServiceServicer_to_server(
+        RegistryServicer(registry, dispatcher), server.server
+    )
+    port = await server.start()
+    server.install_signal_handlers()
+    log.info("scheduler serving on %s:%d (redis %s)", settings.host, port, settings.redis_url)
+    await server.wait_for_stop_signal()
+    await server.stop()
+    await workers.close()
+    await client.aclose()
+
+
+def main() -> None:
+    settings = SchedulerSettings()
+    setup_logging("scheduler", settings.log_level, settings.log_json)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

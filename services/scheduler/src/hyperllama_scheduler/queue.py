@@ -1,0 +1,115 @@
+"""The request queue in Redis: bounded per model, ordered by priority then arrival, idempotent."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from hyperllama_common.errors import Overloaded, Unavailable
+from hyperllama_scheduler import keys
+
+T = TypeVar("T")
+
+PRIORITY_MAX = 9
+_ARRIVAL_BITS = 2**40
+
+# Admit atomically: an id already queued keeps its place (idempotent retry); a full queue refuses.
+_ADMIT = """
+local queued = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('PSETEX', KEYS[3], ARGV[5], '1')
+if queued then return 0 end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  redis.call('DEL', KEYS[3])
+  return -1
+end
+local seq = redis.call('INCR', KEYS[4])
+redis.call('ZADD', KEYS[1], tonumber(ARGV[2]) * %d + seq, ARGV[1])
+redis.call('PSETEX', KEYS[2], ARGV[4], ARGV[6])
+return 1
+""" % _ARRIVAL_BITS
+
+
+def redis_errors_as_unavailable(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except RedisError as err:
+            raise Unavailable(f"queue store (Redis) unavailable: {err}") from err
+
+    return wrapper
+
+
+class RequestQueue:
+    def __init__(self, client: redis.Redis, max_per_model: int, retry_after: int):
+        self._redis = client
+        self._admit = client.register_script(_ADMIT)
+        self.max_per_model = max_per_model
+        self.retry_after = retry_after
+
+    @staticmethod
+    def rank(priority: int) -> int:
+        """Higher priority sorts first; out-of-range priorities are clamped."""
+        return PRIORITY_MAX - max(0, min(PRIORITY_MAX, priority))
+
+    @redis_errors_as_unavailable
+    async def admit(
+        self, model: str, request_id: str, payload: bytes, priority: int, ttl_ms: int, lease_ms: int
+    ) -> bool:
+        """Queue the request; False when it was already queued. Raises Overloaded when full."""
+        result = await self._admit(
+            keys=[
+                keys.queue(model),
+                keys.request(request_id),
+                keys.request_lease(request_id),
+                keys.ARRIVAL_SEQ,
+            ],
+            args=[request_id, self.rank(priority), self.max_per_model, max(1, ttl_ms), lease_ms, payload],
+        )
+        if int(result) < 0:
+            raise Overloaded(
+                f"the queue for model '{model}' is full ({self.max_per_model} waiting); retry later",
+                retry_after=self.retry_after,
+            )
+        return int(result) == 1
+
+    @redis_errors_as_unavailable
+    async def requeue_first(self, model: str, request_id: str, priority: int) -> None:
+        """Put a request back at the head of its priority band (its worker died before starting)."""
+        await self._redis.zadd(keys.queue(model), {request_id: self.rank(priority) * _ARRIVAL_BITS})
+
+    @redis_errors_as_unavailable
+    async def head(self, model: str, count: int) -> list[str]:
+        ids = await self._redis.zrange(keys.queue(model), 0, count - 1)
+        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    @redis_errors_as_unavailable
+    async def take(self, model: str, request_id: str) -> bool:
+        """Remove the request from the queue for dispatch; False if someone else took it."""
+        return bool(await self._redis.zrem(keys.queue(model), request_id))
+
+    @redis_errors_as_unavailable
+    async def renew_lease(self, request_id: str, lease_ms: int) -> None:
+        await self._redis.psetex(keys.request_lease(request_id), lease_ms, "1")
+
+    @redis_errors_as_unavailable
+    async def lease_alive(self, request_id: str) -> bool:
+        return bool(await self._redis.exists(keys.request_lease(request_id)))
+
+    @redis_errors_as_unavailable
+    async def depth(self, model: str) -> int:
+        return int(await self._redis.zcard(keys.queue(model)))
+
+    async def forget(self, model: str, request_id: str) -> None:
+        """Drop every trace of the request. Best effort: runs on the way out of failures too."""
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(keys.queue(model), request_id)
+                pipe.delete(keys.request(request_id), keys.request_lease(request_id))
+                await pipe.execute()
+        except RedisError:
+            pass  # the request key expires by its own TTL

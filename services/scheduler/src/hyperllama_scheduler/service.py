@@ -1,0 +1,199 @@
+"""The scheduler's gRPC services: SchedulerService for the gateway, RegistryService for workers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from hyperllama.worker.v1 import worker_pb2
+from hyperllama_common.errors import (
+    BackendFailed,
+    DeadlineExceeded,
+    HyperLlamaError,
+    InvalidRequest,
+    ModelNotFound,
+    Unavailable,
+)
+from hyperllama_scheduler.dispatcher import Dispatcher
+from hyperllama_scheduler.queue import RequestQueue
+from hyperllama_scheduler.registry import WorkerRegistry
+from hyperllama_scheduler.settings import SchedulerSettings
+from hyperllama_scheduler.worker_client import WorkerClients
+
+log = logging.getLogger(__name__)
+
+
+class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        queue: RequestQueue,
+        registry: WorkerRegistry,
+        dispatcher: Dispatcher,
+        workers: WorkerClients,
+    ):
+        self.settings = settings
+        self.queue = queue
+        self.registry = registry
+        self.dispatcher = dispatcher
+        self.workers = workers
+        self._active: dict[str, asyncio.Task[object]] = {}
+
+    async def _resolve(self, model: str, capability: str) -> tuple[str, list[worker_pb2.WorkerInfo]]:
+        """The model's full name and the live workers that can serve it with ``capability``.
+
+        As in Ollama, a name without a tag means ``:latest``."""
+        live = await self.registry.live()
+        if not live:
+            raise Unavailable("no worker is ready yet; retry shortly", retry_after=1)
+        names = {m.name for w in live for m in w.models}
+        if model not in names and ":" not in model and f"{model}:latest" in names:
+            model = f"{model}:latest"
+        serving = [w for w in live if any(m.name == model for m in w.models)]
+        if not serving:
+            raise ModelNotFound(
+                f"model '{model}' not found; available models: {', '.join(sorted(names))}", param="model"
+            )
+        capable = [w for w in serving if capability in w.capabilities]
+        if not capable:
+            raise InvalidRequest(
+                f"no worker serving '{model}' supports {capability}", param="model"
+            )
+        return model, capable
+
+    def _deadline(self, deadline_unix_ms: int, context: grpc.aio.ServicerContext) -> float:
+        deadline = time.time() + self.settings.default_request_timeout_seconds
+        if deadline_unix_ms:
+            deadline = min(deadline, deadline_unix_ms / 1000)
+        remaining = context.time_remaining()
+        if remaining is not None:
+            deadline = min(deadline, time.time() + remaining)
+        return deadline
+
+    async def Generate(
+        self, request: scheduler_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[worker_pb2.GenerateChunk]:
+        req = request.request
+        if not req.request_id:
+            raise InvalidRequest("request_id is required", param="request_id")
+        model, _ = await self._resolve(req.model, "generate")
+        req.model = model
+        deadline = self._deadline(request.deadline_unix_ms, context)
+        await self.queue.admit(
+            model,
+            req.request_id,
+            request.SerializeToString(),
+            request.priority,
+            ttl_ms=int((deadline - time.time()) * 1000),
+            lease_ms=self.dispatcher.lease_ms,
+        )
+        task = asyncio.current_task()
+        if task is not None:
+            self._active[req.request_id] = task
+        redispatches = 0
+        try:
+            while True:
+                slot = await self.dispatcher.wait_for_slot(model, req.request_id, deadline)
+                started = False
+                try:
+                    async for chunk in self.workers.generate(slot.address, req, deadline):
+                        started = True
+                        yield chunk
+                    return
+                except (InvalidRequest, DeadlineExceeded):
+                    raise
+                except HyperLlamaError as err:
+                    self.registry.mark_unhealthy(slot.worker_id)
+                    if started:
+                        raise BackendFailed(
+                            f"worker {slot.worker_id} failed mid-stream: {err.message}"
+                        ) from err
+                    redispatches += 1
+                    log.warning(
+                        "worker %s failed before the first token of %s (%s); redispatch %d/%d",
+                        slot.worker_id, req.request_id, err.message, redispatches,
+                        self.settings.max_redispatch,
+                    )  # fmt: skip
+                    if redispatches > self.settings.max_redispatch:
+                        raise BackendFailed(
+                            f"request failed on {redispatches} workers; last error: {err.message}"
+                        ) from err
+                    await self.queue.requeue_first(model, req.request_id, request.priority)
+                finally:
+                    self.dispatcher.release(slot)
+        finally:
+            self._active.pop(req.request_id, None)
+            await self.queue.forget(model, req.request_id)
+
+    async def Embed(
+        self, request: scheduler_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.EmbedResponse:
+        req = request.request
+        deadline = self._deadline(0, context)
+        last: HyperLlamaError | None = None
+        req.model, capable = await self._resolve(req.model, "embed")
+        for worker in capable:
+            try:
+                return await self.workers.embed(worker.address, req, deadline - time.time())
+            except (InvalidRequest, DeadlineExceeded):
+                raise
+            except HyperLlamaError as err:
+                self.registry.mark_unhealthy(worker.worker_id)
+                last = err
+        raise BackendFailed(f"embedding failed on every worker: {last.message if last else ''}")
+
+    async def Cancel(
+        self, request: scheduler_pb2.CancelRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.CancelResponse:
+        task = self._active.get(request.request_id)
+        if task is not None:
+            task.cancel()
+        return scheduler_pb2.CancelResponse(cancelled=task is not None)
+
+    async def ListModels(
+        self, request: scheduler_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ListModelsResponse:
+        entries: dict[str, scheduler_pb2.ModelEntry] = {}
+        for worker in await self.registry.live():
+            for info in worker.models:
+                entry = entries.get(info.name)
+                if entry is None:
+                    entry = entries[info.name] = scheduler_pb2.ModelEntry(info=info)
+                entry.worker_ids.append(worker.worker_id)
+                entry.slots_total += worker.slots_total
+        for name, entry in entries.items():
+            entry.queue_depth = await self.queue.depth(name)
+        return scheduler_pb2.ListModelsResponse(models=[entries[n] for n in sorted(entries)])
+
+    async def ListWorkers(
+        self, request: scheduler_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ListWorkersResponse:
+        return scheduler_pb2.ListWorkersResponse(workers=await self.registry.live(fresh=True))
+
+
+class RegistryServicer(scheduler_pb2_grpc.RegistryServiceServicer):
+    def __init__(self, registry: WorkerRegistry, dispatcher: Dispatcher):
+        self.registry = registry
+        self.dispatcher = dispatcher
+
+    async def Heartbeat(
+        self, request: scheduler_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.HeartbeatResponse:
+        info = request.worker
+        if not info.worker_id or not info.address:
+            raise InvalidRequest("worker_id and address are required")
+        await self.registry.heartbeat(info)
+        for model in info.models:
+            self.dispatcher.wake(model.name)
+        return scheduler_pb2.HeartbeatResponse(lease_seconds=int(self.registry.lease_ms / 1000))
+
+    async def Deregister(
+        self, request: scheduler_pb2.DeregisterRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.DeregisterResponse:
+        await self.registry.deregister(request.worker_id)
+        return scheduler_pb2.DeregisterResponse()

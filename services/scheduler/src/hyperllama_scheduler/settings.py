@@ -1,0 +1,25 @@
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SchedulerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HYPERLLAMA_SCHEDULER_")
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Most requests waiting per model; past it new requests are refused at once.
+    queue_max_per_model: int = 256
+    # Seconds a client is told to wait before retrying a refused request.
+    retry_after_seconds: int = 1
+    # How often a worker that died before the first token may be replaced by another.
+    max_redispatch: int = 2
+    # A worker that misses heartbeats for this long gets no new work.
+    worker_lease_seconds: float = 6.0
+    # Longest a request may live when the caller gives no deadline.
+    default_request_timeout_seconds: float = 600.0
+    # A queued request whose scheduler stops renewing this lease is dropped (its caller is gone).
+    request_lease_seconds: float = 10.0
+    redis_timeout_seconds: float = 2.0
+    grace_seconds: float = 15.0
+    log_level: str = "INFO"
+    log_json: bool = False

@@ -1,0 +1,47 @@
+"""gRPC calls from the scheduler to workers, one cached channel per worker address."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
+from hyperllama_common.errors import from_rpc_error
+
+
+class WorkerClients:
+    def __init__(self) -> None:
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _stub(self, address: str) -> worker_pb2_grpc.WorkerServiceStub:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+        return worker_pb2_grpc.WorkerServiceStub(channel)
+
+    async def generate(
+        self, address: str, request: worker_pb2.GenerateRequest, deadline: float
+    ) -> AsyncIterator[worker_pb2.GenerateChunk]:
+        call = self._stub(address).Generate(request, timeout=max(0.001, deadline - time.time()))
+        try:
+            async for chunk in call:
+                yield chunk
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+        finally:
+            call.cancel()  # a no-op after a normal end; stops decoding if we leave early
+
+    async def embed(
+        self, address: str, request: worker_pb2.EmbedRequest, timeout: float
+    ) -> worker_pb2.EmbedResponse:
+        try:
+            return await self._stub(address).Embed(request, timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
