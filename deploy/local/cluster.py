@@ -117,8 +117,8 @@ class LocalCluster:
         wait_for(lambda: _tcp_open(port), f"redis on port {port}", proc)
         return proc
 
-    def start_scheduler(self, **settings: str) -> Process:
-        port = free_port()
+    def start_scheduler(self, port: int = 0, **settings: str) -> Process:
+        port = port or free_port()
         self.scheduler_address = f"127.0.0.1:{port}"
         env = {"HYPERLLAMA_SCHEDULER_PORT": str(port), "HYPERLLAMA_SCHEDULER_REDIS_URL": self.redis_url}
         env.update({f"HYPERLLAMA_SCHEDULER_{k.upper()}": v for k, v in settings.items()})
@@ -127,8 +127,9 @@ class LocalCluster:
         return proc
 
     def start_worker(self, name: str = "worker-llamacpp", module: str = "hyperllama_worker_llamacpp.main",
-                     **settings: str) -> Process:  # fmt: skip
+                     extra_env: dict[str, str] | None = None, **settings: str) -> Process:  # fmt: skip
         env = {
+            **(extra_env or {}),
             "HYPERLLAMA_WORKER_PORT": str(free_port()),
             "HYPERLLAMA_WORKER_SCHEDULER_ADDRESS": self.scheduler_address,
             "HYPERLLAMA_WORKER_WORKER_ID": name,

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
 import uuid
 
-import grpc
-
-from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
 from hyperllama_common.grpc_server import GrpcServer
 from hyperllama_common.logs import setup_logging
+from hyperllama_common.registration import deregister, heartbeat_loop
 from hyperllama_worker_llamacpp.engine import LoadedModel
 from hyperllama_worker_llamacpp.registry import load_registry, select
 from hyperllama_worker_llamacpp.service import WorkerServicer
@@ -35,29 +32,6 @@ def parse_cpus(spec: str) -> set[int]:
         lo, _, hi = part.partition("-")
         cpus.update(range(int(lo), int(hi or lo) + 1))
     return cpus
-
-
-async def heartbeat_loop(settings: WorkerSettings, servicer: WorkerServicer) -> None:
-    """Renew this worker's lease at the scheduler; reconnects by itself if the scheduler restarts."""
-    async with grpc.aio.insecure_channel(settings.scheduler_address) as channel:
-        stub = scheduler_pb2_grpc.RegistryServiceStub(channel)
-        while True:
-            try:
-                await stub.Heartbeat(
-                    scheduler_pb2.HeartbeatRequest(worker=servicer.snapshot()),
-                    timeout=max(1.0, settings.heartbeat_seconds),
-                )
-            except grpc.aio.AioRpcError as err:
-                log.warning("heartbeat to %s failed: %s", settings.scheduler_address, err.code().name)
-            await asyncio.sleep(settings.heartbeat_seconds)
-
-
-async def deregister(settings: WorkerSettings, worker_id: str) -> None:
-    with contextlib.suppress(grpc.aio.AioRpcError):
-        async with grpc.aio.insecure_channel(settings.scheduler_address) as channel:
-            await scheduler_pb2_grpc.RegistryServiceStub(channel).Deregister(
-                scheduler_pb2.DeregisterRequest(worker_id=worker_id), timeout=2
-            )
 
 
 async def serve(settings: WorkerSettings) -> None:
@@ -85,11 +59,13 @@ async def serve(settings: WorkerSettings) -> None:
     server.install_signal_handlers()
     log.info("worker %s serving %s on %s (%d threads)", worker_id, sorted(models), info.address, threads)
 
-    heartbeats = asyncio.create_task(heartbeat_loop(settings, servicer))
+    heartbeats = asyncio.create_task(
+        heartbeat_loop(settings.scheduler_address, servicer.snapshot, settings.heartbeat_seconds)
+    )
     await server.wait_for_stop_signal()
     # Drain: stop taking new work first, then let running streams finish within the grace period.
     heartbeats.cancel()
-    await deregister(settings, worker_id)
+    await deregister(settings.scheduler_address, worker_id)
     await server.stop()
 
 
