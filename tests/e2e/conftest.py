@@ -1,0 +1,49 @@
+"""End-to-end fixtures: the real cluster (Redis, scheduler, llama.cpp worker, gateway) and real clients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import ollama
+import openai
+import pytest
+from cluster import LocalCluster, free_port
+
+MODEL = "smollm2:135m"
+# The e2e cluster's small bounds make "queue full" and "body too large" cheap to reach.
+QUEUE_MAX = 2
+MAX_BODY_BYTES = 256 * 1024
+
+
+@pytest.fixture(scope="session")
+def cluster(redis_url: str, logs_dir: Path) -> Iterator[LocalCluster]:
+    # Its own Redis database, so the integration tests' FLUSHDB never touches it.
+    c = LocalCluster(gateway_port=free_port(), log_dir=logs_dir, redis_url=redis_url.rsplit("/", 1)[0] + "/1")
+    try:
+        c.start_scheduler(queue_max_per_model=str(QUEUE_MAX), retry_after_seconds="2")
+        c.start_worker("worker-llamacpp-0", heartbeat_seconds="0.5", num_ctx="8192")
+        c.start_gateway(max_body_bytes=str(MAX_BODY_BYTES))
+        c.wait_ready(1)
+        yield c
+    except BaseException:
+        for p in c.processes:
+            print(f"--- {p.name} ---\n{p.log_tail(80)}")
+        raise
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="session")
+def base_url(cluster: LocalCluster) -> str:
+    return cluster.gateway_url
+
+
+@pytest.fixture(scope="session")
+def oai(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="not-needed", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def oll(base_url: str) -> ollama.Client:
+    return ollama.Client(host=base_url, timeout=120)

@@ -1,0 +1,109 @@
+"""Clients that go away, and a queue that fills up."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import httpx
+import pytest
+import redis.asyncio as redis
+from cluster import LocalCluster
+
+from e2e.conftest import MODEL, QUEUE_MAX
+from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from hyperllama_scheduler import keys
+
+# Long enough that a slot that is not freed stays busy for far longer than any wait below.
+LONG = {"model": MODEL, "prompt": "Count:", "max_tokens": 4000, "ignore_eos": True, "stream": True}
+
+
+async def until(check, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def probes(cluster: LocalCluster):
+    r = redis.Redis.from_url(cluster.redis_url.rsplit("/", 1)[0] + "/1")
+    channel = grpc.aio.insecure_channel(cluster.scheduler_address)
+    stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+
+    async def queued() -> int:
+        return int(await r.zcard(keys.queue(MODEL)))
+
+    async def slots_in_use() -> int:
+        listed = await stub.ListWorkers(scheduler_pb2.ListWorkersRequest(), timeout=2)
+        return sum(w.slots_in_use for w in listed.workers)
+
+    yield queued, slots_in_use
+    await channel.close()
+    await r.aclose()
+
+
+async def open_stream(client: httpx.AsyncClient, path: str, body: dict) -> httpx.Response:
+    request = client.build_request("POST", path, json=body)
+    return await client.send(request, stream=True)
+
+
+async def test_disconnect_mid_stream_frees_the_slot(base_url: str, probes):
+    queued, slots_in_use = probes
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+        response = await open_stream(client, "/v1/completions", LONG)
+        assert response.status_code == 200
+        lines = response.aiter_lines()
+        assert (await anext(lines)).startswith("data: ")
+        await until(lambda: _is(slots_in_use, 1))
+        await response.aclose()
+    await until(lambda: _is(slots_in_use, 0))
+    # The next request is served at once; with the slot held it would wait behind 4000 tokens.
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        r = await client.post("/api/generate", json={"model": MODEL, "prompt": "Hi", "stream": False,
+                                                     "options": {"num_predict": 3}})  # fmt: skip
+        assert r.status_code == 200 and r.json()["eval_count"] == 3
+
+
+async def test_full_queue_refuses_and_waiting_clients_can_leave(base_url: str, probes):
+    queued, slots_in_use = probes
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+        running = await open_stream(client, "/v1/completions", LONG)
+        assert running.status_code == 200
+        waiting = [asyncio.ensure_future(open_stream(client, "/v1/completions", LONG)) for _ in range(QUEUE_MAX)]
+        await until(lambda: _is(queued, QUEUE_MAX))
+
+        r = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 429
+        assert r.headers["retry-after"] == "2"
+        assert r.json()["error"]["code"] == "queue_full"
+        r = await client.post("/api/chat", json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "2"
+        assert "full" in r.json()["error"]
+        assert await queued() == QUEUE_MAX  # the bound held
+
+        for task in waiting:  # queued clients disconnect: their requests leave the queue
+            task.cancel()
+        await until(lambda: _is(queued, 0))
+        await running.aclose()
+    await until(lambda: _is(slots_in_use, 0))
+
+
+async def test_every_stream_ends_with_exactly_one_terminal_marker(base_url: str):
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": True, "max_tokens": 8}
+        async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+            events = [line async for line in r.aiter_lines() if line.startswith("data: ")]
+        assert events.count("data: [DONE]") == 1 and events[-1] == "data: [DONE]"
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "options": {"num_predict": 8}}
+        async with client.stream("POST", "/api/chat", json=body) as r:
+            lines = [line async for line in r.aiter_lines() if line]
+        assert r.headers["content-type"].startswith("application/x-ndjson")
+        assert [('"done":true' in line) for line in lines].count(True) == 1 and '"done":true' in lines[-1]
+
+
+async def _is(probe, n: int) -> bool:
+    return await probe() == n
