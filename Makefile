@@ -57,8 +57,8 @@ test-unit: proto
 	$(BIN)/python -m pytest tests/unit
 
 lint: proto
-	$(BIN)/ruff check services tests deploy loadtests
-	$(BIN)/ruff format --check services tests deploy loadtests
+	$(BIN)/ruff check services tests deploy
+	$(BIN)/ruff format --check services tests deploy
 	$(BIN)/mypy
 
 clean:

@@ -10,7 +10,6 @@ import pytest
 from cluster import LocalCluster
 
 
-
 @pytest.fixture(scope="session")
 def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("logs")

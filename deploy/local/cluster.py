@@ -109,10 +109,21 @@ class LocalCluster:
         self._redis_dir = tempfile.TemporaryDirectory(prefix="hyperllama-redis-")
         proc = self._spawn(
             "redis",
-            [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self._redis_dir.name],
+            [
+                redis_server_binary(),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._redis_dir.name,
+            ],
             {},
-        )  # fmt: skip
+        )
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         wait_for(lambda: _tcp_open(port), f"redis on port {port}", proc)
         return proc
@@ -126,8 +137,13 @@ class LocalCluster:
         wait_for(lambda: _tcp_open(port), "scheduler", proc)
         return proc
 
-    def start_worker(self, name: str = "worker-llamacpp", module: str = "hyperllama_worker_llamacpp.main",
-                     extra_env: dict[str, str] | None = None, **settings: str) -> Process:  # fmt: skip
+    def start_worker(
+        self,
+        name: str = "worker-llamacpp",
+        module: str = "hyperllama_worker_llamacpp.main",
+        extra_env: dict[str, str] | None = None,
+        **settings: str,
+    ) -> Process:
         env = {
             **(extra_env or {}),
             "HYPERLLAMA_WORKER_PORT": str(free_port()),
@@ -200,7 +216,9 @@ def wait_for(check, what: str, proc: Process | None, timeout: float = 60.0) -> N
         if check():
             return
         if proc is not None and not proc.alive():
-            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} before {what} was up\n{proc.log_tail()}")
+            raise RuntimeError(
+                f"{proc.name} exited with {proc.popen.returncode} before {what} was up\n{proc.log_tail()}"
+            )
         time.sleep(0.1)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 

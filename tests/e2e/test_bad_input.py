@@ -98,8 +98,10 @@ def test_ollama_bad_input(http: httpx.Client, path: str, body, status: int):
 def test_prompt_longer_than_the_context(http: httpx.Client):
     r = http.post("/v1/completions", json={"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 5})
     assert openai_error(r, 400)["code"] == "context_length_exceeded"
-    r = http.post("/api/generate", json={"model": MODEL, "prompt": "hello " * 100, "stream": False,
-                                         "options": {"num_ctx": 32}})  # fmt: skip
+    r = http.post(
+        "/api/generate",
+        json={"model": MODEL, "prompt": "hello " * 100, "stream": False, "options": {"num_ctx": 32}},
+    )
     assert "context" in ollama_error(r, 400)
 
 
@@ -129,8 +131,15 @@ def test_unknown_route_and_method(http: httpx.Client):
 
 
 def test_serving_goes_on_after_bad_input(http: httpx.Client):
-    r = http.post("/api/generate", json={"model": MODEL, "prompt": "Say hi", "stream": False,
-                                         "options": {"num_predict": 4, "temperature": 0}})  # fmt: skip
+    r = http.post(
+        "/api/generate",
+        json={
+            "model": MODEL,
+            "prompt": "Say hi",
+            "stream": False,
+            "options": {"num_predict": 4, "temperature": 0},
+        },
+    )
     assert r.status_code == 200
     body = r.json()
     assert body["done"] is True and body["eval_count"] == 4 and body["response"]

@@ -10,10 +10,10 @@ import httpx
 import pytest
 import redis.asyncio as redis
 from cluster import LocalCluster
-
-from e2e.conftest import MODEL, QUEUE_MAX
 from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from hyperllama_scheduler import keys
+
+from e2e.conftest import MODEL, QUEUE_MAX
 
 # Long enough that a slot that is not freed stays busy for far longer than any wait below.
 LONG = {"model": MODEL, "prompt": "Count:", "max_tokens": 4000, "ignore_eos": True, "stream": True}
@@ -62,8 +62,10 @@ async def test_disconnect_mid_stream_frees_the_slot(base_url: str, probes):
     await until(lambda: _is(slots_in_use, 0))
     # The next request is served at once; with the slot held it would wait behind 4000 tokens.
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-        r = await client.post("/api/generate", json={"model": MODEL, "prompt": "Hi", "stream": False,
-                                                     "options": {"num_predict": 3}})  # fmt: skip
+        r = await client.post(
+            "/api/generate",
+            json={"model": MODEL, "prompt": "Hi", "stream": False, "options": {"num_predict": 3}},
+        )
         assert r.status_code == 200 and r.json()["eval_count"] == 3
 
 
@@ -72,14 +74,20 @@ async def test_full_queue_refuses_and_waiting_clients_can_leave(base_url: str, p
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
         running = await open_stream(client, "/v1/completions", LONG)
         assert running.status_code == 200
-        waiting = [asyncio.ensure_future(open_stream(client, "/v1/completions", LONG)) for _ in range(QUEUE_MAX)]
+        waiting = [
+            asyncio.ensure_future(open_stream(client, "/v1/completions", LONG)) for _ in range(QUEUE_MAX)
+        ]
         await until(lambda: _is(queued, QUEUE_MAX))
 
-        r = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+        r = await client.post(
+            "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
+        )
         assert r.status_code == 429
         assert r.headers["retry-after"] == "2"
         assert r.json()["error"]["code"] == "queue_full"
-        r = await client.post("/api/chat", json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+        r = await client.post(
+            "/api/chat", json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
+        )
         assert r.status_code == 503
         assert r.headers["retry-after"] == "2"
         assert "full" in r.json()["error"]
@@ -94,11 +102,20 @@ async def test_full_queue_refuses_and_waiting_clients_can_leave(base_url: str, p
 
 async def test_every_stream_ends_with_exactly_one_terminal_marker(base_url: str):
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": True, "max_tokens": 8}
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "stream": True,
+            "max_tokens": 8,
+        }
         async with client.stream("POST", "/v1/chat/completions", json=body) as r:
             events = [line async for line in r.aiter_lines() if line.startswith("data: ")]
         assert events.count("data: [DONE]") == 1 and events[-1] == "data: [DONE]"
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "options": {"num_predict": 8}}
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "options": {"num_predict": 8},
+        }
         async with client.stream("POST", "/api/chat", json=body) as r:
             lines = [line async for line in r.aiter_lines() if line]
         assert r.headers["content-type"].startswith("application/x-ndjson")

@@ -44,11 +44,22 @@ def test_chat_stream_matches_non_stream(oll: ollama.Client):
 
 def test_generate_with_system_and_stream(oll: ollama.Client):
     opts = {"temperature": 0, "num_predict": 30}
-    r = oll.generate(model=MODEL, prompt="What is the capital of France?", system="You are a helpful assistant.",
-                     options=opts)  # fmt: skip
+    r = oll.generate(
+        model=MODEL,
+        prompt="What is the capital of France?",
+        system="You are a helpful assistant.",
+        options=opts,
+    )
     assert "Paris" in r.response
-    streamed = list(oll.generate(model=MODEL, prompt="What is the capital of France?",
-                                 system="You are a helpful assistant.", options=opts, stream=True))  # fmt: skip
+    streamed = list(
+        oll.generate(
+            model=MODEL,
+            prompt="What is the capital of France?",
+            system="You are a helpful assistant.",
+            options=opts,
+            stream=True,
+        )
+    )
     assert "".join(p.response for p in streamed) == r.response
     assert streamed[-1].done and streamed[-1].done_reason == r.done_reason
 
@@ -62,7 +73,9 @@ def test_raw_generate_skips_the_template(oll: ollama.Client):
 
 
 def test_num_predict_gives_length_and_exact_count(oll: ollama.Client):
-    r = oll.generate(model=MODEL, prompt="Write a long story about a dragon.", options={"num_predict": 6, "temperature": 0})
+    r = oll.generate(
+        model=MODEL, prompt="Write a long story about a dragon.", options={"num_predict": 6, "temperature": 0}
+    )
     assert r.done_reason == "length"
     assert r.eval_count == 6
 
@@ -84,13 +97,21 @@ def test_stop_option(oll: ollama.Client):
 
 
 def test_format_json_and_schema(oll: ollama.Client):
-    r = oll.generate(model=MODEL, prompt="Give me a JSON object describing a cat.", format="json",
-                     options={"temperature": 0, "num_predict": 200})  # fmt: skip
+    r = oll.generate(
+        model=MODEL,
+        prompt="Give me a JSON object describing a cat.",
+        format="json",
+        options={"temperature": 0, "num_predict": 200},
+    )
     assert r.done_reason == "stop"
     assert isinstance(json.loads(r.response), dict)
     schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
-    r = oll.chat(model=MODEL, messages=[{"role": "user", "content": "Name a cat."}], format=schema,
-                 options={"temperature": 0, "num_predict": 100})  # fmt: skip
+    r = oll.chat(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Name a cat."}],
+        format=schema,
+        options={"temperature": 0, "num_predict": 100},
+    )
     assert isinstance(json.loads(r.message.content)["name"], str)
 
 

@@ -44,9 +44,11 @@ def test_stream_matches_non_stream_and_ends_once(oai: openai.OpenAI):
 
 def test_max_tokens_finishes_with_length(oai: openai.OpenAI):
     r = oai.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Write a long story about a dragon."}],
-        temperature=0, max_completion_tokens=7,
-    )  # fmt: skip
+        model=MODEL,
+        messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+        temperature=0,
+        max_completion_tokens=7,
+    )
     assert r.choices[0].finish_reason == "length"
     assert r.usage.completion_tokens == 7
 
@@ -69,9 +71,12 @@ def test_stop_string_ends_output_and_never_leaks(oai: openai.OpenAI):
 
 def test_same_seed_same_output(oai: openai.OpenAI):
     args = dict(
-        model=MODEL, messages=[{"role": "user", "content": "Tell me a fun fact."}], temperature=1.0,
-        seed=1234, max_tokens=20,
-    )  # fmt: skip
+        model=MODEL,
+        messages=[{"role": "user", "content": "Tell me a fun fact."}],
+        temperature=1.0,
+        seed=1234,
+        max_tokens=20,
+    )
     first = oai.chat.completions.create(**args).choices[0].message.content
     second = oai.chat.completions.create(**args).choices[0].message.content
     assert first == second
@@ -88,7 +93,9 @@ def test_completions_stream_and_not(oai: openai.OpenAI):
 
 
 def test_completions_default_to_16_tokens(oai: openai.OpenAI):
-    r = oai.completions.create(model=MODEL, prompt="Once upon a time", temperature=0, extra_body={"ignore_eos": True})
+    r = oai.completions.create(
+        model=MODEL, prompt="Once upon a time", temperature=0, extra_body={"ignore_eos": True}
+    )
     assert r.usage.completion_tokens == 16 and r.choices[0].finish_reason == "length"
 
 
@@ -120,9 +127,12 @@ def test_unknown_model_lists_available(oai: openai.OpenAI):
 
 def test_json_object_and_json_schema(oai: openai.OpenAI):
     r = oai.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Give me a JSON object describing a cat."}],
-        response_format={"type": "json_object"}, temperature=0, max_tokens=200,
-    )  # fmt: skip
+        model=MODEL,
+        messages=[{"role": "user", "content": "Give me a JSON object describing a cat."}],
+        response_format={"type": "json_object"},
+        temperature=0,
+        max_tokens=200,
+    )
     assert r.choices[0].finish_reason == "stop"
     assert isinstance(json.loads(r.choices[0].message.content), dict)
     schema = {
@@ -131,9 +141,11 @@ def test_json_object_and_json_schema(oai: openai.OpenAI):
         "required": ["city", "population"],
     }
     r = oai.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Name a city and its population as JSON."}],
+        model=MODEL,
+        messages=[{"role": "user", "content": "Name a city and its population as JSON."}],
         response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
-        temperature=0, max_tokens=80,
-    )  # fmt: skip
+        temperature=0,
+        max_tokens=80,
+    )
     assert r.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(r.choices[0].message.content), schema)

@@ -12,8 +12,6 @@ import grpc
 import pytest
 import redis.asyncio as redis
 from cluster import LocalCluster
-
-
 from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 SUPPORT = Path(__file__).parents[1] / "support"

@@ -1,7 +1,6 @@
 """The Redis queue: order, idempotent admission, the bound, and clean-up."""
 
 import pytest
-
 from hyperllama_common.errors import Overloaded
 from hyperllama_scheduler import keys
 from hyperllama_scheduler.queue import RequestQueue

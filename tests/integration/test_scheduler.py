@@ -12,7 +12,6 @@ import uuid
 
 import grpc
 import pytest
-
 from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_scheduler import keys
@@ -167,7 +166,9 @@ async def test_queued_requests_survive_a_scheduler_restart(scheduler_factory, re
     assert await redis_client.zscore(keys.queue(MODEL), "keep") == score
 
     # A new scheduler on the same address; the worker's heartbeats find it again.
-    h.cluster.start_scheduler(port=int(h.cluster.scheduler_address.rsplit(":", 1)[1]), worker_lease_seconds="2")
+    h.cluster.start_scheduler(
+        port=int(h.cluster.scheduler_address.rsplit(":", 1)[1]), worker_lease_seconds="2"
+    )
     await h.wait_workers(1)
     # The caller retries with the same id (as the gateway does): admission keeps its place.
     text, _ = await collect(h.stub, request(rid="keep", max_tokens=2))

@@ -18,8 +18,6 @@ import asyncio
 import os
 import re
 
-import grpc
-
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
 from hyperllama_common.grpc_server import GrpcServer
 from hyperllama_common.registration import deregister, heartbeat_loop
@@ -40,7 +38,9 @@ class ScriptedWorker(worker_pb2_grpc.WorkerServiceServicer):
         return info
 
     async def Generate(self, request, context):  # type: ignore[no-untyped-def]
-        text = request.prompt if request.WhichOneof("input") == "prompt" else request.chat.messages[-1].content
+        text = (
+            request.prompt if request.WhichOneof("input") == "prompt" else request.chat.messages[-1].content
+        )
         me = self.info.worker_id
         self.running.add(request.request_id)
         try:

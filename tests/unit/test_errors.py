@@ -2,7 +2,6 @@
 
 import grpc
 import pytest
-
 from hyperllama_common import errors
 from hyperllama_gateway.errors import error_response
 

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import InvalidRequest
 from hyperllama_gateway.ollama import protocol as ollama_protocol
@@ -18,7 +17,10 @@ def test_openai_chat_parameters_are_carried():
             "model": "m:1",
             "messages": [
                 {"role": "developer", "content": "be brief"},
-                {"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]},
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}],
+                },
             ],
             "temperature": 0,
             "top_p": 0.5,
@@ -27,7 +29,10 @@ def test_openai_chat_parameters_are_carried():
             "max_completion_tokens": 12,
             "presence_penalty": 0.1,
             "frequency_penalty": 0.2,
-            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "object"}},
+            },
         }
     )
     req = openai.chat_request(body, "rid")
@@ -78,10 +83,18 @@ def test_ollama_options_are_carried():
             "model": "m",
             "messages": [{"role": "user", "content": "hi"}],
             "format": "json",
-            "options": {"num_ctx": 512, "num_predict": 9, "temperature": 0.1, "top_k": 3, "top_p": 0.7,
-                        "seed": 42, "stop": ["a", "b"], "repeat_penalty": 1.2},
+            "options": {
+                "num_ctx": 512,
+                "num_predict": 9,
+                "temperature": 0.1,
+                "top_k": 3,
+                "top_p": 0.7,
+                "seed": 42,
+                "stop": ["a", "b"],
+                "repeat_penalty": 1.2,
+            },
         }
-    )  # fmt: skip
+    )
     req = ollama.chat_request(body, "rid")
     s = req.sampling
     assert req.num_ctx == 512
@@ -91,7 +104,9 @@ def test_ollama_options_are_carried():
 
 
 def test_ollama_unlimited_num_predict_sets_no_limit():
-    body = ollama_protocol.GenerateRequest.model_validate({"model": "m", "prompt": "x", "options": {"num_predict": -1}})
+    body = ollama_protocol.GenerateRequest.model_validate(
+        {"model": "m", "prompt": "x", "options": {"num_predict": -1}}
+    )
     assert not ollama.generate_request(body, "rid").sampling.HasField("max_tokens")
 
 

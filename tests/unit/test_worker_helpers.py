@@ -47,9 +47,11 @@ def test_registry_file_adds_models(tmp_path):
 def test_merge_chunks_keeps_final_fields():
     a = worker_pb2.GenerateChunk(text="Hel", token_count=1)
     b = worker_pb2.GenerateChunk(
-        text="lo", token_count=1, finish_reason=worker_pb2.FINISH_REASON_STOP,
+        text="lo",
+        token_count=1,
+        finish_reason=worker_pb2.FINISH_REASON_STOP,
         usage=worker_pb2.Usage(prompt_tokens=3, completion_tokens=2),
-    )  # fmt: skip
+    )
     merged = merge_chunks([a, b])
     assert merged.text == "Hello" and merged.token_count == 2
     assert merged.finish_reason == worker_pb2.FINISH_REASON_STOP and merged.usage.completion_tokens == 2

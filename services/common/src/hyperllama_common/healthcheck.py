@@ -1,6 +1,6 @@
 """Container health probe for the gRPC services: exit 0 when the standard health service says SERVING.
 
-    python -m hyperllama_common.healthcheck 127.0.0.1:50051
+python -m hyperllama_common.healthcheck 127.0.0.1:50051
 """
 
 from __future__ import annotations

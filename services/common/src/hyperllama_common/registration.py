@@ -8,7 +8,6 @@ import logging
 from collections.abc import Callable
 
 import grpc
-
 from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from hyperllama.worker.v1 import worker_pb2
 

@@ -8,9 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from hyperllama_gateway import __version__, errors, ops
-from hyperllama_gateway.request_body import BodySizeLimit, JsonBodies
 from hyperllama_gateway.ollama.router import router as ollama_router
 from hyperllama_gateway.openai.router import router as openai_router
+from hyperllama_gateway.request_body import BodySizeLimit, JsonBodies
 from hyperllama_gateway.scheduler_client import SchedulerClient
 from hyperllama_gateway.settings import GatewaySettings
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
 from hyperllama_common.errors import HyperLlamaError, InvalidRequest, ModelNotFound, Overloaded
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
 def is_openai_path(path: str) -> bool:

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from fastapi import Request
-
 from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import BackendFailed, Cancelled
+
 from hyperllama_gateway.scheduler_client import SchedulerClient
 
 T = TypeVar("T")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uvicorn
-
 from hyperllama_common.logs import setup_logging
+
 from hyperllama_gateway.app import create_app
 from hyperllama_gateway.settings import GatewaySettings
 

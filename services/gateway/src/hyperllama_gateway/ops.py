@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
-
 from hyperllama_common.errors import HyperLlamaError
+
 from hyperllama_gateway.deps import Scheduler
 
 router = APIRouter()

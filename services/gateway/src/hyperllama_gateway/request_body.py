@@ -16,8 +16,16 @@ class BodySizeLimit:
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         message = f"request body exceeds the limit of {self.max_bytes} bytes"
+        body: dict[str, object]
         if is_openai_path(scope["path"]):
-            body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": "request_too_large"}}
+            body = {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "request_too_large",
+                }
+            }
         else:
             body = {"error": message}
         payload = json.dumps(body).encode()

@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
-
 from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import from_rpc_error

@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from hyperllama_common.errors import DeadlineExceeded, HyperLlamaError
+
 from hyperllama_scheduler.queue import RequestQueue
 from hyperllama_scheduler.registry import WorkerRegistry
 

@@ -2,6 +2,7 @@
 
 PREFIX = "hl"
 
+
 # Sorted set of request ids waiting for a slot; score orders by priority, then arrival.
 def queue(model: str) -> str:
     return f"{PREFIX}:queue:{model}"

@@ -6,10 +6,10 @@ import asyncio
 import logging
 
 import redis.asyncio as redis
-
 from hyperllama.scheduler.v1 import scheduler_pb2_grpc
 from hyperllama_common.grpc_server import GrpcServer
 from hyperllama_common.logs import setup_logging
+
 from hyperllama_scheduler.dispatcher import Dispatcher
 from hyperllama_scheduler.queue import RequestQueue
 from hyperllama_scheduler.registry import WorkerRegistry

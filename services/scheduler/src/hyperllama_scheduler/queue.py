@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as redis
+from hyperllama_common.errors import Overloaded, Unavailable
 from redis.exceptions import RedisError
 
-from hyperllama_common.errors import Overloaded, Unavailable
 from hyperllama_scheduler import keys
 
 T = TypeVar("T")
 
 PRIORITY_MAX = 9
+# Score = priority band * 2^40 + arrival counter (the Lua script below uses the same 2^40).
 _ARRIVAL_BITS = 2**40
 
 # Admit atomically: an id already queued keeps its place (idempotent retry); a full queue refuses.
@@ -27,10 +28,10 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
   return -1
 end
 local seq = redis.call('INCR', KEYS[4])
-redis.call('ZADD', KEYS[1], tonumber(ARGV[2]) * %d + seq, ARGV[1])
+redis.call('ZADD', KEYS[1], tonumber(ARGV[2]) * 2^40 + seq, ARGV[1])
 redis.call('PSETEX', KEYS[2], ARGV[4], ARGV[6])
 return 1
-""" % _ARRIVAL_BITS
+"""
 
 
 def redis_errors_as_unavailable(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -84,8 +85,8 @@ class RequestQueue:
 
     @redis_errors_as_unavailable
     async def head(self, model: str, count: int) -> list[str]:
-        ids = await self._redis.zrange(keys.queue(model), 0, count - 1)
-        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+        ids = cast(list[bytes], await self._redis.zrange(keys.queue(model), 0, count - 1))
+        return [i.decode() for i in ids]
 
     @redis_errors_as_unavailable
     async def take(self, model: str, request_id: str) -> bool:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import redis.asyncio as redis
-
 from hyperllama.worker.v1 import worker_pb2
+
 from hyperllama_scheduler import keys
 from hyperllama_scheduler.queue import redis_errors_as_unavailable
 
@@ -52,11 +53,13 @@ class WorkerRegistry:
     async def _refresh(self) -> None:
         now = _now_ms()
         await self._redis.zremrangebyscore(keys.WORKERS, "-inf", now)
-        ranked = await self._redis.zrange(keys.WORKERS, 0, -1, withscores=True)
-        ids = [i.decode() if isinstance(i, bytes) else i for i, _ in ranked]
+        ranked = cast(
+            list[tuple[bytes, float]], await self._redis.zrange(keys.WORKERS, 0, -1, withscores=True)
+        )
+        ids = [member.decode() for member, _ in ranked]
         blobs = await self._redis.mget([keys.worker(i) for i in ids]) if ids else []
-        workers = {}
-        for wid, (_, expires), blob in zip(ids, ranked, blobs):
+        workers: dict[str, tuple[worker_pb2.WorkerInfo, int]] = {}
+        for wid, (_, expires), blob in zip(ids, ranked, blobs, strict=True):
             if blob:
                 workers[wid] = (worker_pb2.WorkerInfo.FromString(blob), int(expires))
         self._workers = workers

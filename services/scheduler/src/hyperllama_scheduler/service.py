@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
-
 from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import (
@@ -19,6 +18,7 @@ from hyperllama_common.errors import (
     ModelNotFound,
     Unavailable,
 )
+
 from hyperllama_scheduler.dispatcher import Dispatcher
 from hyperllama_scheduler.queue import RequestQueue
 from hyperllama_scheduler.registry import WorkerRegistry
@@ -61,9 +61,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             )
         capable = [w for w in serving if capability in w.capabilities]
         if not capable:
-            raise InvalidRequest(
-                f"no worker serving '{model}' supports {capability}", param="model"
-            )
+            raise InvalidRequest(f"no worker serving '{model}' supports {capability}", param="model")
         return model, capable
 
     def _deadline(self, deadline_unix_ms: int, context: grpc.aio.ServicerContext) -> float:
@@ -116,9 +114,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                     redispatches += 1
                     log.warning(
                         "worker %s failed before the first token of %s (%s); redispatch %d/%d",
-                        slot.worker_id, req.request_id, err.message, redispatches,
+                        slot.worker_id,
+                        req.request_id,
+                        err.message,
+                        redispatches,
                         self.settings.max_redispatch,
-                    )  # fmt: skip
+                    )
                     if redispatches > self.settings.max_redispatch:
                         raise BackendFailed(
                             f"request failed on {redispatches} workers; last error: {err.message}"

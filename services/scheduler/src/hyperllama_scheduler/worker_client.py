@@ -6,7 +6,6 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
-
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
 from hyperllama_common.errors import from_rpc_error
 

@@ -15,13 +15,13 @@ from collections.abc import Iterator
 from functools import lru_cache
 
 import llama_cpp
+from hyperllama.worker.v1 import worker_pb2
+from hyperllama_common.errors import ContextLengthExceeded, InvalidRequest
+from hyperllama_common.textstream import StopStringFilter, Utf8Assembler
 from llama_cpp import Llama, LlamaGrammar
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_grammar import JSON_GBNF
 
-from hyperllama.worker.v1 import worker_pb2
-from hyperllama_common.errors import ContextLengthExceeded, InvalidRequest
-from hyperllama_common.textstream import StopStringFilter, Utf8Assembler
 from hyperllama_worker_llamacpp.model_info import describe
 from hyperllama_worker_llamacpp.registry import ModelSpec
 
@@ -63,17 +63,13 @@ class LoadedModel:
         self.spec = spec
         self._threads = threads
         started = time.perf_counter()
-        self.llm = Llama(
-            model_path=str(spec.path), n_ctx=n_ctx, n_threads=threads, verbose=False
-        )
+        self.llm = Llama(model_path=str(spec.path), n_ctx=n_ctx, n_threads=threads, verbose=False)
         self.n_ctx = self.llm.n_ctx()
         metadata = self.llm.metadata
         self.info = describe(
             spec.name, spec.path, metadata, llama_cpp.llama_model_n_params(self.llm.model), self.n_ctx
         )
-        self.info.context_length = int(
-            metadata.get(f"{self.info.family}.context_length", self.n_ctx)
-        )
+        self.info.context_length = int(metadata.get(f"{self.info.family}.context_length", self.n_ctx))
         template = metadata.get("tokenizer.chat_template") or _FALLBACK_TEMPLATE
         vocab = self.llm._model
         self._formatter = Jinja2ChatFormatter(

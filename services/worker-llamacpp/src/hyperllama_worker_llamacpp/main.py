@@ -12,6 +12,7 @@ from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
 from hyperllama_common.grpc_server import GrpcServer
 from hyperllama_common.logs import setup_logging
 from hyperllama_common.registration import deregister, heartbeat_loop
+
 from hyperllama_worker_llamacpp.engine import LoadedModel
 from hyperllama_worker_llamacpp.registry import load_registry, select
 from hyperllama_worker_llamacpp.service import WorkerServicer
@@ -41,7 +42,9 @@ async def serve(settings: WorkerSettings) -> None:
     specs = select(load_registry(settings.models_file), settings.models)
     models = {s.name: await asyncio.to_thread(LoadedModel, s, settings.num_ctx, threads) for s in specs}
 
-    server = GrpcServer(f"{settings.host}:{settings.port}", "hyperllama.worker.v1.WorkerService", settings.grace_seconds)
+    server = GrpcServer(
+        f"{settings.host}:{settings.port}", "hyperllama.worker.v1.WorkerService", settings.grace_seconds
+    )
     worker_id = settings.worker_id or f"{ENGINE}-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     info = worker_pb2.WorkerInfo(
         worker_id=worker_id,

@@ -51,7 +51,5 @@ def describe(
         chat_template=metadata.get("tokenizer.chat_template", ""),
         embedding_length=int(metadata.get(f"{arch}.embedding_length", "0") or 0),
         modified_at_unix=int(stat.st_mtime),
-        metadata={
-            k: v for k, v in metadata.items() if not k.startswith("tokenizer.") and len(v) < 256
-        },
+        metadata={k: v for k, v in metadata.items() if not k.startswith("tokenizer.") and len(v) < 256},
     )

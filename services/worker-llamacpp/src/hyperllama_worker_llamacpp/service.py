@@ -8,9 +8,9 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
-
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
 from hyperllama_common.errors import BackendFailed, Cancelled, HyperLlamaError, ModelNotFound
+
 from hyperllama_worker_llamacpp.engine import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     def _model(self, name: str) -> LoadedModel:
         model = self.models.get(name)
         if model is None:
-            raise ModelNotFound(f"model '{name}' is not served by this worker; it serves {sorted(self.models)}")
+            raise ModelNotFound(
+                f"model '{name}' is not served by this worker; it serves {sorted(self.models)}"
+            )
         return model
 
     def snapshot(self) -> worker_pb2.WorkerInfo:

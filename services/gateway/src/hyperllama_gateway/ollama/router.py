@@ -6,10 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-
 from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import InvalidRequest, ModelNotFound
+
 from hyperllama_gateway import __version__
 from hyperllama_gateway.deps import Priority, RequestId, Scheduler, Settings
 from hyperllama_gateway.generation import Generation, until_disconnect
@@ -38,9 +38,14 @@ async def _find(scheduler: SchedulerClient, model: str) -> scheduler_pb2.ModelEn
 
 
 async def _run(
-    request: worker_pb2.GenerateRequest, stream: bool, chat: bool, http: Request,
-    scheduler: SchedulerClient, settings: Any, priority: int,
-) -> Any:  # fmt: skip
+    request: worker_pb2.GenerateRequest,
+    stream: bool,
+    chat: bool,
+    http: Request,
+    scheduler: SchedulerClient,
+    settings: Any,
+    priority: int,
+) -> Any:
     gen = Generation(scheduler, request, priority, settings.request_timeout_seconds)
     await gen.start(http)
     if stream:
@@ -50,9 +55,13 @@ async def _run(
 
 @router.post("/generate", response_model=None)
 async def generate(
-    body: GenerateRequest, http: Request, scheduler: Scheduler, settings: Settings,
-    request_id: RequestId, priority: Priority,
-) -> Any:  # fmt: skip
+    body: GenerateRequest,
+    http: Request,
+    scheduler: Scheduler,
+    settings: Settings,
+    request_id: RequestId,
+    priority: Priority,
+) -> Any:
     if not body.prompt and not body.raw:
         return service.load_response((await _find(scheduler, body.model)).info.name, chat=False)
     request = service.generate_request(body, request_id)
@@ -61,9 +70,13 @@ async def generate(
 
 @router.post("/chat", response_model=None)
 async def chat(
-    body: ChatRequest, http: Request, scheduler: Scheduler, settings: Settings,
-    request_id: RequestId, priority: Priority,
-) -> Any:  # fmt: skip
+    body: ChatRequest,
+    http: Request,
+    scheduler: Scheduler,
+    settings: Settings,
+    request_id: RequestId,
+    priority: Priority,
+) -> Any:
     if not body.messages:
         return service.load_response((await _find(scheduler, body.model)).info.name, chat=True)
     request = service.chat_request(body, request_id)
@@ -71,9 +84,14 @@ async def chat(
 
 
 async def _embed(
-    model: str, inputs: list[str], truncate: bool, request_id: str, http: Request,
-    scheduler: SchedulerClient, settings: Any,
-) -> worker_pb2.EmbedResponse:  # fmt: skip
+    model: str,
+    inputs: list[str],
+    truncate: bool,
+    request_id: str,
+    http: Request,
+    scheduler: SchedulerClient,
+    settings: Any,
+) -> worker_pb2.EmbedResponse:
     if not inputs or any(not s for s in inputs):
         raise InvalidRequest("input must be a non-empty string or a list of non-empty strings")
     request = worker_pb2.EmbedRequest(request_id=request_id, model=model, inputs=inputs, truncate=truncate)

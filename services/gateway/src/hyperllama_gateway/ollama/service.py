@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import HyperLlamaError, InvalidRequest
+
 from hyperllama_gateway.generation import Generation, Result, apply_final
 from hyperllama_gateway.ollama.protocol import ChatRequest, Format, GenerateRequest, Options
 
@@ -17,7 +18,7 @@ _ROLES = {"system", "user", "assistant", "tool"}
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def sampling_params(options: Options | None) -> tuple[worker_pb2.SamplingParams, int]:
@@ -72,9 +73,7 @@ def chat_request(body: ChatRequest, request_id: str) -> worker_pb2.GenerateReque
     messages = []
     for i, m in enumerate(body.messages):
         if m.role not in _ROLES:
-            raise InvalidRequest(
-                f"messages[{i}].role '{m.role}' is not one of system, user, assistant, tool"
-            )
+            raise InvalidRequest(f"messages[{i}].role '{m.role}' is not one of system, user, assistant, tool")
         if m.images:
             raise InvalidRequest("image input is not supported by this model")
         messages.append(worker_pb2.ChatMessage(role=m.role, content=m.content))
@@ -133,11 +132,21 @@ async def ndjson_stream(gen: Generation, chat: bool) -> AsyncIterator[bytes]:
         async for chunk in gen.chunks():
             if chunk.text:
                 yield _line(
-                    {"model": gen.request.model, "created_at": now(), **_text_field(chat, chunk.text), "done": False}
+                    {
+                        "model": gen.request.model,
+                        "created_at": now(),
+                        **_text_field(chat, chunk.text),
+                        "done": False,
+                    }
                 )
             if apply_final(result, chunk):
                 yield _line(
-                    {"model": gen.request.model, "created_at": now(), **_text_field(chat, ""), **final_fields(gen, result)}
+                    {
+                        "model": gen.request.model,
+                        "created_at": now(),
+                        **_text_field(chat, ""),
+                        **final_fields(gen, result),
+                    }
                 )
     except HyperLlamaError as err:
         yield _line({"error": err.message})
@@ -155,7 +164,7 @@ def model_details(info: worker_pb2.ModelInfo) -> dict[str, Any]:
 
 
 def _modified_at(info: worker_pb2.ModelInfo) -> str:
-    return datetime.fromtimestamp(info.modified_at_unix, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(info.modified_at_unix, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def tag_entry(info: worker_pb2.ModelInfo) -> dict[str, Any]:

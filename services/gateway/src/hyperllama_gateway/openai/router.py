@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-
 from hyperllama_common.errors import ModelNotFound
+
 from hyperllama_gateway.deps import Priority, RequestId, Scheduler, Settings
 from hyperllama_gateway.generation import Generation, until_disconnect
 from hyperllama_gateway.openai import service
@@ -20,9 +20,13 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, http: Request, scheduler: Scheduler, settings: Settings,
-    request_id: RequestId, priority: Priority,
-) -> dict[str, Any] | StreamingResponse:  # fmt: skip
+    body: ChatCompletionRequest,
+    http: Request,
+    scheduler: Scheduler,
+    settings: Settings,
+    request_id: RequestId,
+    priority: Priority,
+) -> dict[str, Any] | StreamingResponse:
     gen = Generation(
         scheduler, service.chat_request(body, request_id), priority, settings.request_timeout_seconds
     )
@@ -39,9 +43,13 @@ async def chat_completions(
 
 @router.post("/completions", response_model=None)
 async def completions(
-    body: CompletionRequest, http: Request, scheduler: Scheduler, settings: Settings,
-    request_id: RequestId, priority: Priority,
-) -> dict[str, Any] | StreamingResponse:  # fmt: skip
+    body: CompletionRequest,
+    http: Request,
+    scheduler: Scheduler,
+    settings: Settings,
+    request_id: RequestId,
+    priority: Priority,
+) -> dict[str, Any] | StreamingResponse:
     gen = Generation(
         scheduler, service.completion_request(body, request_id), priority, settings.request_timeout_seconds
     )

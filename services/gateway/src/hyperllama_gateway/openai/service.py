@@ -10,6 +10,7 @@ from typing import Any
 
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import HyperLlamaError, InvalidRequest
+
 from hyperllama_gateway.errors import openai_error_event
 from hyperllama_gateway.generation import Generation, Result, apply_final
 from hyperllama_gateway.openai.protocol import (
@@ -75,7 +76,10 @@ def chat_request(body: ChatCompletionRequest, request_id: str) -> worker_pb2.Gen
 def completion_request(body: CompletionRequest, request_id: str) -> worker_pb2.GenerateRequest:
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
     return worker_pb2.GenerateRequest(
-        request_id=request_id, model=body.model, prompt=prompt, sampling=sampling_params(body, body.max_tokens)
+        request_id=request_id,
+        model=body.model,
+        prompt=prompt,
+        sampling=sampling_params(body, body.max_tokens),
     )
 
 
@@ -180,5 +184,3 @@ def embedding_response(body: EmbeddingRequest, response: worker_pb2.EmbedRespons
         "model": body.model,
         "usage": {"prompt_tokens": response.prompt_tokens, "total_tokens": response.prompt_tokens},
     }
-
-
