@@ -12,6 +12,7 @@ from cluster import LocalCluster, free_port
 
 MODEL = "smollm2:135m"
 # The e2e cluster's small bounds make "queue full" and "body too large" cheap to reach.
+SLOTS = 2
 QUEUE_MAX = 2
 MAX_BODY_BYTES = 256 * 1024
 
@@ -22,7 +23,7 @@ def cluster(redis_url: str, logs_dir: Path) -> Iterator[LocalCluster]:
     c = LocalCluster(gateway_port=free_port(), log_dir=logs_dir, redis_url=redis_url.rsplit("/", 1)[0] + "/1")
     try:
         c.start_scheduler(queue_max_per_model=str(QUEUE_MAX), retry_after_seconds="2")
-        c.start_worker("worker-llamacpp-0", heartbeat_seconds="0.5", num_ctx="8192")
+        c.start_worker("worker-llamacpp-0", heartbeat_seconds="0.5", slots=str(SLOTS))
         c.start_gateway(max_body_bytes=str(MAX_BODY_BYTES))
         c.wait_ready(1)
         yield c

@@ -8,7 +8,7 @@ import pytest
 from e2e.conftest import MAX_BODY_BYTES, MODEL
 
 MSG = [{"role": "user", "content": "hi"}]
-LONG_PROMPT = "hello " * 9000  # more tokens than the 8192-token context
+LONG_PROMPT = "hello " * 9000  # more tokens than the 4096-token context of a sequence
 
 
 def openai_error(r: httpx.Response, status: int) -> dict:

@@ -13,7 +13,7 @@ from cluster import LocalCluster
 from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from hyperllama_scheduler import keys
 
-from e2e.conftest import MODEL, QUEUE_MAX
+from e2e.conftest import MODEL, QUEUE_MAX, SLOTS
 
 # Long enough that a slot that is not freed stays busy for far longer than any wait below.
 LONG = {"model": MODEL, "prompt": "Count:", "max_tokens": 4000, "ignore_eos": True, "stream": True}
@@ -72,8 +72,8 @@ async def test_disconnect_mid_stream_frees_the_slot(base_url: str, probes):
 async def test_full_queue_refuses_and_waiting_clients_can_leave(base_url: str, probes):
     queued, slots_in_use = probes
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
-        running = await open_stream(client, "/v1/completions", LONG)
-        assert running.status_code == 200
+        running = [await open_stream(client, "/v1/completions", LONG) for _ in range(SLOTS)]
+        assert [r.status_code for r in running] == [200] * SLOTS
         waiting = [
             asyncio.ensure_future(open_stream(client, "/v1/completions", LONG)) for _ in range(QUEUE_MAX)
         ]
@@ -96,7 +96,8 @@ async def test_full_queue_refuses_and_waiting_clients_can_leave(base_url: str, p
         for task in waiting:  # queued clients disconnect: their requests leave the queue
             task.cancel()
         await until(lambda: _is(queued, 0))
-        await running.aclose()
+        for r in running:
+            await r.aclose()
     await until(lambda: _is(slots_in_use, 0))
 
 

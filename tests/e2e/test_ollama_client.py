@@ -99,7 +99,7 @@ def test_stop_option(oll: ollama.Client):
 def test_format_json_and_schema(oll: ollama.Client):
     r = oll.generate(
         model=MODEL,
-        prompt="Give me a JSON object describing a cat.",
+        prompt="What is the capital of France? Reply in JSON.",
         format="json",
         options={"temperature": 0, "num_predict": 200},
     )
@@ -132,7 +132,7 @@ def test_list_show_ps_describe_the_real_model(oll: ollama.Client):
     assert m.details.quantization_level == "Q4_1" and m.details.parameter_size == "134.52M"
     shown = oll.show(MODEL)
     assert "<|im_start|>" in shown.template
-    assert shown.modelinfo["llama.context_length"] == 8192
+    assert shown.modelinfo["llama.context_length"] == 8192  # trained context, from the GGUF
     assert shown.modelinfo["general.parameter_count"] == 134515008
     running = {m.model: m for m in oll.ps().models}
     assert MODEL in running

@@ -128,7 +128,7 @@ def test_unknown_model_lists_available(oai: openai.OpenAI):
 def test_json_object_and_json_schema(oai: openai.OpenAI):
     r = oai.chat.completions.create(
         model=MODEL,
-        messages=[{"role": "user", "content": "Give me a JSON object describing a cat."}],
+        messages=[{"role": "user", "content": "List three colors as a JSON object."}],
         response_format={"type": "json_object"},
         temperature=0,
         max_tokens=200,

@@ -29,6 +29,7 @@ class Result:
     finish_reason: str = "stop"
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_prompt_tokens: int = 0
     timings: worker_pb2.Timings = field(default_factory=worker_pb2.Timings)
 
 
@@ -39,6 +40,7 @@ def apply_final(result: Result, chunk: worker_pb2.GenerateChunk) -> bool:
     result.finish_reason = FINISH_REASONS[chunk.finish_reason]
     result.prompt_tokens = chunk.usage.prompt_tokens
     result.completion_tokens = chunk.usage.completion_tokens
+    result.cached_prompt_tokens = chunk.usage.cached_prompt_tokens
     result.timings = chunk.timings
     return True
 

@@ -13,7 +13,8 @@ from hyperllama_common.grpc_server import GrpcServer
 from hyperllama_common.logs import setup_logging
 from hyperllama_common.registration import deregister, heartbeat_loop
 
-from hyperllama_worker_llamacpp.engine import LoadedModel
+from hyperllama_worker_llamacpp.batch_engine import BatchEngine
+from hyperllama_worker_llamacpp.model import LoadedModel
 from hyperllama_worker_llamacpp.registry import load_registry, select
 from hyperllama_worker_llamacpp.service import WorkerServicer
 from hyperllama_worker_llamacpp.settings import WorkerSettings
@@ -40,7 +41,10 @@ async def serve(settings: WorkerSettings) -> None:
         os.sched_setaffinity(0, parse_cpus(settings.cpus))
     threads = settings.threads or len(os.sched_getaffinity(0))
     specs = select(load_registry(settings.models_file), settings.models)
-    models = {s.name: await asyncio.to_thread(LoadedModel, s, settings.num_ctx, threads) for s in specs}
+    engines = {}
+    for spec in specs:
+        model = await asyncio.to_thread(LoadedModel, spec, settings.num_ctx, threads)
+        engines[spec.name] = BatchEngine(model, settings.slots, settings.batch_tokens, threads)
 
     server = GrpcServer(
         f"{settings.host}:{settings.port}", "hyperllama.worker.v1.WorkerService", settings.grace_seconds
@@ -50,17 +54,24 @@ async def serve(settings: WorkerSettings) -> None:
         worker_id=worker_id,
         engine=ENGINE,
         pool=settings.pool,
-        slots_total=1,
+        slots_total=settings.slots * len(engines),
         ready=True,
-        models=[m.info for m in models.values()],
+        models=[e.model.info for e in engines.values()],
         capabilities=CAPABILITIES,
     )
-    servicer = WorkerServicer(models, info)
+    servicer = WorkerServicer(engines, info)
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server.server)
     port = await server.start()
     info.address = settings.advertise_address or f"{settings.host}:{port}"
     server.install_signal_handlers()
-    log.info("worker %s serving %s on %s (%d threads)", worker_id, sorted(models), info.address, threads)
+    log.info(
+        "worker %s serving %s on %s (%d slots, %d threads)",
+        worker_id,
+        sorted(engines),
+        info.address,
+        settings.slots,
+        threads,
+    )
 
     heartbeats = asyncio.create_task(
         heartbeat_loop(settings.scheduler_address, servicer.snapshot, settings.heartbeat_seconds)
@@ -70,6 +81,8 @@ async def serve(settings: WorkerSettings) -> None:
     heartbeats.cancel()
     await deregister(settings.scheduler_address, worker_id)
     await server.stop()
+    for engine in engines.values():
+        engine.close()
 
 
 def main() -> None:

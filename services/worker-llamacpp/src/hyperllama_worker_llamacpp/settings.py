@@ -20,8 +20,12 @@ class WorkerSettings(BaseSettings):
     models_file: str = ""
     # Comma-separated names of the registry's models this worker serves.
     models: str = "smollm2:135m"
-    # Context size per model; 0 = the model's own training context.
-    num_ctx: int = 8192
+    # Context each sequence may use (prompt + output); the KV cache holds slots x num_ctx tokens.
+    num_ctx: int = 4096
+    # Sequences decoded together per model (continuous batching).
+    slots: int = 8
+    # Most tokens one decode step feeds; long prompts are prefilled in chunks of this size.
+    batch_tokens: int = 512
     grace_seconds: float = 15.0
     log_level: str = "INFO"
     log_json: bool = False

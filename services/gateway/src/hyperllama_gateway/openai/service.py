@@ -83,11 +83,12 @@ def completion_request(body: CompletionRequest, request_id: str) -> worker_pb2.G
     )
 
 
-def usage(result: Result) -> dict[str, int]:
+def usage(result: Result) -> dict[str, Any]:
     return {
         "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens,
         "total_tokens": result.prompt_tokens + result.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": result.cached_prompt_tokens},
     }
 
 

@@ -1,0 +1,211 @@
+"""The decode loop: one llama.cpp context per model with N sequence slots, every step one llama_decode.
+
+The loop runs in its own thread (llama.cpp releases the GIL while decoding). Requests are prepared
+(tokenized, validated) in the caller's thread, join between steps, and hand their output to a
+thread-safe ``emit`` callback: text chunks, then one final chunk, or an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import llama_cpp
+from hyperllama.worker.v1 import worker_pb2
+from hyperllama_common.errors import BackendFailed, Cancelled
+from hyperllama_common.textstream import StopStringFilter, Utf8Assembler
+
+from hyperllama_worker_llamacpp.batching import BatchPlanner, Feed, Sequence
+from hyperllama_worker_llamacpp.model import LoadedModel
+from hyperllama_worker_llamacpp.sampling import SamplerChain, grammar_text
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[object], None]
+
+
+@dataclass
+class Job:
+    """What the engine keeps per sequence besides the planner's bookkeeping."""
+
+    emit: Emit
+    sampler: SamplerChain
+    utf8: Utf8Assembler
+    stops: StopStringFilter
+    ignore_eos: bool
+    arrived_ns: int
+    started_ns: int = 0
+    first_token_ns: int = 0
+
+
+class BatchEngine:
+    def __init__(self, model: LoadedModel, slots: int, n_batch: int, threads: int):
+        self.model = model
+        self.slots = slots
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = slots * model.n_ctx
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = slots
+        params.n_threads = threads
+        params.n_threads_batch = threads
+        # One KV stream per slot, as llama-server does with -np: a sequence attends only to its own cells.
+        params.kv_unified = False
+        self.ctx = llama_cpp.llama_init_from_model(model.llm.model, params)
+        if not self.ctx:
+            raise RuntimeError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
+        self.mem = llama_cpp.llama_get_memory(self.ctx)
+        self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self.planner = BatchPlanner(slots, n_batch)
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"decode-{model.spec.name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def in_use(self) -> int:
+        return self.planner.in_use
+
+    # ---- called from other threads ----------------------------------------------------------
+
+    def prepare(self, req: worker_pb2.GenerateRequest, emit: Emit) -> Sequence:
+        """Tokenize and validate a request; raises InvalidRequest before anything is queued."""
+        arrived = time.perf_counter_ns()
+        tokens = self.model.prompt_tokens(req)
+        room = self.model.context_for(req) - len(tokens)
+        s = req.sampling
+        limit = min(s.max_tokens, room) if s.HasField("max_tokens") and s.max_tokens >= 0 else room
+        grammar = None
+        if req.response_format.kind in (
+            worker_pb2.ResponseFormat.KIND_JSON_OBJECT,
+            worker_pb2.ResponseFormat.KIND_JSON_SCHEMA,
+        ):
+            grammar = grammar_text(req.response_format.kind, req.response_format.json_schema)
+        stops = list(s.stop) or [str(x) for x in self.model.spec.options.get("stop", [])]  # type: ignore[attr-defined]
+        job = Job(
+            emit=emit,
+            sampler=SamplerChain(self.model.vocab, s, self.model.spec.options, grammar),
+            utf8=Utf8Assembler(),
+            stops=StopStringFilter(stops),
+            ignore_eos=s.ignore_eos,
+            arrived_ns=arrived,
+        )
+        return Sequence(prompt=tokens, limit=limit, state=job)
+
+    def submit(self, seq: Sequence) -> None:
+        if seq.limit <= 0:  # nothing to generate (max_tokens 0): answer without taking a slot
+            seq.state.started_ns = seq.state.first_token_ns = time.perf_counter_ns()
+            self._send_final(seq, worker_pb2.FINISH_REASON_LENGTH)
+            return
+        with self._wake:
+            self.planner.submit(seq)
+            self._wake.notify()
+
+    def cancel(self, seq: Sequence) -> None:
+        """Stop the sequence before its next decode step; its slot is freed by the loop."""
+        seq.cancelled = True
+        with self._wake:
+            self._wake.notify()
+
+    def close(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join()
+        llama_cpp.llama_batch_free(self.batch)
+        llama_cpp.llama_free(self.ctx)
+
+    # ---- the decode thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self.planner.waiting and not self.planner.running:
+                    self._wake.wait()
+                if self._stopping:
+                    break
+                seated = self.planner.admit()
+            now = time.perf_counter_ns()
+            for seq, kept in seated:
+                llama_cpp.llama_memory_seq_rm(self.mem, seq.slot, kept, -1)
+                seq.state.started_ns = now
+            for seq in self.planner.running:
+                if seq.cancelled:
+                    self._release(seq)
+                    seq.state.emit(Cancelled("request cancelled"))
+            feeds = self.planner.plan()
+            if feeds:
+                self._step(feeds)
+
+    def _step(self, feeds: list[Feed]) -> None:
+        b = self.batch
+        for i, f in enumerate(feeds):
+            b.token[i] = f.token
+            b.pos[i] = f.pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = f.seq.slot
+            b.logits[i] = f.logits
+        b.n_tokens = len(feeds)
+        rc = llama_cpp.llama_decode(self.ctx, b)
+        if rc != 0:
+            log.error("llama_decode failed with %d for %d tokens", rc, len(feeds))
+            for seq in {id(f.seq): f.seq for f in feeds}.values():
+                self.planner.forget_cache(seq.slot)
+                llama_cpp.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
+                self._release(seq)
+                seq.state.emit(BackendFailed(f"llama_decode failed ({rc})"))
+            return
+        self.planner.fed(feeds)
+        for i, f in enumerate(feeds):
+            if f.logits:
+                self._on_token(f.seq, f.seq.state.sampler.sample(self.ctx, i))
+
+    def _on_token(self, seq: Sequence, token: int) -> None:
+        job: Job = seq.state
+        if seq.produced == 0:
+            job.first_token_ns = time.perf_counter_ns()
+        if self.model.is_end_of_generation(token) and not job.ignore_eos:
+            self._finish(seq, worker_pb2.FINISH_REASON_STOP)
+            return
+        self.planner.sampled(seq, token)
+        text, hit = job.stops.feed(job.utf8.feed(self.model.piece(token)))
+        if text:
+            job.emit(worker_pb2.GenerateChunk(text=text, token_count=1))
+        if hit:
+            self._finish(seq, worker_pb2.FINISH_REASON_STOP)
+        elif seq.produced >= seq.limit:
+            self._finish(seq, worker_pb2.FINISH_REASON_LENGTH)
+
+    def _finish(self, seq: Sequence, reason: int) -> None:
+        self._release(seq)
+        self._send_final(seq, reason)
+
+    def _send_final(self, seq: Sequence, reason: int) -> None:
+        job: Job = seq.state
+        tail, _ = job.stops.feed(job.utf8.flush())
+        tail += job.stops.flush()
+        done = time.perf_counter_ns()
+        job.emit(
+            worker_pb2.GenerateChunk(
+                text=tail,
+                finish_reason=reason,  # type: ignore[arg-type]
+                usage=worker_pb2.Usage(
+                    prompt_tokens=len(seq.prompt),
+                    completion_tokens=seq.produced,
+                    cached_prompt_tokens=seq.reused,
+                ),
+                timings=worker_pb2.Timings(
+                    load_duration_ns=job.started_ns - job.arrived_ns,
+                    prompt_eval_duration_ns=job.first_token_ns - job.started_ns,
+                    eval_duration_ns=done - job.first_token_ns,
+                ),
+            )
+        )
+        job.sampler.close()
+
+    def _release(self, seq: Sequence) -> None:
+        self.planner.finish(seq)
+        seq.state.sampler.close()

@@ -1,0 +1,114 @@
+"""One GGUF model: loading, its description, chat templating, tokenization and embeddings."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import llama_cpp
+from hyperllama.worker.v1 import worker_pb2
+from hyperllama_common.errors import ContextLengthExceeded, InvalidRequest
+from llama_cpp import Llama
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from hyperllama_worker_llamacpp.model_info import describe
+from hyperllama_worker_llamacpp.registry import ModelSpec
+
+log = logging.getLogger(__name__)
+
+ROLES = {"system", "user", "assistant", "tool"}
+# ChatML, for models whose GGUF carries no chat template.
+_FALLBACK_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class LoadedModel:
+    """Weights, vocabulary and metadata. Generation contexts are made by the batch engine; the
+    embedding context is made on first use."""
+
+    def __init__(self, spec: ModelSpec, n_ctx: int, threads: int):
+        self.spec = spec
+        self.n_ctx = n_ctx  # the context each sequence may use
+        self._threads = threads
+        started = time.perf_counter()
+        # This Llama holds the weights and the tokenizer; its own context is kept tiny because the
+        # batch engine decodes in a context of its own.
+        self.llm = Llama(model_path=str(spec.path), n_ctx=64, n_batch=64, n_threads=threads, verbose=False)
+        self.vocab = self.llm._model.vocab
+        metadata = self.llm.metadata
+        self.info = describe(
+            spec.name, spec.path, metadata, llama_cpp.llama_model_n_params(self.llm.model), n_ctx
+        )
+        self.info.context_length = int(metadata.get(f"{self.info.family}.context_length", n_ctx))
+        template = metadata.get("tokenizer.chat_template") or _FALLBACK_TEMPLATE
+        self._formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=self.llm._model.token_get_text(self.llm.token_eos()),
+            bos_token=self.llm._model.token_get_text(self.llm.token_bos()),
+        )
+        self._embedder: Llama | None = None
+        self._embed_lock = threading.Lock()
+        self.load_seconds = time.perf_counter() - started
+        log.info("loaded %s from %s in %.2fs", spec.name, spec.path, self.load_seconds)
+
+    def render_chat(self, messages: list[worker_pb2.ChatMessage]) -> str:
+        for m in messages:
+            if m.role not in ROLES:
+                raise InvalidRequest(
+                    f"unknown role '{m.role}'; expected one of {sorted(ROLES)}", param="messages"
+                )
+        return self._formatter(messages=[{"role": m.role, "content": m.content} for m in messages]).prompt
+
+    def prompt_tokens(self, req: worker_pb2.GenerateRequest) -> list[int]:
+        """The request's prompt as tokens (chat rendered with the model's template), checked to fit."""
+        prompt = self.render_chat(list(req.chat.messages)) if req.HasField("chat") else req.prompt
+        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        ctx = self.context_for(req)
+        if len(tokens) >= ctx:
+            raise ContextLengthExceeded(
+                f"the prompt is {len(tokens)} tokens but the context holds {ctx}; "
+                "shorten the prompt or raise num_ctx",
+                param="messages" if req.HasField("chat") else "prompt",
+            )
+        return tokens
+
+    def context_for(self, req: worker_pb2.GenerateRequest) -> int:
+        return min(req.num_ctx, self.n_ctx) if req.num_ctx > 0 else self.n_ctx
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def piece(self, token: int) -> bytes:
+        return self.llm.detokenize([token])
+
+    def embed(self, inputs: list[str], truncate: bool) -> worker_pb2.EmbedResponse:
+        started = time.perf_counter_ns()
+        with self._embed_lock:
+            if self._embedder is None:
+                self._embedder = Llama(
+                    model_path=str(self.spec.path),
+                    n_ctx=self.n_ctx,
+                    n_threads=self._threads,
+                    embedding=True,
+                    # Causal LMs carry no pooling type; mean pooling is what Ollama uses for them.
+                    pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+                    verbose=False,
+                )
+            loaded = time.perf_counter_ns()
+            counts = [len(self._embedder.tokenize(t.encode("utf-8"), add_bos=True)) for t in inputs]
+            too_long = [i for i, n in enumerate(counts) if n > self.n_ctx]
+            if too_long and not truncate:
+                raise ContextLengthExceeded(
+                    f"input {too_long[0]} is {counts[too_long[0]]} tokens; the context holds {self.n_ctx}",
+                    param="input",
+                )
+            vectors = self._embedder.embed(inputs, normalize=True, truncate=True)
+        return worker_pb2.EmbedResponse(
+            embeddings=[worker_pb2.Embedding(values=v) for v in vectors],  # type: ignore[arg-type]
+            prompt_tokens=sum(min(n, self.n_ctx) for n in counts),
+            load_duration_ns=loaded - started,
+            total_duration_ns=time.perf_counter_ns() - started,
+        )

@@ -1,0 +1,133 @@
+"""The llama.cpp worker process with the real model: continuous batching over its gRPC API."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from cluster import LocalCluster, free_port
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
+
+MODEL = "smollm2:135m"
+SLOTS = 8
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def worker(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[worker_pb2_grpc.WorkerServiceStub]:
+    cluster = LocalCluster(log_dir=Path(tmp_path_factory.mktemp("worker")))
+    port = free_port()
+    # No scheduler is needed to talk to a worker directly; its heartbeats just fail.
+    proc = cluster.start_worker("batch-worker", port=str(port), slots=str(SLOTS),
+                                scheduler_address=f"127.0.0.1:{free_port()}")  # fmt: skip
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=2
+            )
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                break
+        except grpc.aio.AioRpcError:
+            pass
+        assert proc.alive(), proc.log_tail()
+        assert time.monotonic() < deadline, "worker did not start"
+        await asyncio.sleep(0.1)
+    yield worker_pb2_grpc.WorkerServiceStub(channel)
+    await channel.close()
+    cluster.stop()
+
+
+def chat(rid: str, text: str, max_tokens: int, **sampling) -> worker_pb2.GenerateRequest:
+    return worker_pb2.GenerateRequest(
+        request_id=rid,
+        model=MODEL,
+        chat=worker_pb2.ChatConversation(messages=[worker_pb2.ChatMessage(role="user", content=text)]),
+        sampling=worker_pb2.SamplingParams(max_tokens=max_tokens, **sampling),
+    )
+
+
+async def generate(stub, req) -> tuple[str, worker_pb2.GenerateChunk]:
+    chunks = [c async for c in stub.Generate(req, timeout=120)]
+    return "".join(c.text for c in chunks), chunks[-1]
+
+
+GREEDY = "What is the capital of France? Answer in one sentence."
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+async def test_reports_its_slots(worker):
+    info = await worker.Info(worker_pb2.InfoRequest(), timeout=5)
+    assert info.slots_total == SLOTS and info.slots_in_use == 0
+    assert info.engine == "llamacpp" and "embed" in info.capabilities
+    assert info.models[0].name == MODEL and info.models[0].quantization_level == "Q4_1"
+
+
+async def test_eight_streams_complete_and_greedy_output_is_the_same_alone_and_batched(worker):
+    alone, last = await generate(worker, chat("alone", GREEDY, 32, temperature=0))
+    assert "Paris" in alone and last.finish_reason == worker_pb2.FINISH_REASON_STOP
+
+    requests = [chat("greedy", GREEDY, 32, temperature=0)] + [
+        chat(f"story-{i}", f"Tell me story number {i}.", 48, temperature=0.8, seed=i, ignore_eos=True)
+        for i in range(SLOTS - 1)
+    ]
+    results = await asyncio.gather(*(generate(worker, r) for r in requests))
+    greedy_text, greedy_last = results[0]
+    assert greedy_text == alone
+    assert greedy_last.usage.completion_tokens == last.usage.completion_tokens
+    for text, final in results[1:]:
+        assert final.finish_reason == worker_pb2.FINISH_REASON_LENGTH
+        assert final.usage.completion_tokens == 48
+        assert final.usage.prompt_tokens > 10
+        assert text
+    info = await worker.Info(worker_pb2.InfoRequest(), timeout=5)
+    assert info.slots_in_use == 0
+
+
+async def test_same_seed_same_text_alone_and_batched(worker):
+    req = chat("seeded", "Tell me a fun fact.", 24, temperature=1.0, seed=77)
+    alone, _ = await generate(worker, req)
+    noise = [chat(f"n{i}", "Write a poem.", 24, ignore_eos=True) for i in range(3)]
+    results = await asyncio.gather(generate(worker, req), *(generate(worker, r) for r in noise))
+    assert results[0][0] == alone
+
+
+async def test_cancelled_stream_frees_its_slot(worker):
+    call = worker.Generate(chat("long", "Count to a million.", 3000, ignore_eos=True), timeout=120)
+    first = await call.read()
+    assert first.text
+    assert (await worker.Info(worker_pb2.InfoRequest(), timeout=5)).slots_in_use == 1
+    call.cancel()
+    deadline = time.monotonic() + 5
+    while (await worker.Info(worker_pb2.InfoRequest(), timeout=5)).slots_in_use != 0:
+        assert time.monotonic() < deadline, "the slot was not freed"
+        await asyncio.sleep(0.02)
+
+
+async def test_shared_prefix_gives_the_same_answer(worker):
+    system = "You are a helpful assistant who answers in one short sentence. " * 5
+    req = worker_pb2.GenerateRequest(
+        request_id="p1",
+        model=MODEL,
+        chat=worker_pb2.ChatConversation(
+            messages=[
+                worker_pb2.ChatMessage(role="system", content=system),
+                worker_pb2.ChatMessage(role="user", content="What is the capital of France?"),
+            ]
+        ),
+        sampling=worker_pb2.SamplingParams(max_tokens=20, temperature=0),
+    )
+    first, f1 = await generate(worker, req)
+    second, f2 = await generate(worker, req)  # served from the cached prefix
+    assert first == second and f1.usage.prompt_tokens == f2.usage.prompt_tokens
+    # The second request found the whole prompt but its last token in the slot's cache.
+    assert f2.usage.cached_prompt_tokens == f2.usage.prompt_tokens - 1
