@@ -14,10 +14,11 @@ LLAMA_CPP_VERSION := 0.3.36
 cpu_flag = $(if $(shell grep -m1 -ow $(1) /proc/cpuinfo 2>/dev/null),-D$(2)=ON)
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	$(call cpu_flag,bmi2,GGML_BMI2) $(call cpu_flag,avx512f,GGML_AVX512) \
-	$(call cpu_flag,avx512_vnni,GGML_AVX512_VNNI) $(call cpu_flag,avx512_vbmi,GGML_AVX512_VBMI) \
+	$(call cpu_flag,avx512_vnni,GGML_AVX512_VNNI) $(call cpu_flag,avx512vbmi,GGML_AVX512_VBMI) \
 	$(call cpu_flag,avx512_bf16,GGML_AVX512_BF16)
 
 .PHONY: install proto run test test-unit lint bench clean
+LLAMA_SERVER := build/llama-server/llama-server
 
 install: $(VENV)/.installed
 
@@ -56,9 +57,17 @@ test: proto
 test-unit: proto
 	$(BIN)/python -m pytest tests/unit
 
+# Not part of `make test`: several minutes of load against the cluster and its peers.
+bench: proto $(LLAMA_SERVER)
+	$(BIN)/pip install --quiet -r loadtests/requirements.txt
+	$(BIN)/python loadtests/bench.py
+
+$(LLAMA_SERVER): | $(VENV)/bin/python
+	loadtests/build_llama_server.sh $(LLAMA_CPP_VERSION) "$(LLAMA_CMAKE_ARGS)" build/llama-server $(BIN)/pip
+
 lint: proto
-	$(BIN)/ruff check services tests deploy
-	$(BIN)/ruff format --check services tests deploy
+	$(BIN)/ruff check services tests deploy loadtests
+	$(BIN)/ruff format --check services tests deploy loadtests
 	$(BIN)/mypy
 
 clean:
