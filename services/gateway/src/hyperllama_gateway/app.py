@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hyperllama_gateway import __version__, errors, ops
+from hyperllama_gateway.metrics import GatewayMetrics
 from hyperllama_gateway.ollama.router import router as ollama_router
 from hyperllama_gateway.openai.router import router as openai_router
 from hyperllama_gateway.request_body import BodySizeLimit, JsonBodies
@@ -16,9 +18,12 @@ from hyperllama_gateway.settings import GatewaySettings
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
+    metrics = GatewayMetrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
+        app.state.metrics = metrics
         app.state.scheduler = SchedulerClient(
             settings.scheduler_address, settings.control_timeout_seconds, settings.scheduler_retry_seconds
         )
@@ -30,6 +35,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(openai_router)
     app.include_router(ollama_router)
     errors.install(app)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     app.add_middleware(JsonBodies)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from hyperllama_gateway.metrics import GatewayMetrics
 from hyperllama_gateway.scheduler_client import SchedulerClient
 from hyperllama_gateway.settings import GatewaySettings
 
@@ -15,20 +17,34 @@ def _scheduler(request: Request) -> SchedulerClient:
     return request.app.state.scheduler
 
 
-def _settings(request: Request) -> GatewaySettings:
-    return request.app.state.settings
+def _metrics(request: Request) -> GatewayMetrics:
+    return request.app.state.metrics
 
 
-def _request_id(request: Request) -> str:
-    return request.headers.get("x-request-id") or uuid.uuid4().hex
+@dataclass
+class Call:
+    """Everything a generation or embedding route needs about the request it serves."""
+
+    http: Request
+    scheduler: SchedulerClient
+    settings: GatewaySettings
+    metrics: GatewayMetrics
+    request_id: str
+    priority: int
 
 
-def _priority(request: Request) -> int:
-    raw = request.headers.get("x-hyperllama-priority", "0")
-    return int(raw) if raw.lstrip("-").isdigit() else 0
+def _call(request: Request) -> Call:
+    raw_priority = request.headers.get("x-hyperllama-priority", "0")
+    return Call(
+        http=request,
+        scheduler=request.app.state.scheduler,
+        settings=request.app.state.settings,
+        metrics=request.app.state.metrics,
+        request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
+        priority=int(raw_priority) if raw_priority.lstrip("-").isdigit() else 0,
+    )
 
 
 Scheduler = Annotated[SchedulerClient, Depends(_scheduler)]
-Settings = Annotated[GatewaySettings, Depends(_settings)]
-RequestId = Annotated[str, Depends(_request_id)]
-Priority = Annotated[int, Depends(_priority)]
+Metrics = Annotated[GatewayMetrics, Depends(_metrics)]
+CallDep = Annotated[Call, Depends(_call)]

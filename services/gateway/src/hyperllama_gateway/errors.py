@@ -8,6 +8,8 @@ from fastapi.responses import JSONResponse
 from hyperllama_common.errors import HyperLlamaError, InvalidRequest, ModelNotFound, Overloaded
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hyperllama_gateway.metrics import outcome_of
+
 
 def is_openai_path(path: str) -> bool:
     return path.startswith("/v1/") or path == "/v1"
@@ -47,14 +49,20 @@ def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | N
 
 
 def install(app: FastAPI) -> None:
+    def respond(request: Request, err: HyperLlamaError) -> JSONResponse:
+        if not getattr(request.state, "recorded", False):
+            model = getattr(request.state, "model", "-")
+            request.app.state.metrics.record(request.url.path, model, outcome_of(err))
+        return error_response(request.url.path, err)
+
     @app.exception_handler(HyperLlamaError)
     async def _hyperllama(request: Request, err: HyperLlamaError) -> JSONResponse:
-        return error_response(request.url.path, err)
+        return respond(request, err)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = describe_validation_error(exc)
-        return error_response(request.url.path, InvalidRequest(message, param=param))
+        return respond(request, InvalidRequest(message, param=param))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

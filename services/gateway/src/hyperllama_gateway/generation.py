@@ -1,4 +1,5 @@
-"""What both API families share: running a generation through the scheduler and collecting it."""
+"""What both API families share: running a generation through the scheduler, collecting it, and
+recording its metrics."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from typing import TypeVar
 from fastapi import Request
 from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama.worker.v1 import worker_pb2
-from hyperllama_common.errors import BackendFailed, Cancelled
+from hyperllama_common.errors import BackendFailed, Cancelled, HyperLlamaError
 
-from hyperllama_gateway.scheduler_client import SchedulerClient
+from hyperllama_gateway.deps import Call
+from hyperllama_gateway.metrics import outcome_of
 
 T = TypeVar("T")
 
@@ -45,6 +47,19 @@ def apply_final(result: Result, chunk: worker_pb2.GenerateChunk) -> bool:
     return True
 
 
+async def embed(call: Call, request: worker_pb2.EmbedRequest) -> worker_pb2.EmbedResponse:
+    """Run an embedding request (cancelled if the client leaves) and record its metrics."""
+    call.http.state.model = request.model
+    started = time.perf_counter()
+    response = await until_disconnect(
+        call.http, call.scheduler.embed(request, call.settings.request_timeout_seconds)
+    )
+    call.http.state.recorded = True
+    call.metrics.record(call.http.url.path, request.model, "ok", time.perf_counter() - started)
+    call.metrics.prompt_tokens.labels(request.model).inc(response.prompt_tokens)
+    return response
+
+
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Await ``work`` but cancel it (end to end) if the client disconnects first."""
     task = asyncio.ensure_future(work)
@@ -68,45 +83,76 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
 
 
 class Generation:
-    """One generation's stream; ``start`` waits (cancellably) for the first chunk so errors that
-    happen before any output still get a real HTTP status."""
+    """One generation's stream. ``start`` waits (cancellably) for the first chunk so errors that
+    happen before any output still get a real HTTP status; the stream's end records its metrics."""
 
-    def __init__(
-        self,
-        scheduler: SchedulerClient,
-        request: worker_pb2.GenerateRequest,
-        priority: int,
-        timeout: float,
-    ):
-        self.started_ns = time.perf_counter_ns()
+    def __init__(self, call: Call, request: worker_pb2.GenerateRequest):
+        self.started = time.perf_counter()
         self.created = int(time.time())
         self.request = request
-        self._chunks = scheduler.generate(
+        self.metrics = call.metrics
+        self.http = call.http
+        self.http.state.model = request.model
+        timeout = call.settings.request_timeout_seconds
+        self._chunks = call.scheduler.generate(
             scheduler_pb2.GenerateRequest(
                 request=request,
-                priority=priority,
+                priority=call.priority,
                 deadline_unix_ms=int((time.time() + timeout) * 1000),
             ),
             timeout,
         )
         self._first: worker_pb2.GenerateChunk | None = None
 
-    async def start(self, http_request: Request) -> None:
-        self._first = await until_disconnect(http_request, anext(self._chunks))
+    async def start(self) -> None:
+        self._first = await until_disconnect(self.http, anext(self._chunks))
 
-    async def chunks(self) -> AsyncIterator[worker_pb2.GenerateChunk]:
-        """Every chunk; raises BackendFailed if the stream ends without a finish."""
+    def _record(self, outcome: str) -> None:
+        self.http.state.recorded = True  # the error handler must not count this request again
+        self.metrics.record(
+            self.http.url.path, self.request.model, outcome, time.perf_counter() - self.started
+        )
+
+    async def _all_chunks(self) -> AsyncIterator[worker_pb2.GenerateChunk]:
         if self._first is not None:
             yield self._first
-            if self._first.finish_reason != worker_pb2.FINISH_REASON_UNSPECIFIED:
-                return
         async for chunk in self._chunks:
             yield chunk
-            if chunk.finish_reason != worker_pb2.FINISH_REASON_UNSPECIFIED:
-                return
-        raise BackendFailed("the stream ended without a finish")
 
-    async def collect(self, http_request: Request) -> Result:
+    async def chunks(self) -> AsyncIterator[worker_pb2.GenerateChunk]:
+        """Every chunk up to the final one; raises BackendFailed if the stream ends without it."""
+        model = self.request.model
+        last_text_at = 0.0
+        self.metrics.in_flight.inc()
+        try:
+            async for chunk in self._all_chunks():
+                now = time.perf_counter()
+                if chunk.text:
+                    if last_text_at == 0.0:
+                        api = "openai" if self.http.url.path.startswith("/v1") else "ollama"
+                        self.metrics.ttft.labels(api, model).observe(now - self.started)
+                    elif chunk.token_count:
+                        gap = (now - last_text_at) / chunk.token_count
+                        for _ in range(chunk.token_count):
+                            self.metrics.itl.labels(model).observe(gap)
+                    last_text_at = now
+                yield chunk
+                if chunk.finish_reason != worker_pb2.FINISH_REASON_UNSPECIFIED:
+                    self.metrics.prompt_tokens.labels(model).inc(chunk.usage.prompt_tokens)
+                    self.metrics.output_tokens.labels(model).inc(chunk.usage.completion_tokens)
+                    self._record("ok")
+                    return
+            raise BackendFailed("the stream ended without a finish")
+        except HyperLlamaError as err:
+            self._record(outcome_of(err))
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            self._record("cancelled")  # the client went away mid-stream
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+
+    async def collect(self) -> Result:
         async def gather() -> Result:
             result = Result()
             parts = []
@@ -116,7 +162,7 @@ class Generation:
             result.text = "".join(parts)
             return result
 
-        return await until_disconnect(http_request, gather())
+        return await until_disconnect(self.http, gather())
 
     def total_duration_ns(self) -> int:
-        return time.perf_counter_ns() - self.started_ns
+        return int((time.perf_counter() - self.started) * 1e9)

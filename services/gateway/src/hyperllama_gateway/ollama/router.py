@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import InvalidRequest, ModelNotFound
 
 from hyperllama_gateway import __version__
-from hyperllama_gateway.deps import Priority, RequestId, Scheduler, Settings
-from hyperllama_gateway.generation import Generation, until_disconnect
+from hyperllama_gateway.deps import Call, CallDep, Scheduler
+from hyperllama_gateway.generation import Generation, embed
 from hyperllama_gateway.ollama import service
 from hyperllama_gateway.ollama.protocol import (
     ChatRequest,
@@ -37,73 +37,43 @@ async def _find(scheduler: SchedulerClient, model: str) -> scheduler_pb2.ModelEn
     raise ModelNotFound(f"model '{model}' not found; available models: {names}")
 
 
-async def _run(
-    request: worker_pb2.GenerateRequest,
-    stream: bool,
-    chat: bool,
-    http: Request,
-    scheduler: SchedulerClient,
-    settings: Any,
-    priority: int,
-) -> Any:
-    gen = Generation(scheduler, request, priority, settings.request_timeout_seconds)
-    await gen.start(http)
+async def _run(call: Call, request: worker_pb2.GenerateRequest, stream: bool, chat: bool) -> Any:
+    gen = Generation(call, request)
+    await gen.start()
     if stream:
         return StreamingResponse(service.ndjson_stream(gen, chat), media_type=_NDJSON)
-    return service.response(gen, await gen.collect(http), chat)
+    return service.response(gen, await gen.collect(), chat)
 
 
 @router.post("/generate", response_model=None)
-async def generate(
-    body: GenerateRequest,
-    http: Request,
-    scheduler: Scheduler,
-    settings: Settings,
-    request_id: RequestId,
-    priority: Priority,
-) -> Any:
+async def generate(body: GenerateRequest, call: CallDep) -> Any:
+    call.http.state.model = body.model
     if not body.prompt and not body.raw:
-        return service.load_response((await _find(scheduler, body.model)).info.name, chat=False)
-    request = service.generate_request(body, request_id)
-    return await _run(request, body.stream, False, http, scheduler, settings, priority)
+        return service.load_response((await _find(call.scheduler, body.model)).info.name, chat=False)
+    return await _run(call, service.generate_request(body, call.request_id), body.stream, chat=False)
 
 
 @router.post("/chat", response_model=None)
-async def chat(
-    body: ChatRequest,
-    http: Request,
-    scheduler: Scheduler,
-    settings: Settings,
-    request_id: RequestId,
-    priority: Priority,
-) -> Any:
+async def chat(body: ChatRequest, call: CallDep) -> Any:
+    call.http.state.model = body.model
     if not body.messages:
-        return service.load_response((await _find(scheduler, body.model)).info.name, chat=True)
-    request = service.chat_request(body, request_id)
-    return await _run(request, body.stream, True, http, scheduler, settings, priority)
+        return service.load_response((await _find(call.scheduler, body.model)).info.name, chat=True)
+    return await _run(call, service.chat_request(body, call.request_id), body.stream, chat=True)
 
 
-async def _embed(
-    model: str,
-    inputs: list[str],
-    truncate: bool,
-    request_id: str,
-    http: Request,
-    scheduler: SchedulerClient,
-    settings: Any,
-) -> worker_pb2.EmbedResponse:
+async def _embed(call: Call, model: str, inputs: list[str], truncate: bool) -> worker_pb2.EmbedResponse:
     if not inputs or any(not s for s in inputs):
         raise InvalidRequest("input must be a non-empty string or a list of non-empty strings")
-    request = worker_pb2.EmbedRequest(request_id=request_id, model=model, inputs=inputs, truncate=truncate)
-    return await until_disconnect(http, scheduler.embed(request, settings.request_timeout_seconds))
+    request = worker_pb2.EmbedRequest(
+        request_id=call.request_id, model=model, inputs=inputs, truncate=truncate
+    )
+    return await embed(call, request)
 
 
 @router.post("/embed")
-async def embed(
-    body: EmbedRequest, http: Request, scheduler: Scheduler, settings: Settings, request_id: RequestId
-) -> dict[str, Any]:
+async def embed_route(body: EmbedRequest, call: CallDep) -> dict[str, Any]:
     inputs = [body.input] if isinstance(body.input, str) else body.input
-    response = await _embed(body.model, inputs, body.truncate, request_id, http, scheduler, settings)
+    response = await _embed(call, body.model, inputs, body.truncate)
     return {
         "model": body.model,
         "embeddings": [list(e.values) for e in response.embeddings],
@@ -114,10 +84,8 @@ async def embed(
 
 
 @router.post("/embeddings")
-async def embeddings(
-    body: EmbeddingsRequest, http: Request, scheduler: Scheduler, settings: Settings, request_id: RequestId
-) -> dict[str, Any]:
-    response = await _embed(body.model, [body.prompt], True, request_id, http, scheduler, settings)
+async def embeddings(body: EmbeddingsRequest, call: CallDep) -> dict[str, Any]:
+    response = await _embed(call, body.model, [body.prompt], True)
     return {"embedding": list(response.embeddings[0].values)}
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from hyperllama_common.errors import ModelNotFound
 
-from hyperllama_gateway.deps import Priority, RequestId, Scheduler, Settings
-from hyperllama_gateway.generation import Generation, until_disconnect
+from hyperllama_gateway.deps import CallDep, Scheduler
+from hyperllama_gateway.generation import Generation, embed
 from hyperllama_gateway.openai import service
 from hyperllama_gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
@@ -18,59 +18,41 @@ router = APIRouter(prefix="/v1")
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+def _include_usage(body: ChatCompletionRequest | CompletionRequest) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
 @router.post("/chat/completions", response_model=None)
-async def chat_completions(
-    body: ChatCompletionRequest,
-    http: Request,
-    scheduler: Scheduler,
-    settings: Settings,
-    request_id: RequestId,
-    priority: Priority,
-) -> dict[str, Any] | StreamingResponse:
-    gen = Generation(
-        scheduler, service.chat_request(body, request_id), priority, settings.request_timeout_seconds
-    )
-    await gen.start(http)
+async def chat_completions(body: ChatCompletionRequest, call: CallDep) -> dict[str, Any] | StreamingResponse:
+    call.http.state.model = body.model
+    gen = Generation(call, service.chat_request(body, call.request_id))
+    await gen.start()
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            service.sse_stream(gen, request_id, include_usage, chat=True),
+            service.sse_stream(gen, call.request_id, _include_usage(body), chat=True),
             media_type="text/event-stream",
             headers=_SSE_HEADERS,
         )
-    return service.chat_completion(gen, await gen.collect(http), request_id)
+    return service.chat_completion(gen, await gen.collect(), call.request_id)
 
 
 @router.post("/completions", response_model=None)
-async def completions(
-    body: CompletionRequest,
-    http: Request,
-    scheduler: Scheduler,
-    settings: Settings,
-    request_id: RequestId,
-    priority: Priority,
-) -> dict[str, Any] | StreamingResponse:
-    gen = Generation(
-        scheduler, service.completion_request(body, request_id), priority, settings.request_timeout_seconds
-    )
-    await gen.start(http)
+async def completions(body: CompletionRequest, call: CallDep) -> dict[str, Any] | StreamingResponse:
+    call.http.state.model = body.model
+    gen = Generation(call, service.completion_request(body, call.request_id))
+    await gen.start()
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            service.sse_stream(gen, request_id, include_usage, chat=False, echo=body.echo),
+            service.sse_stream(gen, call.request_id, _include_usage(body), chat=False, echo=body.echo),
             media_type="text/event-stream",
             headers=_SSE_HEADERS,
         )
-    return service.text_completion(gen, await gen.collect(http), request_id, body.echo)
+    return service.text_completion(gen, await gen.collect(), call.request_id, body.echo)
 
 
 @router.post("/embeddings")
-async def embeddings(
-    body: EmbeddingRequest, http: Request, scheduler: Scheduler, settings: Settings, request_id: RequestId
-) -> dict[str, Any]:
-    response = await until_disconnect(
-        http, scheduler.embed(service.embedding_request(body, request_id), settings.request_timeout_seconds)
-    )
+async def embeddings(body: EmbeddingRequest, call: CallDep) -> dict[str, Any]:
+    response = await embed(call, service.embedding_request(body, call.request_id))
     return service.embedding_response(body, response)
 
 

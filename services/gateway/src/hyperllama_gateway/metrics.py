@@ -1,0 +1,87 @@
+"""The gateway's Prometheus metrics, on a registry of its own (served at /metrics)."""
+
+from __future__ import annotations
+
+from hyperllama_common.errors import Cancelled, InvalidRequest, ModelNotFound, Overloaded
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Buckets that fit LLM serving: from a few milliseconds to minutes.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1)
+
+KNOWN_ENDPOINTS = {
+    "/v1/chat/completions": ("openai", "chat"),
+    "/v1/completions": ("openai", "completions"),
+    "/v1/embeddings": ("openai", "embeddings"),
+    "/api/chat": ("ollama", "chat"),
+    "/api/generate": ("ollama", "generate"),
+    "/api/embed": ("ollama", "embed"),
+    "/api/embeddings": ("ollama", "embeddings"),
+}
+
+
+def endpoint_labels(path: str) -> tuple[str, str]:
+    """(api family, endpoint) for a generation or embedding route; ("other", "other") otherwise."""
+    return KNOWN_ENDPOINTS.get(path, ("other", "other"))
+
+
+def outcome_of(err: BaseException) -> str:
+    if isinstance(err, Overloaded):
+        return "rejected"
+    if isinstance(err, (InvalidRequest, ModelNotFound)):
+        return "client_error"
+    if isinstance(err, Cancelled):
+        return "cancelled"
+    return "failed"
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        # Model is "-" for client errors: their model name is whatever the client sent (unbounded).
+        self.requests = Counter(
+            "hyperllama_gateway_requests_total",
+            "Requests by API family, endpoint, model and outcome "
+            "(ok, client_error, rejected, cancelled, failed)",
+            ["api", "endpoint", "model", "outcome"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "hyperllama_gateway_request_duration_seconds",
+            "End-to-end latency of a request, queue wait included",
+            ["api", "endpoint", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "hyperllama_gateway_time_to_first_token_seconds",
+            "Time from request arrival to the first generated text",
+            ["api", "model"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "hyperllama_gateway_inter_token_latency_seconds",
+            "Time between generated tokens as the client sees them",
+            ["model"],
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "hyperllama_gateway_prompt_tokens_total", "Prompt tokens processed", ["model"], registry=r
+        )
+        self.output_tokens = Counter(
+            "hyperllama_gateway_output_tokens_total", "Tokens generated", ["model"], registry=r
+        )
+        self.in_flight = Gauge(
+            "hyperllama_gateway_requests_in_flight", "Generations being served right now", registry=r
+        )
+
+    def record(self, path: str, model: str, outcome: str, seconds: float | None = None) -> None:
+        api, endpoint = endpoint_labels(path)
+        model = "-" if outcome == "client_error" or api == "other" else model
+        self.requests.labels(api, endpoint, model, outcome).inc()
+        if seconds is not None and outcome == "ok":
+            self.request_duration.labels(api, endpoint, model).observe(seconds)
