@@ -80,10 +80,15 @@ class LocalCluster:
 
     gateway_port: int = 11434
     log_dir: Path | None = None
+    # The services' default ports (what deploy/prometheus/prometheus.local.yml scrapes) instead of
+    # free ones; `make run` uses them, the tests do not (several clusters run side by side).
+    fixed_ports: bool = False
     redis_url: str = ""
     env: dict[str, str] = field(default_factory=dict)
     processes: list[Process] = field(default_factory=list)
     scheduler_address: str = ""
+    # Prometheus endpoints of the processes started, by process name.
+    metrics_urls: dict[str, str] = field(default_factory=dict)
     _redis_dir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
@@ -128,10 +133,19 @@ class LocalCluster:
         wait_for(lambda: _tcp_open(port), f"redis on port {port}", proc)
         return proc
 
+    def _port(self, default: int) -> int:
+        return default if self.fixed_ports else free_port()
+
     def start_scheduler(self, port: int = 0, **settings: str) -> Process:
-        port = port or free_port()
+        port = port or self._port(50051)
+        metrics_port = self._port(9101)
         self.scheduler_address = f"127.0.0.1:{port}"
-        env = {"HYPERLLAMA_SCHEDULER_PORT": str(port), "HYPERLLAMA_SCHEDULER_REDIS_URL": self.redis_url}
+        self.metrics_urls["scheduler"] = f"http://127.0.0.1:{metrics_port}/metrics"
+        env = {
+            "HYPERLLAMA_SCHEDULER_PORT": str(port),
+            "HYPERLLAMA_SCHEDULER_METRICS_PORT": str(metrics_port),
+            "HYPERLLAMA_SCHEDULER_REDIS_URL": self.redis_url,
+        }
         env.update({f"HYPERLLAMA_SCHEDULER_{k.upper()}": v for k, v in settings.items()})
         proc = self._spawn("scheduler", [sys.executable, "-m", "hyperllama_scheduler.main"], env)
         wait_for(lambda: _tcp_open(port), "scheduler", proc)
@@ -144,9 +158,13 @@ class LocalCluster:
         extra_env: dict[str, str] | None = None,
         **settings: str,
     ) -> Process:
+        n = sum(1 for p in self.processes if p.name.startswith("worker"))
+        metrics_port = self._port(9102 + n)
+        self.metrics_urls[name] = f"http://127.0.0.1:{metrics_port}/metrics"
         env = {
             **(extra_env or {}),
-            "HYPERLLAMA_WORKER_PORT": str(free_port()),
+            "HYPERLLAMA_WORKER_PORT": str(self._port(50061 + n)),
+            "HYPERLLAMA_WORKER_METRICS_PORT": str(metrics_port),
             "HYPERLLAMA_WORKER_SCHEDULER_ADDRESS": self.scheduler_address,
             "HYPERLLAMA_WORKER_WORKER_ID": name,
         }
@@ -159,6 +177,7 @@ class LocalCluster:
             "HYPERLLAMA_GATEWAY_SCHEDULER_ADDRESS": self.scheduler_address,
         }
         env.update({f"HYPERLLAMA_GATEWAY_{k.upper()}": v for k, v in settings.items()})
+        self.metrics_urls["gateway"] = f"{self.gateway_url}/metrics"
         proc = self._spawn("gateway", [sys.executable, "-m", "hyperllama_gateway.main"], env)
         wait_for(lambda: _http_status(f"{self.gateway_url}/health") == 200, "gateway", proc)
         return proc
@@ -229,7 +248,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="llama.cpp workers to start")
     args = parser.parse_args()
 
-    cluster = LocalCluster(gateway_port=args.port, redis_url=os.environ.get("HYPERLLAMA_REDIS_URL", ""))
+    cluster = LocalCluster(
+        gateway_port=args.port, redis_url=os.environ.get("HYPERLLAMA_REDIS_URL", ""), fixed_ports=True
+    )
 
     def on_sigterm(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -237,7 +258,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         cluster.start(args.workers)
-        print(f"\nHyperLlama is serving on {cluster.gateway_url}  (Ctrl-C stops every process)\n", flush=True)
+        print(f"\nHyperLlama is serving on {cluster.gateway_url}  (Ctrl-C stops every process)", flush=True)
+        print("Metrics: " + "  ".join(cluster.metrics_urls.values()) + "\n", flush=True)
         while not (dead := cluster.dead()):
             time.sleep(0.5)
         print(f"{dead[0].name} exited with {dead[0].popen.returncode}; stopping", file=sys.stderr)

@@ -3,6 +3,7 @@
 import pytest
 from hyperllama_common.errors import Overloaded
 from hyperllama_scheduler import keys
+from hyperllama_scheduler.metrics import SchedulerMetrics
 from hyperllama_scheduler.queue import RequestQueue
 
 MODEL = "m:1"
@@ -13,14 +14,14 @@ async def admit(q: RequestQueue, rid: str, priority: int = 0) -> bool:
 
 
 async def test_priority_first_then_arrival(redis_client):
-    q = RequestQueue(redis_client, max_per_model=10, retry_after=1)
+    q = RequestQueue(redis_client, max_per_model=10, retry_after=1, metrics=SchedulerMetrics())
     for rid, prio in [("a", 0), ("b", 5), ("c", 0), ("d", 5), ("e", 9)]:
         assert await admit(q, rid, prio)
     assert await q.head(MODEL, 10) == ["e", "b", "d", "a", "c"]
 
 
 async def test_admission_is_idempotent_and_keeps_the_place(redis_client):
-    q = RequestQueue(redis_client, max_per_model=10, retry_after=1)
+    q = RequestQueue(redis_client, max_per_model=10, retry_after=1, metrics=SchedulerMetrics())
     await admit(q, "first")
     await admit(q, "second")
     assert await admit(q, "first") is False  # a retried call
@@ -29,7 +30,7 @@ async def test_admission_is_idempotent_and_keeps_the_place(redis_client):
 
 
 async def test_full_queue_refuses_at_once_and_never_exceeds_its_bound(redis_client):
-    q = RequestQueue(redis_client, max_per_model=2, retry_after=3)
+    q = RequestQueue(redis_client, max_per_model=2, retry_after=3, metrics=SchedulerMetrics())
     await admit(q, "a")
     await admit(q, "b")
     with pytest.raises(Overloaded) as err:
@@ -40,14 +41,14 @@ async def test_full_queue_refuses_at_once_and_never_exceeds_its_bound(redis_clie
 
 
 async def test_take_is_exclusive(redis_client):
-    q = RequestQueue(redis_client, max_per_model=5, retry_after=1)
+    q = RequestQueue(redis_client, max_per_model=5, retry_after=1, metrics=SchedulerMetrics())
     await admit(q, "a")
     assert await q.take(MODEL, "a") is True
     assert await q.take(MODEL, "a") is False
 
 
 async def test_requeue_first_puts_a_request_ahead_of_its_band(redis_client):
-    q = RequestQueue(redis_client, max_per_model=5, retry_after=1)
+    q = RequestQueue(redis_client, max_per_model=5, retry_after=1, metrics=SchedulerMetrics())
     await admit(q, "a")
     await admit(q, "b")
     await q.take(MODEL, "b")
@@ -56,7 +57,7 @@ async def test_requeue_first_puts_a_request_ahead_of_its_band(redis_client):
 
 
 async def test_forget_leaves_nothing_behind(redis_client):
-    q = RequestQueue(redis_client, max_per_model=5, retry_after=1)
+    q = RequestQueue(redis_client, max_per_model=5, retry_after=1, metrics=SchedulerMetrics())
     await admit(q, "a")
     await q.forget(MODEL, "a")
     assert await redis_client.keys("hl:req*") == []

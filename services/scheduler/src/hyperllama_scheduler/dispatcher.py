@@ -36,6 +36,7 @@ class Dispatcher:
         self._renew_every = lease_seconds / 3
         self.inflight: Counter[str] = Counter()
         self._waiters: dict[str, asyncio.Future[Slot]] = {}
+        self._waiting_since: dict[str, tuple[str, float]] = {}  # request id -> (model, monotonic time)
         self._passing: set[str] = set()
         self._again: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -44,6 +45,7 @@ class Dispatcher:
         """Wait until the dispatcher hands this queued request a slot, or the deadline passes."""
         fut: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
         self._waiters[request_id] = fut
+        self._waiting_since[request_id] = (model, time.monotonic())
         got_slot = False
         try:
             self.wake(model)
@@ -60,9 +62,18 @@ class Dispatcher:
                     self.wake(model)
         finally:
             self._waiters.pop(request_id, None)
+            self._waiting_since.pop(request_id, None)
             if not got_slot and fut.done() and not fut.cancelled():
                 self.release(fut.result())  # reserved for us just as we gave up
             fut.cancel()
+
+    def oldest_wait(self) -> dict[str, float]:
+        """Per model, how long the oldest request waiting here has waited (seconds)."""
+        now = time.monotonic()
+        oldest: dict[str, float] = {}
+        for model, since in self._waiting_since.values():
+            oldest[model] = max(oldest.get(model, 0.0), now - since)
+        return oldest
 
     def release(self, slot: Slot) -> None:
         self.inflight[slot.worker_id] -= 1

@@ -7,10 +7,13 @@ import logging
 
 import redis.asyncio as redis
 from hyperllama.scheduler.v1 import scheduler_pb2_grpc
+from hyperllama_common.errors import HyperLlamaError
 from hyperllama_common.grpc_server import GrpcServer
 from hyperllama_common.logs import setup_logging
+from prometheus_client import start_http_server
 
 from hyperllama_scheduler.dispatcher import Dispatcher
+from hyperllama_scheduler.metrics import SchedulerMetrics
 from hyperllama_scheduler.queue import RequestQueue
 from hyperllama_scheduler.registry import WorkerRegistry
 from hyperllama_scheduler.service import RegistryServicer, SchedulerServicer
@@ -26,27 +29,40 @@ async def serve(settings: SchedulerSettings) -> None:
         socket_timeout=settings.redis_timeout_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
     )
-    queue = RequestQueue(client, settings.queue_max_per_model, settings.retry_after_seconds)
-    registry = WorkerRegistry(client, settings.worker_lease_seconds)
+    metrics = SchedulerMetrics()
+    queue = RequestQueue(client, settings.queue_max_per_model, settings.retry_after_seconds, metrics)
+    registry = WorkerRegistry(client, settings.worker_lease_seconds, metrics)
     dispatcher = Dispatcher(queue, registry, settings.request_lease_seconds)
     workers = WorkerClients()
 
     server = GrpcServer(
         f"{settings.host}:{settings.port}", "hyperllama.scheduler.v1.SchedulerService", settings.grace_seconds
     )
-    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(
-        SchedulerServicer(settings, queue, registry, dispatcher, workers), server.server
-    )
+    scheduler = SchedulerServicer(settings, queue, registry, dispatcher, workers, metrics)
+    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(scheduler, server.server)
     scheduler_pb2_grpc.add_RegistryServiceServicer_to_server(
         RegistryServicer(registry, dispatcher), server.server
     )
     port = await server.start()
     server.install_signal_handlers()
-    log.info("scheduler serving on %s:%d (redis %s)", settings.host, port, settings.redis_url)
+    if settings.metrics_port >= 0:
+        start_http_server(settings.metrics_port, settings.host, registry=metrics.registry)
+    log.info("scheduler serving on %s:%d, metrics on :%d", settings.host, port, settings.metrics_port)
+    gauges = asyncio.create_task(refresh_gauges(scheduler))
     await server.wait_for_stop_signal()
+    gauges.cancel()
     await server.stop()
     await workers.close()
     await client.aclose()
+
+
+async def refresh_gauges(scheduler: SchedulerServicer, every: float = 2.0) -> None:
+    while True:
+        try:
+            await scheduler.export_gauges()
+        except HyperLlamaError as err:
+            log.warning("cannot refresh metrics: %s", err.message)
+        await asyncio.sleep(every)
 
 
 def main() -> None:

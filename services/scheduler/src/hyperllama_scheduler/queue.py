@@ -11,6 +11,7 @@ from hyperllama_common.errors import Overloaded, Unavailable
 from redis.exceptions import RedisError
 
 from hyperllama_scheduler import keys
+from hyperllama_scheduler.metrics import SchedulerMetrics
 
 T = TypeVar("T")
 
@@ -35,19 +36,23 @@ return 1
 
 
 def redis_errors_as_unavailable(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """For methods of objects with a ``metrics``: a Redis failure becomes Unavailable, and is counted."""
+
     @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> T:
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
         try:
-            return await fn(*args, **kwargs)
+            return await fn(self, *args, **kwargs)
         except RedisError as err:
+            self.metrics.redis_errors.inc()
             raise Unavailable(f"queue store (Redis) unavailable: {err}") from err
 
     return wrapper
 
 
 class RequestQueue:
-    def __init__(self, client: redis.Redis, max_per_model: int, retry_after: int):
+    def __init__(self, client: redis.Redis, max_per_model: int, retry_after: int, metrics: SchedulerMetrics):
         self._redis = client
+        self.metrics = metrics
         self._admit = client.register_script(_ADMIT)
         self.max_per_model = max_per_model
         self.retry_after = retry_after
@@ -72,10 +77,13 @@ class RequestQueue:
             args=[request_id, self.rank(priority), self.max_per_model, max(1, ttl_ms), lease_ms, payload],
         )
         if int(result) < 0:
+            self.metrics.rejections.labels(model).inc()
             raise Overloaded(
                 f"the queue for model '{model}' is full ({self.max_per_model} waiting); retry later",
                 retry_after=self.retry_after,
             )
+        if int(result) == 1:
+            self.metrics.admissions.labels(model).inc()
         return int(result) == 1
 
     @redis_errors_as_unavailable

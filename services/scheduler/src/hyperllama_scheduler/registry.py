@@ -9,6 +9,7 @@ import redis.asyncio as redis
 from hyperllama.worker.v1 import worker_pb2
 
 from hyperllama_scheduler import keys
+from hyperllama_scheduler.metrics import SchedulerMetrics
 from hyperllama_scheduler.queue import redis_errors_as_unavailable
 
 # How stale the in-process copy of the registry may get before it is read from Redis again.
@@ -20,8 +21,9 @@ def _now_ms() -> int:
 
 
 class WorkerRegistry:
-    def __init__(self, client: redis.Redis, lease_seconds: float):
+    def __init__(self, client: redis.Redis, lease_seconds: float, metrics: SchedulerMetrics):
         self._redis = client
+        self.metrics = metrics
         self.lease_ms = int(lease_seconds * 1000)
         self._workers: dict[str, tuple[worker_pb2.WorkerInfo, int]] = {}  # id -> (info, lease expiry)
         self._read_at = 0.0
@@ -78,6 +80,15 @@ class WorkerRegistry:
 
     async def live_for(self, model: str) -> list[worker_pb2.WorkerInfo]:
         return [w for w in await self.live() if any(m.name == model for m in w.models)]
+
+    def export(self, live: list[worker_pb2.WorkerInfo]) -> None:
+        """Publish the live workers' readiness and slots as gauges."""
+        self.metrics.workers_ready.clear()
+        self.metrics.worker_slots.clear()
+        for w in live:
+            self.metrics.workers_ready.labels(w.engine, w.pool).inc()
+            self.metrics.worker_slots.labels(w.worker_id, w.engine, w.pool, "total").set(w.slots_total)
+            self.metrics.worker_slots.labels(w.worker_id, w.engine, w.pool, "in_use").set(w.slots_in_use)
 
     def models_of(self, worker_id: str) -> list[str]:
         entry = self._workers.get(worker_id)

@@ -20,6 +20,7 @@ from hyperllama_common.errors import (
 )
 
 from hyperllama_scheduler.dispatcher import Dispatcher
+from hyperllama_scheduler.metrics import SchedulerMetrics
 from hyperllama_scheduler.queue import RequestQueue
 from hyperllama_scheduler.registry import WorkerRegistry
 from hyperllama_scheduler.settings import SchedulerSettings
@@ -36,8 +37,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         registry: WorkerRegistry,
         dispatcher: Dispatcher,
         workers: WorkerClients,
+        metrics: SchedulerMetrics,
     ):
         self.settings = settings
+        self.metrics = metrics
         self.queue = queue
         self.registry = registry
         self.dispatcher = dispatcher
@@ -93,10 +96,21 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         task = asyncio.current_task()
         if task is not None:
             self._active[req.request_id] = task
+        m = self.metrics
         redispatches = 0
+        phase = "queued"
         try:
             while True:
-                slot = await self.dispatcher.wait_for_slot(model, req.request_id, deadline)
+                queued_at = time.monotonic()
+                phase = "queued"
+                try:
+                    slot = await self.dispatcher.wait_for_slot(model, req.request_id, deadline)
+                except DeadlineExceeded:
+                    m.deadlines_exceeded.labels(model).inc()
+                    raise
+                m.queue_wait.labels(model).observe(time.monotonic() - queued_at)
+                m.dispatches.labels(model, slot.worker_id).inc()
+                phase = "running"
                 started = False
                 try:
                     async for chunk in self.workers.generate(slot.address, req, deadline):
@@ -107,6 +121,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                     raise
                 except HyperLlamaError as err:
                     self.registry.mark_unhealthy(slot.worker_id)
+                    failed_in = "mid_stream" if started else "before_first_token"
+                    m.worker_failures.labels(slot.worker_id, failed_in).inc()
                     if started:
                         raise BackendFailed(
                             f"worker {slot.worker_id} failed mid-stream: {err.message}"
@@ -124,12 +140,26 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                         raise BackendFailed(
                             f"request failed on {redispatches} workers; last error: {err.message}"
                         ) from err
+                    m.redispatches.labels(model).inc()
                     await self.queue.requeue_first(model, req.request_id, request.priority)
                 finally:
                     self.dispatcher.release(slot)
+        except asyncio.CancelledError:
+            m.cancellations.labels(model, phase).inc()
+            raise
         finally:
             self._active.pop(req.request_id, None)
             await self.queue.forget(model, req.request_id)
+
+    async def export_gauges(self) -> None:
+        """Refresh the gauges that describe state rather than events (queue depth, workers)."""
+        live = await self.registry.live()
+        self.registry.export(live)
+        models = {m.name for w in live for m in w.models}
+        oldest = self.dispatcher.oldest_wait()
+        for model in models:
+            self.metrics.queue_depth.labels(model).set(await self.queue.depth(model))
+            self.metrics.queue_oldest_wait.labels(model).set(oldest.get(model, 0.0))
 
     async def Embed(
         self, request: scheduler_pb2.EmbedRequest, context: grpc.aio.ServicerContext

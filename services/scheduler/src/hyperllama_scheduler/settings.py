@@ -6,6 +6,8 @@ class SchedulerSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 50051
+    # Prometheus metrics over HTTP on this port (0 = any free port, -1 = off).
+    metrics_port: int = 9101
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Most requests waiting per model; past it new requests are refused at once.
     queue_max_per_model: int = 256

@@ -19,6 +19,7 @@ from hyperllama_common.errors import BackendFailed, Cancelled
 from hyperllama_common.textstream import StopStringFilter, Utf8Assembler
 
 from hyperllama_worker_llamacpp.batching import BatchPlanner, Feed, Sequence
+from hyperllama_worker_llamacpp.metrics import ModelMetrics
 from hyperllama_worker_llamacpp.model import LoadedModel
 from hyperllama_worker_llamacpp.sampling import SamplerChain, grammar_text
 
@@ -42,9 +43,12 @@ class Job:
 
 
 class BatchEngine:
-    def __init__(self, model: LoadedModel, slots: int, n_batch: int, threads: int):
+    def __init__(self, model: LoadedModel, slots: int, n_batch: int, threads: int, metrics: ModelMetrics):
         self.model = model
         self.slots = slots
+        self.metrics = metrics
+        metrics.slots_total.set(slots)
+        metrics.slots_in_use.set_function(lambda: self.planner.in_use)
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = slots * model.n_ctx
         params.n_batch = n_batch
@@ -149,7 +153,10 @@ class BatchEngine:
             b.seq_id[i][0] = f.seq.slot
             b.logits[i] = f.logits
         b.n_tokens = len(feeds)
+        started = time.perf_counter()
         rc = llama_cpp.llama_decode(self.ctx, b)
+        self.metrics.decode_step.observe(time.perf_counter() - started)
+        self.metrics.batch_tokens.observe(len(feeds))
         if rc != 0:
             log.error("llama_decode failed with %d for %d tokens", rc, len(feeds))
             for seq in {id(f.seq): f.seq for f in feeds}.values():
@@ -167,6 +174,7 @@ class BatchEngine:
         job: Job = seq.state
         if seq.produced == 0:
             job.first_token_ns = time.perf_counter_ns()
+            self.metrics.ttft.observe((job.first_token_ns - job.arrived_ns) / 1e9)
         if self.model.is_end_of_generation(token) and not job.ignore_eos:
             self._finish(seq, worker_pb2.FINISH_REASON_STOP)
             return
@@ -205,6 +213,9 @@ class BatchEngine:
             )
         )
         job.sampler.close()
+        self.metrics.prompt_tokens.inc(len(seq.prompt))
+        self.metrics.cached_prompt_tokens.inc(seq.reused)
+        self.metrics.output_tokens.inc(seq.produced)
 
     def _release(self, seq: Sequence) -> None:
         self.planner.finish(seq)

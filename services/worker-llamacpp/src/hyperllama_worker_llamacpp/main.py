@@ -12,8 +12,10 @@ from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
 from hyperllama_common.grpc_server import GrpcServer
 from hyperllama_common.logs import setup_logging
 from hyperllama_common.registration import deregister, heartbeat_loop
+from prometheus_client import start_http_server
 
 from hyperllama_worker_llamacpp.batch_engine import BatchEngine
+from hyperllama_worker_llamacpp.metrics import WorkerMetrics
 from hyperllama_worker_llamacpp.model import LoadedModel
 from hyperllama_worker_llamacpp.registry import load_registry, select
 from hyperllama_worker_llamacpp.service import WorkerServicer
@@ -41,10 +43,13 @@ async def serve(settings: WorkerSettings) -> None:
         os.sched_setaffinity(0, parse_cpus(settings.cpus))
     threads = settings.threads or len(os.sched_getaffinity(0))
     specs = select(load_registry(settings.models_file), settings.models)
+    metrics = WorkerMetrics(ENGINE, settings.pool)
     engines = {}
     for spec in specs:
         model = await asyncio.to_thread(LoadedModel, spec, settings.num_ctx, threads)
-        engines[spec.name] = BatchEngine(model, settings.slots, settings.batch_tokens, threads)
+        engines[spec.name] = BatchEngine(
+            model, settings.slots, settings.batch_tokens, threads, metrics.for_model(spec.name)
+        )
 
     server = GrpcServer(
         f"{settings.host}:{settings.port}", "hyperllama.worker.v1.WorkerService", settings.grace_seconds
@@ -64,6 +69,8 @@ async def serve(settings: WorkerSettings) -> None:
     port = await server.start()
     info.address = settings.advertise_address or f"{settings.host}:{port}"
     server.install_signal_handlers()
+    if settings.metrics_port >= 0:
+        start_http_server(settings.metrics_port, settings.host, registry=metrics.registry)
     log.info(
         "worker %s serving %s on %s (%d slots, %d threads)",
         worker_id,

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
-from hyperllama_common.errors import ModelNotFound
+from hyperllama_common.errors import Cancelled, HyperLlamaError, ModelNotFound
 
 from hyperllama_worker_llamacpp.batch_engine import BatchEngine
 from hyperllama_worker_llamacpp.batching import Sequence
@@ -57,10 +57,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         def emit(item: object) -> None:  # called from the decode thread
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        seq = await asyncio.to_thread(engine.prepare, request, emit)
+        try:
+            seq = await asyncio.to_thread(engine.prepare, request, emit)
+        except HyperLlamaError:
+            engine.metrics.request("client_error")
+            raise
         self._running[request.request_id] = (engine, seq)
         engine.submit(seq)
         finished = False
+        outcome = "cancelled"
         try:
             while not finished:
                 items = [await queue.get()]
@@ -73,8 +78,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     yield merged
                 for item in items:
                     if isinstance(item, Exception):
+                        outcome = "cancelled" if isinstance(item, Cancelled) else "failed"
                         raise item
+            outcome = "ok"
         finally:
+            engine.metrics.request(outcome)
             self._running.pop(request.request_id, None)
             if not finished:
                 engine.cancel(seq)  # the caller went away: stop decoding, free the slot

@@ -6,6 +6,8 @@ class WorkerSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 50061
+    # Prometheus metrics over HTTP on this port (0 = any free port, -1 = off).
+    metrics_port: int = 9102
     # Address the scheduler dials; defaults to host:port.
     advertise_address: str = ""
     worker_id: str = ""

@@ -1,0 +1,79 @@
+"""The scheduler's Prometheus metrics, on a registry of its own (served on the metrics port)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class SchedulerMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.queue_depth = Gauge(
+            "hyperllama_scheduler_queue_depth", "Requests waiting in the queue", ["model"], registry=r
+        )
+        self.queue_oldest_wait = Gauge(
+            "hyperllama_scheduler_queue_oldest_wait_seconds",
+            "How long the oldest request this scheduler holds has been waiting",
+            ["model"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "hyperllama_scheduler_queue_wait_seconds",
+            "Time from admission to dispatch",
+            ["model"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.admissions = Counter(
+            "hyperllama_scheduler_admissions_total", "Requests admitted to the queue", ["model"], registry=r
+        )
+        self.rejections = Counter(
+            "hyperllama_scheduler_rejections_total", "Requests refused: queue full", ["model"], registry=r
+        )
+        self.dispatches = Counter(
+            "hyperllama_scheduler_dispatches_total",
+            "Requests handed to a worker slot",
+            ["model", "worker"],
+            registry=r,
+        )
+        self.redispatches = Counter(
+            "hyperllama_scheduler_redispatches_total",
+            "Requests sent to another worker after theirs failed before the first token",
+            ["model"],
+            registry=r,
+        )
+        self.cancellations = Counter(
+            "hyperllama_scheduler_cancellations_total",
+            "Requests cancelled by their caller, by phase (queued, running)",
+            ["model", "phase"],
+            registry=r,
+        )
+        self.deadlines_exceeded = Counter(
+            "hyperllama_scheduler_deadline_exceeded_total",
+            "Requests whose deadline passed while queued",
+            ["model"],
+            registry=r,
+        )
+        self.worker_failures = Counter(
+            "hyperllama_scheduler_worker_failures_total",
+            "Worker calls that failed, by phase (before_first_token, mid_stream)",
+            ["worker", "phase"],
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "hyperllama_scheduler_redis_errors_total", "Redis operations that failed", registry=r
+        )
+        self.workers_ready = Gauge(
+            "hyperllama_scheduler_workers_ready",
+            "Live workers that report ready, by engine and pool",
+            ["engine", "pool"],
+            registry=r,
+        )
+        self.worker_slots = Gauge(
+            "hyperllama_scheduler_worker_slots",
+            "Slots of each live worker as last reported, by state (total, in_use)",
+            ["worker", "engine", "pool", "state"],
+            registry=r,
+        )
