@@ -62,9 +62,16 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 class GrpcServer:
     """An aio server with the standard health service and a graceful stop on SIGTERM/SIGINT."""
 
-    def __init__(self, address: str, service_name: str, grace_seconds: float = 10.0):
+    def __init__(
+        self,
+        address: str,
+        service_name: str,
+        grace_seconds: float = 10.0,
+        interceptors: list[grpc.aio.ServerInterceptor] | None = None,
+    ):
+        # Outer interceptors (tracing) see the status the error interceptor sets.
         self.server = grpc.aio.server(
-            interceptors=[ErrorInterceptor()],
+            interceptors=[*(interceptors or []), ErrorInterceptor()],
             options=[("grpc.so_reuseport", 0)],
         )
         self.health = health.aio.HealthServicer()

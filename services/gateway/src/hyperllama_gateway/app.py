@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Response
+from hyperllama_common.tracing import Tracing
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hyperllama_gateway import __version__, errors, ops
@@ -19,16 +21,21 @@ from hyperllama_gateway.settings import GatewaySettings
 
 def create_app(settings: GatewaySettings) -> FastAPI:
     metrics = GatewayMetrics()
+    tracing = Tracing("gateway")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.metrics = metrics
         app.state.scheduler = SchedulerClient(
-            settings.scheduler_address, settings.control_timeout_seconds, settings.scheduler_retry_seconds
+            settings.scheduler_address,
+            settings.control_timeout_seconds,
+            settings.scheduler_retry_seconds,
+            tracing.client_interceptors(),
         )
         yield
         await app.state.scheduler.close()
+        tracing.shutdown()
 
     app = FastAPI(title="HyperLlama", version=__version__, lifespan=lifespan)
     app.include_router(ops.router)
@@ -40,6 +47,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    if tracing.enabled:
+        # The server span of a streamed response ends when its last byte is sent.
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="health,ready,metrics")
     app.add_middleware(JsonBodies)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

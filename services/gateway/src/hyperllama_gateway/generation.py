@@ -120,9 +120,13 @@ class Generation:
             yield chunk
 
     async def chunks(self) -> AsyncIterator[worker_pb2.GenerateChunk]:
-        """Every chunk up to the final one; raises BackendFailed if the stream ends without it."""
+        """Every chunk, the final one last; raises BackendFailed if the stream ends without it.
+
+        The stream is read to its end (it ends right after the final chunk) rather than abandoned,
+        so the call completes normally on every hop instead of being cancelled."""
         model = self.request.model
         last_text_at = 0.0
+        final_seen = False
         self.metrics.in_flight.inc()
         try:
             async for chunk in self._all_chunks():
@@ -136,13 +140,14 @@ class Generation:
                         for _ in range(chunk.token_count):
                             self.metrics.itl.labels(model).observe(gap)
                     last_text_at = now
-                yield chunk
                 if chunk.finish_reason != worker_pb2.FINISH_REASON_UNSPECIFIED:
+                    final_seen = True
                     self.metrics.prompt_tokens.labels(model).inc(chunk.usage.prompt_tokens)
                     self.metrics.output_tokens.labels(model).inc(chunk.usage.completion_tokens)
-                    self._record("ok")
-                    return
-            raise BackendFailed("the stream ended without a finish")
+                yield chunk
+            if not final_seen:
+                raise BackendFailed("the stream ended without a finish")
+            self._record("ok")
         except HyperLlamaError as err:
             self._record(outcome_of(err))
             raise

@@ -22,8 +22,14 @@ def _is_transport_failure(err: grpc.aio.AioRpcError) -> bool:
 
 
 class SchedulerClient:
-    def __init__(self, address: str, control_timeout: float, retry_seconds: float):
-        self._channel = grpc.aio.insecure_channel(address)
+    def __init__(
+        self,
+        address: str,
+        control_timeout: float,
+        retry_seconds: float,
+        interceptors: list[grpc.aio.ClientInterceptor] | None = None,
+    ):
+        self._channel = grpc.aio.insecure_channel(address, interceptors=interceptors)
         self._stub = scheduler_pb2_grpc.SchedulerServiceStub(self._channel)
         self.control_timeout = control_timeout
         self.retry_seconds = retry_seconds

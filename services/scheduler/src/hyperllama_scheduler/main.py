@@ -10,6 +10,7 @@ from hyperllama.scheduler.v1 import scheduler_pb2_grpc
 from hyperllama_common.errors import HyperLlamaError
 from hyperllama_common.grpc_server import GrpcServer
 from hyperllama_common.logs import setup_logging
+from hyperllama_common.tracing import Tracing
 from prometheus_client import start_http_server
 
 from hyperllama_scheduler.dispatcher import Dispatcher
@@ -33,12 +34,16 @@ async def serve(settings: SchedulerSettings) -> None:
     queue = RequestQueue(client, settings.queue_max_per_model, settings.retry_after_seconds, metrics)
     registry = WorkerRegistry(client, settings.worker_lease_seconds, metrics)
     dispatcher = Dispatcher(queue, registry, settings.request_lease_seconds)
-    workers = WorkerClients()
+    tracing = Tracing("scheduler", settings.trace_prompts)
+    workers = WorkerClients(tracing.client_interceptors())
 
     server = GrpcServer(
-        f"{settings.host}:{settings.port}", "hyperllama.scheduler.v1.SchedulerService", settings.grace_seconds
+        f"{settings.host}:{settings.port}",
+        "hyperllama.scheduler.v1.SchedulerService",
+        settings.grace_seconds,
+        tracing.server_interceptors(),
     )
-    scheduler = SchedulerServicer(settings, queue, registry, dispatcher, workers, metrics)
+    scheduler = SchedulerServicer(settings, queue, registry, dispatcher, workers, metrics, tracing)
     scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(scheduler, server.server)
     scheduler_pb2_grpc.add_RegistryServiceServicer_to_server(
         RegistryServicer(registry, dispatcher), server.server
@@ -54,6 +59,7 @@ async def serve(settings: SchedulerSettings) -> None:
     await server.stop()
     await workers.close()
     await client.aclose()
+    tracing.shutdown()
 
 
 async def refresh_gauges(scheduler: SchedulerServicer, every: float = 2.0) -> None:

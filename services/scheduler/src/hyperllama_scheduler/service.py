@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -18,6 +19,8 @@ from hyperllama_common.errors import (
     ModelNotFound,
     Unavailable,
 )
+from hyperllama_common.tracing import Tracing
+from opentelemetry import trace
 
 from hyperllama_scheduler.dispatcher import Dispatcher
 from hyperllama_scheduler.metrics import SchedulerMetrics
@@ -29,6 +32,38 @@ from hyperllama_scheduler.worker_client import WorkerClients
 log = logging.getLogger(__name__)
 
 
+def generation_attributes(
+    req: worker_pb2.GenerateRequest, worker_id: str, tracing: Tracing
+) -> dict[str, Any]:
+    """OpenTelemetry gen_ai semantic-convention attributes of a generation (no prompt unless enabled)."""
+    s = req.sampling
+    attrs: dict[str, Any] = {
+        "gen_ai.operation.name": "chat" if req.HasField("chat") else "text_completion",
+        "gen_ai.request.model": req.model,
+        "hyperllama.request_id": req.request_id,
+        "hyperllama.worker_id": worker_id,
+    }
+    for name, field in (("max_tokens", "max_tokens"), ("temperature", "temperature"), ("top_p", "top_p")):
+        if s.HasField(field):  # type: ignore[arg-type]
+            attrs[f"gen_ai.request.{name}"] = getattr(s, field)
+    if tracing.record_prompts:
+        attrs["gen_ai.prompt"] = (
+            "\n".join(f"{m.role}: {m.content}" for m in req.chat.messages)
+            if req.HasField("chat")
+            else req.prompt
+        )
+    return attrs
+
+
+def record_usage(span: trace.Span, chunk: worker_pb2.GenerateChunk) -> None:
+    span.set_attribute("gen_ai.usage.input_tokens", chunk.usage.prompt_tokens)
+    span.set_attribute("gen_ai.usage.output_tokens", chunk.usage.completion_tokens)
+    span.set_attribute("gen_ai.response.finish_reasons", [FINISH_NAMES.get(chunk.finish_reason, "unknown")])
+
+
+FINISH_NAMES = {worker_pb2.FINISH_REASON_STOP: "stop", worker_pb2.FINISH_REASON_LENGTH: "length"}
+
+
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     def __init__(
         self,
@@ -38,9 +73,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         dispatcher: Dispatcher,
         workers: WorkerClients,
         metrics: SchedulerMetrics,
+        tracing: Tracing,
     ):
         self.settings = settings
         self.metrics = metrics
+        self.tracing = tracing
         self.queue = queue
         self.registry = registry
         self.dispatcher = dispatcher
@@ -97,25 +134,32 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         if task is not None:
             self._active[req.request_id] = task
         m = self.metrics
+        tracer = self.tracing.tracer
         redispatches = 0
         phase = "queued"
         try:
             while True:
                 queued_at = time.monotonic()
                 phase = "queued"
-                try:
-                    slot = await self.dispatcher.wait_for_slot(model, req.request_id, deadline)
-                except DeadlineExceeded:
-                    m.deadlines_exceeded.labels(model).inc()
-                    raise
+                with tracer.start_as_current_span("queue.wait", attributes={"gen_ai.request.model": model}):
+                    try:
+                        slot = await self.dispatcher.wait_for_slot(model, req.request_id, deadline)
+                    except DeadlineExceeded:
+                        m.deadlines_exceeded.labels(model).inc()
+                        raise
                 m.queue_wait.labels(model).observe(time.monotonic() - queued_at)
                 m.dispatches.labels(model, slot.worker_id).inc()
                 phase = "running"
                 started = False
                 try:
-                    async for chunk in self.workers.generate(slot.address, req, deadline):
-                        started = True
-                        yield chunk
+                    with tracer.start_as_current_span(
+                        "generate", attributes=generation_attributes(req, slot.worker_id, self.tracing)
+                    ) as span:
+                        async for chunk in self.workers.generate(slot.address, req, deadline):
+                            started = True
+                            if chunk.finish_reason:
+                                record_usage(span, chunk)
+                            yield chunk
                     return
                 except (InvalidRequest, DeadlineExceeded):
                     raise

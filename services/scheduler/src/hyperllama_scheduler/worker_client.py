@@ -11,13 +11,16 @@ from hyperllama_common.errors import from_rpc_error
 
 
 class WorkerClients:
-    def __init__(self) -> None:
+    def __init__(self, interceptors: list[grpc.aio.ClientInterceptor] | None = None) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._interceptors = interceptors or []
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerServiceStub:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+            channel = self._channels[address] = grpc.aio.insecure_channel(
+                address, interceptors=self._interceptors
+            )
         return worker_pb2_grpc.WorkerServiceStub(channel)
 
     async def generate(

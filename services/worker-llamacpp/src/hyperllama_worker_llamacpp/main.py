@@ -12,6 +12,7 @@ from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
 from hyperllama_common.grpc_server import GrpcServer
 from hyperllama_common.logs import setup_logging
 from hyperllama_common.registration import deregister, heartbeat_loop
+from hyperllama_common.tracing import Tracing
 from prometheus_client import start_http_server
 
 from hyperllama_worker_llamacpp.batch_engine import BatchEngine
@@ -51,8 +52,12 @@ async def serve(settings: WorkerSettings) -> None:
             model, settings.slots, settings.batch_tokens, threads, metrics.for_model(spec.name)
         )
 
+    tracing = Tracing("worker-llamacpp", settings.trace_prompts)
     server = GrpcServer(
-        f"{settings.host}:{settings.port}", "hyperllama.worker.v1.WorkerService", settings.grace_seconds
+        f"{settings.host}:{settings.port}",
+        "hyperllama.worker.v1.WorkerService",
+        settings.grace_seconds,
+        tracing.server_interceptors(),
     )
     worker_id = settings.worker_id or f"{ENGINE}-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     info = worker_pb2.WorkerInfo(
@@ -64,7 +69,7 @@ async def serve(settings: WorkerSettings) -> None:
         models=[e.model.info for e in engines.values()],
         capabilities=CAPABILITIES,
     )
-    servicer = WorkerServicer(engines, info)
+    servicer = WorkerServicer(engines, info, tracing)
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server.server)
     port = await server.start()
     info.address = settings.advertise_address or f"{settings.host}:{port}"
@@ -90,6 +95,7 @@ async def serve(settings: WorkerSettings) -> None:
     await server.stop()
     for engine in engines.values():
         engine.close()
+    tracing.shutdown()
 
 
 def main() -> None:

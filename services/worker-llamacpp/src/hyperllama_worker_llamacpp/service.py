@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
 from hyperllama_common.errors import Cancelled, HyperLlamaError, ModelNotFound
+from hyperllama_common.tracing import Tracing
 
 from hyperllama_worker_llamacpp.batch_engine import BatchEngine
 from hyperllama_worker_llamacpp.batching import Sequence
@@ -28,8 +29,9 @@ def merge_chunks(chunks: list[worker_pb2.GenerateChunk]) -> worker_pb2.GenerateC
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
-    def __init__(self, engines: dict[str, BatchEngine], info: worker_pb2.WorkerInfo):
+    def __init__(self, engines: dict[str, BatchEngine], info: worker_pb2.WorkerInfo, tracing: Tracing):
         self.engines = engines
+        self.tracing = tracing
         self.info = info
         self._running: dict[str, tuple[BatchEngine, Sequence]] = {}
 
@@ -57,10 +59,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         def emit(item: object) -> None:  # called from the decode thread
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
+        span = self.tracing.tracer.start_span(
+            "llama.generate", attributes={"gen_ai.request.model": request.model}
+        )
         try:
             seq = await asyncio.to_thread(engine.prepare, request, emit)
-        except HyperLlamaError:
+        except HyperLlamaError as err:
             engine.metrics.request("client_error")
+            span.record_exception(err)
+            span.end()
             raise
         self._running[request.request_id] = (engine, seq)
         engine.submit(seq)
@@ -75,6 +82,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 if chunks:
                     merged = merge_chunks(chunks)
                     finished = merged.finish_reason != worker_pb2.FINISH_REASON_UNSPECIFIED
+                    if finished:
+                        span.set_attributes(
+                            {
+                                "gen_ai.usage.input_tokens": merged.usage.prompt_tokens,
+                                "gen_ai.usage.output_tokens": merged.usage.completion_tokens,
+                                "hyperllama.cached_prompt_tokens": merged.usage.cached_prompt_tokens,
+                                "hyperllama.slot": seq.slot,
+                            }
+                        )
                     yield merged
                 for item in items:
                     if isinstance(item, Exception):
@@ -82,6 +98,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                         raise item
             outcome = "ok"
         finally:
+            span.set_attribute("hyperllama.outcome", outcome)
+            span.end()
             engine.metrics.request(outcome)
             self._running.pop(request.request_id, None)
             if not finished:

@@ -29,5 +29,7 @@ class WorkerSettings(BaseSettings):
     # Most tokens one decode step feeds; long prompts are prefilled in chunks of this size.
     batch_tokens: int = 512
     grace_seconds: float = 15.0
+    # Record prompt text on trace spans (off: prompts are user data).
+    trace_prompts: bool = False
     log_level: str = "INFO"
     log_json: bool = False
