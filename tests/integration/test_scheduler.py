@@ -170,15 +170,30 @@ async def test_queued_requests_survive_a_scheduler_restart(scheduler_factory, re
         port=int(h.cluster.scheduler_address.rsplit(":", 1)[1]), worker_lease_seconds="2"
     )
     await h.wait_workers(1)
-    # The caller retries with the same id (as the gateway does): admission keeps its place.
-    text, _ = await collect(h.stub, request(rid="keep", max_tokens=2))
+    # The worker is busy again, and the caller retries with the same id (as the gateway does):
+    # admission finds the request queued and it keeps its place.
+    stall = asyncio.ensure_future(collect(h.stub, request("stall"), timeout=30))
+    await until(lambda: queue_depth_and_busy(h, redis_client, busy=True))
+    await redis_client.pexpire(keys.request_lease("keep"), 3_000)
+    retried = asyncio.ensure_future(collect(h.stub, request(rid="keep", max_tokens=2)))
+    await until(lambda: _lease_renewed(redis_client, "keep"))  # the retry was admitted
+    assert await redis_client.zscore(keys.queue(MODEL), "keep") == score
+    assert await redis_client.zcard(keys.queue(MODEL)) == 1
+    stall.cancel()
+    text, _ = await retried
     assert text == "a t0"
     assert await redis_client.zcard(keys.queue(MODEL)) == 0
+    assert await redis_client.keys("hl:req*") == []
 
 
 async def queue_depth_and_busy(h, redis_client, busy: bool) -> bool:
     listed = await h.stub.ListWorkers(scheduler_pb2.ListWorkersRequest(), timeout=2)
     return any((w.slots_in_use > 0) == busy for w in listed.workers)
+
+
+async def _lease_renewed(redis_client, rid: str) -> bool:
+    # Admission sets the lease to its full 10 s again.
+    return await redis_client.pttl(keys.request_lease(rid)) > 5_000
 
 
 async def _zcard_is(redis_client, n: int) -> bool:

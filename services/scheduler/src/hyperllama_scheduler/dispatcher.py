@@ -41,6 +41,22 @@ class Dispatcher:
         self._again: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
+    async def reserve_now(self, model: str) -> Slot | None:
+        """A slot at once when nobody is waiting for the model and a worker has one free; the
+        request then never touches the queue. None means: queue it."""
+        workers = await self.registry.live_for(model)
+        if any(m == model for m, _ in self._waiting_since.values()):
+            return None  # keep arrival order: those already waiting go first
+        free = {w.worker_id: (w.address, w.slots_total - self.inflight[w.worker_id]) for w in workers}
+        if not free:
+            return None
+        worker_id = max(free, key=lambda w: free[w][1])
+        address, n = free[worker_id]
+        if n <= 0:
+            return None
+        self.inflight[worker_id] += 1
+        return Slot(worker_id, address)
+
     async def wait_for_slot(self, model: str, request_id: str, deadline: float) -> Slot:
         """Wait until the dispatcher hands this queued request a slot, or the deadline passes."""
         fut: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()

@@ -98,8 +98,14 @@ class RequestQueue:
 
     @redis_errors_as_unavailable
     async def take(self, model: str, request_id: str) -> bool:
-        """Remove the request from the queue for dispatch; False if someone else took it."""
-        return bool(await self._redis.zrem(keys.queue(model), request_id))
+        """Remove the request from the queue for dispatch; False if someone else took it.
+
+        A running request cannot be resumed elsewhere, so its stored body and lease go too."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(keys.queue(model), request_id)
+            pipe.delete(keys.request(request_id), keys.request_lease(request_id))
+            removed, _ = await pipe.execute()
+        return bool(removed)
 
     @redis_errors_as_unavailable
     async def renew_lease(self, request_id: str, lease_ms: int) -> None:

@@ -22,7 +22,7 @@ from hyperllama_common.errors import (
 from hyperllama_common.tracing import Tracing
 from opentelemetry import trace
 
-from hyperllama_scheduler.dispatcher import Dispatcher
+from hyperllama_scheduler.dispatcher import Dispatcher, Slot
 from hyperllama_scheduler.metrics import SchedulerMetrics
 from hyperllama_scheduler.queue import RequestQueue
 from hyperllama_scheduler.registry import WorkerRegistry
@@ -122,31 +122,36 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         model, _ = await self._resolve(req.model, "generate")
         req.model = model
         deadline = self._deadline(request.deadline_unix_ms, context)
-        await self.queue.admit(
-            model,
-            req.request_id,
-            request.SerializeToString(),
-            request.priority,
-            ttl_ms=int((deadline - time.time()) * 1000),
-            lease_ms=self.dispatcher.lease_ms,
-        )
+        slot: Slot | None = await self.dispatcher.reserve_now(model)
+        if slot is None:
+            await self.queue.admit(
+                model,
+                req.request_id,
+                request.SerializeToString(),
+                request.priority,
+                ttl_ms=int((deadline - time.time()) * 1000),
+                lease_ms=self.dispatcher.lease_ms,
+            )
         task = asyncio.current_task()
         if task is not None:
             self._active[req.request_id] = task
         m = self.metrics
         tracer = self.tracing.tracer
         redispatches = 0
-        phase = "queued"
+        phase = "queued" if slot is None else "running"
         try:
             while True:
                 queued_at = time.monotonic()
-                phase = "queued"
-                with tracer.start_as_current_span("queue.wait", attributes={"gen_ai.request.model": model}):
-                    try:
-                        slot = await self.dispatcher.wait_for_slot(model, req.request_id, deadline)
-                    except DeadlineExceeded:
-                        m.deadlines_exceeded.labels(model).inc()
-                        raise
+                if slot is None:
+                    phase = "queued"
+                    with tracer.start_as_current_span(
+                        "queue.wait", attributes={"gen_ai.request.model": model}
+                    ):
+                        try:
+                            slot = await self.dispatcher.wait_for_slot(model, req.request_id, deadline)
+                        except DeadlineExceeded:
+                            m.deadlines_exceeded.labels(model).inc()
+                            raise
                 m.queue_wait.labels(model).observe(time.monotonic() - queued_at)
                 m.dispatches.labels(model, slot.worker_id).inc()
                 phase = "running"
@@ -188,12 +193,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                     await self.queue.requeue_first(model, req.request_id, request.priority)
                 finally:
                     self.dispatcher.release(slot)
+                    slot = None
         except asyncio.CancelledError:
             m.cancellations.labels(model, phase).inc()
             raise
         finally:
             self._active.pop(req.request_id, None)
-            await self.queue.forget(model, req.request_id)
+            if phase == "queued":  # dispatched requests left Redis when they were taken
+                await self.queue.forget(model, req.request_id)
 
     async def export_gauges(self) -> None:
         """Refresh the gauges that describe state rather than events (queue depth, workers)."""
