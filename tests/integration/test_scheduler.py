@@ -83,7 +83,8 @@ async def test_worker_dying_mid_stream_gives_an_explicit_error(scheduler_factory
         async for chunk in h.stub.Generate(request("crash-after-2", max_tokens=10), timeout=20):
             received.append(chunk)
     assert time.monotonic() - started < 10  # not a hang until the deadline
-    assert [c.text for c in received] == ["a", " t0"]
+    # The first token arrived (the process may die before " t0" leaves its socket).
+    assert [c.text for c in received] in (["a"], ["a", " t0"])
     assert all(c.finish_reason == worker_pb2.FINISH_REASON_UNSPECIFIED for c in received)
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert "mid-stream" in err.value.details()

@@ -122,21 +122,23 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         model, _ = await self._resolve(req.model, "generate")
         req.model = model
         deadline = self._deadline(request.deadline_unix_ms, context)
-        slot: Slot | None = await self.dispatcher.reserve_now(model)
-        if slot is None:
-            await self.queue.admit(
-                model,
-                req.request_id,
-                request.SerializeToString(),
-                request.priority,
-                ttl_ms=int((deadline - time.time()) * 1000),
-                lease_ms=self.dispatcher.lease_ms,
-            )
+        tracer = self.tracing.tracer
+        with tracer.start_as_current_span("dispatch", attributes={"gen_ai.request.model": model}) as span:
+            slot: Slot | None = await self.dispatcher.reserve_now(model)
+            span.set_attribute("hyperllama.queued", slot is None)
+            if slot is None:
+                await self.queue.admit(
+                    model,
+                    req.request_id,
+                    request.SerializeToString(),
+                    request.priority,
+                    ttl_ms=int((deadline - time.time()) * 1000),
+                    lease_ms=self.dispatcher.lease_ms,
+                )
         task = asyncio.current_task()
         if task is not None:
             self._active[req.request_id] = task
         m = self.metrics
-        tracer = self.tracing.tracer
         redispatches = 0
         phase = "queued" if slot is None else "running"
         try:
