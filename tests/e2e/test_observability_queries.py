@@ -48,7 +48,9 @@ async def _traffic(base_url: str, scheduler_metrics: str) -> None:
 
         # Fill every slot and the queue, get refused, then leave: rejections and both cancellation phases.
         running = [await open_stream(client, "/v1/completions", LONG) for _ in range(SLOTS)]
-        waiting = [asyncio.ensure_future(open_stream(client, "/v1/completions", LONG)) for _ in range(QUEUE_MAX)]
+        waiting = [
+            asyncio.ensure_future(open_stream(client, "/v1/completions", LONG)) for _ in range(QUEUE_MAX)
+        ]
         await until(lambda: _at_least(scheduler("hyperllama_scheduler_queue_depth"), QUEUE_MAX), timeout=30)
         assert (await client.post("/v1/chat/completions", json=chat)).status_code == 429
         for task in waiting:
@@ -86,7 +88,9 @@ def _exported(urls: list[str]) -> tuple[set[str], dict[str, set[str]]]:
     labels: dict[str, set[str]] = defaultdict(set)
     for url in urls:
         for family in text_string_to_metric_families(httpx.get(url, timeout=10).text):
-            suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
+            suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(
+                family.type, [""]
+            )
             declared.update(family.name + s for s in suffixes)
             for sample in family.samples:
                 labels[sample.name].update(sample.labels)

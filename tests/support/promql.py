@@ -46,7 +46,9 @@ def dashboard_queries() -> list[Query]:
         dashboard = json.loads(path.read_text())
         for panel in dashboard["panels"]:
             for target in panel.get("targets", []):
-                queries.append(Query(f"{path.name}: {panel['title']}", grafana_expr_to_promql(target["expr"])))
+                queries.append(
+                    Query(f"{path.name}: {panel['title']}", grafana_expr_to_promql(target["expr"]))
+                )
         for variable in dashboard["templating"]["list"]:
             if variable["type"] == "query":
                 # label_values(metric{...}, label) is Grafana's, not PromQL: check it as a selector.

@@ -43,7 +43,9 @@ def test_services_wait_for_healthy_dependencies(compose: dict):
     services = compose["services"]
     for name, svc in services.items():
         assert name in NO_HEALTHCHECK or "healthcheck" in svc, f"{name} has no healthcheck"
-        assert not NO_HEALTHCHECK & set(svc.get("depends_on", {})), f"{name} waits on a service with no healthcheck"
+        assert not NO_HEALTHCHECK & set(svc.get("depends_on", {})), (
+            f"{name} waits on a service with no healthcheck"
+        )
         for dep, condition in svc.get("depends_on", {}).items():
             assert dep in services
             assert condition["condition"] == "service_healthy", f"{name} -> {dep}"
@@ -69,7 +71,9 @@ def test_traced_services_export_to_the_collector(compose: dict):
     assert "otel-collector" in services
     for name in ("gateway", "scheduler", "worker-llamacpp"):
         env = services[name]["environment"]
-        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "${OTEL_EXPORTER_OTLP_ENDPOINT:-http://otel-collector:4317}"
+        assert (
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "${OTEL_EXPORTER_OTLP_ENDPOINT:-http://otel-collector:4317}"
+        )
         assert env["OTEL_SERVICE_NAME"] == f"hyperllama-{name}"
 
 

@@ -31,7 +31,11 @@ def test_panels_query_through_the_datasource_variable_and_do_not_overlap(dashboa
         taken: set[tuple[int, int]] = set()
         for panel in dashboard["panels"]:
             pos = panel["gridPos"]
-            cells = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])}
+            cells = {
+                (x, y)
+                for x in range(pos["x"], pos["x"] + pos["w"])
+                for y in range(pos["y"], pos["y"] + pos["h"])
+            }
             assert pos["x"] + pos["w"] <= 24, f"{name}: {panel['title']} is wider than the grid"
             assert not cells & taken, f"{name}: {panel['title']} overlaps another panel"
             taken |= cells
@@ -58,9 +62,17 @@ def test_every_query_is_valid_promql():
 
 def test_provisioning_points_at_the_mounted_dashboards():
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
-    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in compose["services"]["grafana"]["volumes"] if v.startswith("./"))
-    (provider,) = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "hyperllama.yml").read_text())["providers"]
+    mounts = dict(
+        v.rsplit(":", 1)[0].split(":", 1)
+        for v in compose["services"]["grafana"]["volumes"]
+        if v.startswith("./")
+    )
+    (provider,) = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "hyperllama.yml").read_text())[
+        "providers"
+    ]
     assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
     assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
-    (datasource,) = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"]
+    (datasource,) = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
     assert datasource["url"] == "http://prometheus:9090" and "prometheus" in compose["services"]

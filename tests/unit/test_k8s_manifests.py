@@ -35,14 +35,16 @@ def kubectl() -> str:
 
 def render(directory: Path) -> list[dict]:
     done = subprocess.run(
-        [kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=120, env={**os.environ}
+        [kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
 @pytest.fixture(scope="module", params=OVERLAYS + [f"cpu+{c}" for c in COMPONENTS])
-def rendered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[dict]]:
+def rendered(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, list[dict]]:
     name: str = request.param
     if "+" not in name:
         return name, render(K8S / "overlays" / name)
@@ -72,7 +74,8 @@ def test_every_object_matches_the_kubernetes_schema(rendered, version: str):
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as err:
-            pytest.fail(f"{name}: {obj['kind']}/{obj['metadata']['name']} (Kubernetes {version}): {err.message} at {list(err.path)}")
+            where = f"{name}: {obj['kind']}/{obj['metadata']['name']} (Kubernetes {version})"
+            pytest.fail(f"{where}: {err.message} at {list(err.path)}")
 
 
 def pod_specs(objects: list[dict]):
@@ -115,7 +118,9 @@ def test_replicated_workloads_have_disruption_budgets(rendered):
         if obj["kind"] != "Deployment" or obj["metadata"]["name"] == "hyperllama-scheduler":
             continue  # the scheduler is a deliberate singleton (see scheduler.yaml)
         labels = obj["spec"]["template"]["metadata"]["labels"]
-        assert any(b.items() <= labels.items() for b in budgets), f"{name}: {obj['metadata']['name']} has no PDB"
+        assert any(b.items() <= labels.items() for b in budgets), (
+            f"{name}: {obj['metadata']['name']} has no PDB"
+        )
 
 
 def test_only_the_gateway_is_reachable_from_outside(rendered):
@@ -125,7 +130,9 @@ def test_only_the_gateway_is_reachable_from_outside(rendered):
     for policy_name, spec in policies.items():
         for rule in spec.get("ingress", []):
             if "from" not in rule:  # open to every source
-                assert spec["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "hyperllama-gateway"}, policy_name
+                assert spec["podSelector"]["matchLabels"] == {
+                    "app.kubernetes.io/name": "hyperllama-gateway"
+                }, policy_name
 
 
 def test_scraped_pods_name_a_declared_metrics_port(rendered):
@@ -140,7 +147,10 @@ def test_scraped_pods_name_a_declared_metrics_port(rendered):
 def test_gpu_overlay_pins_workers_to_gpu_nodes():
     objects = render(K8S / "overlays" / "gpu")
     gpu_workers = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-gpu")]
-    assert {o["metadata"]["name"] for o in gpu_workers} == {"hyperllama-worker-vllm-gpu", "hyperllama-worker-max-gpu"}
+    assert {o["metadata"]["name"] for o in gpu_workers} == {
+        "hyperllama-worker-vllm-gpu",
+        "hyperllama-worker-max-gpu",
+    }
     for obj in gpu_workers:
         pod = obj["spec"]["template"]["spec"]
         assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -157,6 +167,11 @@ def test_scheduler_reads_redis_from_the_rendered_secret(rendered):
         assert url == (K8S / "components" / "external-redis" / "redis-url.txt").read_text().strip()
     else:
         assert url == "redis://hyperllama-redis:6379/0"
-    (scheduler,) = [o for o in objects if o["metadata"]["name"] == "hyperllama-scheduler" and o["kind"] == "Deployment"]
+    (scheduler,) = [
+        o for o in objects if o["metadata"]["name"] == "hyperllama-scheduler" and o["kind"] == "Deployment"
+    ]
     env = {e["name"]: e for e in scheduler["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["HYPERLLAMA_SCHEDULER_REDIS_URL"]["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+    assert (
+        env["HYPERLLAMA_SCHEDULER_REDIS_URL"]["valueFrom"]["secretKeyRef"]["name"]
+        == secret["metadata"]["name"]
+    )

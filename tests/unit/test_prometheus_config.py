@@ -67,4 +67,3 @@ def test_every_config_scrapes_the_jobs_the_rules_name():
     (k8s,) = yaml.safe_load((PROMETHEUS / "prometheus.k8s.yml").read_text())["scrape_configs"]
     job_relabel = [r for r in k8s["relabel_configs"] if r.get("target_label") == "job"]
     assert job_relabel and job_relabel[0]["replacement"] == "hyperllama-$1"
-
