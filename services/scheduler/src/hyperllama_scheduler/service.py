@@ -83,6 +83,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self.dispatcher = dispatcher
         self.workers = workers
         self._active: dict[str, asyncio.Task[object]] = {}
+        self._exported_models: set[str] = set()
 
     async def _resolve(self, model: str, capability: str) -> tuple[str, list[worker_pb2.WorkerInfo]]:
         """The model's full name and the live workers that can serve it with ``capability``.
@@ -208,9 +209,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         """Refresh the gauges that describe state rather than events (queue depth, workers)."""
         live = await self.registry.live()
         self.registry.export(live)
-        models = {m.name for w in live for m in w.models}
+        # Models seen before stay in the set: when their last worker dies their queue matters most.
+        self._exported_models |= {m.name for w in live for m in w.models}
         oldest = self.dispatcher.oldest_wait()
-        for model in models:
+        for model in self._exported_models:
             self.metrics.queue_depth.labels(model).set(await self.queue.depth(model))
             self.metrics.queue_oldest_wait.labels(model).set(oldest.get(model, 0.0))
 
