@@ -28,7 +28,13 @@ def _priority(request: Request) -> int:
     return int(raw) if raw.lstrip("-").isdigit() else 0
 
 
+def _engine(request: Request) -> str:
+    """X-HyperLlama-Engine pins a request to one engine's workers; empty means any engine."""
+    return request.headers.get("x-hyperllama-engine", "").strip().lower()
+
+
 Scheduler = Annotated[SchedulerClient, Depends(_scheduler)]
 Settings = Annotated[GatewaySettings, Depends(_settings)]
 RequestId = Annotated[str, Depends(_request_id)]
 Priority = Annotated[int, Depends(_priority)]
+Engine = Annotated[str, Depends(_engine)]

@@ -75,6 +75,7 @@ class Generation:
         request: worker_pb2.GenerateRequest,
         priority: int,
         timeout: float,
+        engine: str = "",
     ):
         self.started_ns = time.perf_counter_ns()
         self.created = int(time.time())
@@ -84,6 +85,7 @@ class Generation:
                 request=request,
                 priority=priority,
                 deadline_unix_ms=int((time.time() + timeout) * 1000),
+                engine=engine,
             ),
             timeout,
         )

@@ -11,7 +11,7 @@ from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import InvalidRequest, ModelNotFound
 
 from hyperllama_gateway import __version__
-from hyperllama_gateway.deps import Priority, RequestId, Scheduler, Settings
+from hyperllama_gateway.deps import Engine, Priority, RequestId, Scheduler, Settings
 from hyperllama_gateway.generation import Generation, until_disconnect
 from hyperllama_gateway.ollama import service
 from hyperllama_gateway.ollama.protocol import (
@@ -45,8 +45,9 @@ async def _run(
     scheduler: SchedulerClient,
     settings: Any,
     priority: int,
+    engine: str,
 ) -> Any:
-    gen = Generation(scheduler, request, priority, settings.request_timeout_seconds)
+    gen = Generation(scheduler, request, priority, settings.request_timeout_seconds, engine)
     await gen.start(http)
     if stream:
         return StreamingResponse(service.ndjson_stream(gen, chat), media_type=_NDJSON)
@@ -61,11 +62,12 @@ async def generate(
     settings: Settings,
     request_id: RequestId,
     priority: Priority,
+    engine: Engine,
 ) -> Any:
     if not body.prompt and not body.raw:
         return service.load_response((await _find(scheduler, body.model)).info.name, chat=False)
     request = service.generate_request(body, request_id)
-    return await _run(request, body.stream, False, http, scheduler, settings, priority)
+    return await _run(request, body.stream, False, http, scheduler, settings, priority, engine)
 
 
 @router.post("/chat", response_model=None)
@@ -76,11 +78,12 @@ async def chat(
     settings: Settings,
     request_id: RequestId,
     priority: Priority,
+    engine: Engine,
 ) -> Any:
     if not body.messages:
         return service.load_response((await _find(scheduler, body.model)).info.name, chat=True)
     request = service.chat_request(body, request_id)
-    return await _run(request, body.stream, True, http, scheduler, settings, priority)
+    return await _run(request, body.stream, True, http, scheduler, settings, priority, engine)
 
 
 async def _embed(
@@ -91,19 +94,25 @@ async def _embed(
     http: Request,
     scheduler: SchedulerClient,
     settings: Any,
+    engine: str,
 ) -> worker_pb2.EmbedResponse:
     if not inputs or any(not s for s in inputs):
         raise InvalidRequest("input must be a non-empty string or a list of non-empty strings")
     request = worker_pb2.EmbedRequest(request_id=request_id, model=model, inputs=inputs, truncate=truncate)
-    return await until_disconnect(http, scheduler.embed(request, settings.request_timeout_seconds))
+    return await until_disconnect(http, scheduler.embed(request, settings.request_timeout_seconds, engine))
 
 
 @router.post("/embed")
 async def embed(
-    body: EmbedRequest, http: Request, scheduler: Scheduler, settings: Settings, request_id: RequestId
+    body: EmbedRequest,
+    http: Request,
+    scheduler: Scheduler,
+    settings: Settings,
+    request_id: RequestId,
+    engine: Engine,
 ) -> dict[str, Any]:
     inputs = [body.input] if isinstance(body.input, str) else body.input
-    response = await _embed(body.model, inputs, body.truncate, request_id, http, scheduler, settings)
+    response = await _embed(body.model, inputs, body.truncate, request_id, http, scheduler, settings, engine)
     return {
         "model": body.model,
         "embeddings": [list(e.values) for e in response.embeddings],
@@ -115,9 +124,14 @@ async def embed(
 
 @router.post("/embeddings")
 async def embeddings(
-    body: EmbeddingsRequest, http: Request, scheduler: Scheduler, settings: Settings, request_id: RequestId
+    body: EmbeddingsRequest,
+    http: Request,
+    scheduler: Scheduler,
+    settings: Settings,
+    request_id: RequestId,
+    engine: Engine,
 ) -> dict[str, Any]:
-    response = await _embed(body.model, [body.prompt], True, request_id, http, scheduler, settings)
+    response = await _embed(body.model, [body.prompt], True, request_id, http, scheduler, settings, engine)
     return {"embedding": list(response.embeddings[0].values)}
 
 

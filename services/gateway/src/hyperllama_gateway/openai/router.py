@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from hyperllama_common.errors import ModelNotFound
 
-from hyperllama_gateway.deps import Priority, RequestId, Scheduler, Settings
+from hyperllama_gateway.deps import Engine, Priority, RequestId, Scheduler, Settings
 from hyperllama_gateway.generation import Generation, until_disconnect
 from hyperllama_gateway.openai import service
 from hyperllama_gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -26,9 +26,10 @@ async def chat_completions(
     settings: Settings,
     request_id: RequestId,
     priority: Priority,
+    engine: Engine,
 ) -> dict[str, Any] | StreamingResponse:
     gen = Generation(
-        scheduler, service.chat_request(body, request_id), priority, settings.request_timeout_seconds
+        scheduler, service.chat_request(body, request_id), priority, settings.request_timeout_seconds, engine
     )
     await gen.start(http)
     if body.stream:
@@ -49,9 +50,14 @@ async def completions(
     settings: Settings,
     request_id: RequestId,
     priority: Priority,
+    engine: Engine,
 ) -> dict[str, Any] | StreamingResponse:
     gen = Generation(
-        scheduler, service.completion_request(body, request_id), priority, settings.request_timeout_seconds
+        scheduler,
+        service.completion_request(body, request_id),
+        priority,
+        settings.request_timeout_seconds,
+        engine,
     )
     await gen.start(http)
     if body.stream:
@@ -66,11 +72,15 @@ async def completions(
 
 @router.post("/embeddings")
 async def embeddings(
-    body: EmbeddingRequest, http: Request, scheduler: Scheduler, settings: Settings, request_id: RequestId
+    body: EmbeddingRequest,
+    http: Request,
+    scheduler: Scheduler,
+    settings: Settings,
+    request_id: RequestId,
+    engine: Engine,
 ) -> dict[str, Any]:
-    response = await until_disconnect(
-        http, scheduler.embed(service.embedding_request(body, request_id), settings.request_timeout_seconds)
-    )
+    request = service.embedding_request(body, request_id)
+    response = await until_disconnect(http, scheduler.embed(request, settings.request_timeout_seconds, engine))
     return service.embedding_response(body, response)
 
 
