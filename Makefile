@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROTO_OUT := services/common/src
 PROTOS := $(wildcard protos/hyperllama/*/v1/*.proto)
-SERVICES := services/common services/scheduler services/gateway services/worker-llamacpp
+SERVICES := services/common services/scheduler services/gateway services/worker-llamacpp services/worker-base
 
 LLAMA_CPP_VERSION := 0.3.36
 # llama.cpp is built for this CPU's vector units but not with -march=native: its AMX kernels crash
@@ -18,6 +18,8 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 	$(call cpu_flag,avx512_bf16,GGML_AVX512_BF16)
 
 .PHONY: install proto run test test-unit lint bench clean
+
+include engines.mk
 
 install: $(VENV)/.installed
 
@@ -47,10 +49,12 @@ $(PROTO_OUT)/hyperllama/.generated: $(PROTOS) $(VENV)/.installed
 		--pyi_out=$(PROTO_OUT) $(PROTOS)
 	touch $@
 
-run: proto
-	$(BIN)/python deploy/local/cluster.py
+# make run ENGINES="llamacpp vllm max" (any subset) also starts vLLM and/or MAX workers on CPU.
+run: proto $(addprefix engine-,$(ENGINES))
+	$(BIN)/python deploy/local/cluster.py --engines "$(ENGINES)"
 
-test: proto
+# The engine conformance suite runs every engine, so the tests need all of them.
+test: proto engines
 	$(BIN)/python -m pytest
 
 test-unit: proto
@@ -62,4 +66,4 @@ lint: proto
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(PROTO_OUT)/hyperllama
+	rm -rf $(VENV) .venv-vllm .venv-max .venv-models $(PROTO_OUT)/hyperllama

@@ -75,8 +75,10 @@ def convert(gguf: Path, out: Path) -> None:
         ).save_pretrained(tmp)
         _fix_config(tmp / "config.json")
         _fix_tokenizer_config(tmp / "tokenizer_config.json", tokenizer.chat_template)
+        # safetensors writes 0600 and mkdtemp makes 0700; containers run the engines as another user.
+        os.chmod(tmp, 0o755)
         for f in tmp.iterdir():
-            os.chmod(f, 0o644)  # safetensors writes 0600; containers run the engines as another user
+            os.chmod(f, 0o644)
         (tmp / "hyperllama-source.json").write_text(
             json.dumps({"gguf": name, "sha256": file_sha256(gguf), "format": _FORMAT_VERSION}, indent=2)
         )
