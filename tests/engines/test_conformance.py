@@ -11,11 +11,11 @@ import uuid
 
 import grpc
 import pytest
+from cluster import wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hyperllama.worker.v1 import worker_pb2
 
 from engines.conftest import MODEL, EngineWorker
-from cluster import wait_for
 
 QUESTION = [
     worker_pb2.ChatMessage(role="system", content="You are a helpful assistant."),
@@ -33,7 +33,9 @@ def chat(messages=QUESTION, **sampling) -> worker_pb2.GenerateRequest:
     )
 
 
-def run(worker: EngineWorker, request: worker_pb2.GenerateRequest) -> tuple[str, list[worker_pb2.GenerateChunk]]:
+def run(
+    worker: EngineWorker, request: worker_pb2.GenerateRequest
+) -> tuple[str, list[worker_pb2.GenerateChunk]]:
     chunks = list(worker.stub.Generate(request, timeout=120))
     return "".join(c.text for c in chunks), chunks
 
@@ -103,7 +105,10 @@ def test_stop_string_ends_output_and_never_leaks(worker: EngineWorker):
 
 def test_usage_counts_the_prompt(worker: EngineWorker):
     short = final(run(worker, chat(temperature=0, max_tokens=1))[1])
-    longer_messages = [*QUESTION[:1], worker_pb2.ChatMessage(role="user", content="What is the capital of France? " * 5)]
+    longer_messages = [
+        *QUESTION[:1],
+        worker_pb2.ChatMessage(role="user", content="What is the capital of France? " * 5),
+    ]
     longer = final(run(worker, chat(longer_messages, temperature=0, max_tokens=1))[1])
     assert short.usage.prompt_tokens > 10
     assert longer.usage.prompt_tokens > short.usage.prompt_tokens + 20
@@ -151,7 +156,9 @@ def test_cancel_by_request_id(worker: EngineWorker):
     reader.join(30)
     assert outcome["status"] == grpc.StatusCode.CANCELLED
     _wait_idle(worker)
-    assert not worker.stub.Cancel(worker_pb2.CancelRequest(request_id=request.request_id), timeout=5).cancelled
+    assert not worker.stub.Cancel(
+        worker_pb2.CancelRequest(request_id=request.request_id), timeout=5
+    ).cancelled
 
 
 def test_health_and_capabilities(worker: EngineWorker):

@@ -3,13 +3,11 @@ X-HyperLlama-Engine header pins a request to one engine, with the official opena
 
 from __future__ import annotations
 
-import threading
-
 import httpx
 import openai
 import pytest
-
 from cluster import wait_for
+
 from engines.conftest import ENGINES, MODEL, EngineWorker, pinned_ollama, pinned_openai
 
 QUESTION = [
@@ -67,13 +65,20 @@ def test_ollama_client_pinned(gateway_url: str, engine: str):
     assert reply.done and reply.done_reason == "stop"
     assert reply.prompt_eval_count > 10 and 0 < reply.eval_count < 30
     parts = list(
-        client.generate(model=MODEL, prompt="What is the capital of France?", stream=True, options={"temperature": 0, "num_predict": 30})
+        client.generate(
+            model=MODEL,
+            prompt="What is the capital of France?",
+            stream=True,
+            options={"temperature": 0, "num_predict": 30},
+        )
     )
     assert parts[-1].done and sum(1 for p in parts if p.done) == 1
     assert "Paris" in "".join(p.response for p in parts)
 
 
-def test_pin_sends_work_only_to_that_engine(gateway_url: str, engine: str, engine_workers: dict[str, EngineWorker]):
+def test_pin_sends_work_only_to_that_engine(
+    gateway_url: str, engine: str, engine_workers: dict[str, EngineWorker]
+):
     """While a long pinned stream runs, only the pinned engine's worker has a slot in use."""
     client = pinned_openai(gateway_url, engine)
     stream = client.chat.completions.create(
@@ -116,7 +121,9 @@ def test_pinned_engine_that_cannot_serve_is_a_clear_4xx(gateway_url: str):
     assert r.status_code == 400 and "tensorrt" in r.json()["error"]
 
 
-def test_missing_capability_on_pinned_engine_is_named(gateway_url: str, engine_workers: dict[str, EngineWorker]):
+def test_missing_capability_on_pinned_engine_is_named(
+    gateway_url: str, engine_workers: dict[str, EngineWorker]
+):
     without_embed = [e for e, w in engine_workers.items() if "embed" not in w.info().capabilities]
     if not without_embed:
         pytest.skip("every engine serves embeddings")

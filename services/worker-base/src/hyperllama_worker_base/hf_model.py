@@ -33,18 +33,21 @@ def describe_hf_model(name: str, directory: Path, context_length: int) -> worker
     """ModelInfo for ``directory`` (config.json, *.safetensors, tokenizer_config.json)."""
     config = json.loads((directory / "config.json").read_text())
     tokenizer_config_path = directory / "tokenizer_config.json"
-    tokenizer_config = json.loads(tokenizer_config_path.read_text()) if tokenizer_config_path.is_file() else {}
+    tokenizer_config = (
+        json.loads(tokenizer_config_path.read_text()) if tokenizer_config_path.is_file() else {}
+    )
     weights = sorted(directory.glob("*.safetensors"))
     n_params = 0
     dtypes: set[str] = set()
     digest = hashlib.sha256()
     for path in weights:
         for tensor in _safetensors_header(path).values():
-            n_params += math.prod(int(d) for d in tensor["shape"])  # type: ignore[attr-defined]
+            shape: list[int] = list(tensor["shape"])  # type: ignore[call-overload]
+            n_params += math.prod(shape)
             dtypes.add(str(tensor["dtype"]))
         # The header and first tensors plus the config identify the weights without hashing
         # hundreds of megabytes at every start.
-        digest.update(path.read_bytes()[:1 << 20])
+        digest.update(path.read_bytes()[: 1 << 20])
     digest.update((directory / "config.json").read_bytes())
     context = int(config.get("max_position_embeddings", 0))
     return worker_pb2.ModelInfo(

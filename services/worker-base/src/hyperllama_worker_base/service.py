@@ -65,12 +65,16 @@ def request_body(req: worker_pb2.GenerateRequest, engine: EngineAdapter, model_i
         try:
             schema = json.loads(req.response_format.json_schema)
         except ValueError as err:
-            raise InvalidRequest(f"the JSON schema is not valid JSON: {err}", param="response_format") from err
+            raise InvalidRequest(
+                f"the JSON schema is not valid JSON: {err}", param="response_format"
+            ) from err
         body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
     if req.HasField("chat"):
         for m in req.chat.messages:
             if m.role not in ROLES:
-                raise InvalidRequest(f"unknown role '{m.role}'; expected one of {sorted(ROLES)}", param="messages")
+                raise InvalidRequest(
+                    f"unknown role '{m.role}'; expected one of {sorted(ROLES)}", param="messages"
+                )
         body["messages"] = [{"role": m.role, "content": m.content} for m in req.chat.messages]
         return "/v1/chat/completions", body
     body["prompt"] = req.prompt

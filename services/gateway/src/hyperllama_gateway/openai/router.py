@@ -80,7 +80,9 @@ async def embeddings(
     engine: Engine,
 ) -> dict[str, Any]:
     request = service.embedding_request(body, request_id)
-    response = await until_disconnect(http, scheduler.embed(request, settings.request_timeout_seconds, engine))
+    response = await until_disconnect(
+        http, scheduler.embed(request, settings.request_timeout_seconds, engine)
+    )
     return service.embedding_response(body, response)
 
 
