@@ -17,6 +17,9 @@ from hyperllama.worker.v1 import worker_pb2
 
 from engines.conftest import MODEL, EngineWorker
 
+# The first test waits for the engines to start (a first MAX start compiles for minutes).
+pytestmark = pytest.mark.timeout(1500)
+
 QUESTION = [
     worker_pb2.ChatMessage(role="system", content="You are a helpful assistant."),
     worker_pb2.ChatMessage(role="user", content="What is the capital of France?"),

@@ -10,6 +10,9 @@ from cluster import wait_for
 
 from engines.conftest import ENGINES, MODEL, EngineWorker, pinned_ollama, pinned_openai
 
+# The first test waits for the engines to start (a first MAX start compiles for minutes).
+pytestmark = pytest.mark.timeout(1500)
+
 QUESTION = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "What is the capital of France?"},

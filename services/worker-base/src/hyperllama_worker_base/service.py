@@ -27,6 +27,8 @@ from hyperllama_worker_base.supervisor import EngineSupervisor
 log = logging.getLogger(__name__)
 
 ROLES = {"system", "user", "assistant", "tool"}
+# Tokens read past a stop string the worker saw first, waiting for the engine to stop by itself.
+_DRAIN_AFTER_STOP = 8
 FINISH = {"stop": worker_pb2.FINISH_REASON_STOP, "length": worker_pb2.FINISH_REASON_LENGTH}
 
 
@@ -146,6 +148,7 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
     ) -> AsyncIterator[worker_pb2.GenerateChunk]:
         chat = request.HasField("chat")
         stops = StopStringFilter(list(request.sampling.stop))
+        after_stop = 0
         async for event in self.client.stream(path, body, param="messages" if chat else "prompt"):
             usage = event.get("usage")
             if usage:
@@ -157,18 +160,23 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
                     if not progress.produced:
                         progress.first_token_ns = time.perf_counter_ns()
                     progress.produced += 1
+                    if stops.stopped:
+                        after_stop += 1
                     text, hit = stops.feed(piece)
                     if text:
                         yield worker_pb2.GenerateChunk(text=text, token_count=1)
                     if hit:
-                        # Leaving the stream closes the connection: the engine aborts the request.
                         progress.finish = worker_pb2.FINISH_REASON_STOP
-                        return
                 reason = choice.get("finish_reason")
-                if reason:
+                if reason and not stops.stopped:
                     if reason not in FINISH:
                         raise BackendFailed(f"the engine ended the request with finish_reason '{reason}'")
                     progress.finish = FINISH[reason]
+            # Some engines emit a stop string before they act on it. The engine has the stop strings
+            # too, so it ends within a few tokens and its final usage still arrives; an engine that
+            # does not is cut off (leaving the stream closes the connection, which aborts it there).
+            if after_stop > _DRAIN_AFTER_STOP:
+                return
         tail = stops.flush()
         if tail:
             yield worker_pb2.GenerateChunk(text=tail)

@@ -55,6 +55,8 @@ async def _follow_readiness(supervisor: EngineSupervisor, server: GrpcServer) ->
 async def serve(
     settings: EngineWorkerSettings, make_engine: Callable[[DevicePool, Path], EngineAdapter]
 ) -> None:
+    # httpx logs every request at INFO: one line per health check and per generation.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     pool = DevicePool.from_settings(settings.device, settings.cpus, settings.gpus, settings.pool)
     model_dir = model_directory(settings)
     engine = make_engine(pool, model_dir)
