@@ -70,6 +70,7 @@ def test_ollama_client_pinned(gateway_url: str, engine: str):
     parts = list(
         client.generate(
             model=MODEL,
+            system="You are a helpful assistant.",
             prompt="What is the capital of France?",
             stream=True,
             options={"temperature": 0, "num_predict": 30},
