@@ -47,7 +47,8 @@ def describe_hf_model(name: str, directory: Path, context_length: int) -> worker
             dtypes.add(str(tensor["dtype"]))
         # The header and first tensors plus the config identify the weights without hashing
         # hundreds of megabytes at every start.
-        digest.update(path.read_bytes()[: 1 << 20])
+        with path.open("rb") as f:
+            digest.update(f.read(1 << 20))
     digest.update((directory / "config.json").read_bytes())
     context = int(config.get("max_position_embeddings", 0))
     return worker_pb2.ModelInfo(
