@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROTO_OUT := services/common/src
 PROTOS := $(wildcard protos/hyperllama/*/v1/*.proto)
-SERVICES := services/common services/scheduler services/gateway services/worker-llamacpp
+SERVICES := services/common services/scheduler services/gateway services/worker-llamacpp services/worker-base
 
 LLAMA_CPP_VERSION := 0.3.36
 # llama.cpp is built for this CPU's vector units but not with -march=native: its AMX kernels crash
@@ -19,6 +19,8 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 
 .PHONY: install proto run test test-unit lint bench clean
 LLAMA_SERVER := build/llama-server/llama-server
+
+include engines.mk
 
 install: $(VENV)/.installed
 
@@ -58,10 +60,12 @@ $(PROTO_OUT)/hyperllama/.generated: $(PROTOS) $(VENV)/.installed
 		--pyi_out=$(PROTO_OUT) $(PROTOS)
 	touch $@
 
-run: proto
-	$(BIN)/python deploy/local/cluster.py
+# make run ENGINES="llamacpp vllm max" (any subset) also starts vLLM and/or MAX workers on CPU.
+run: proto $(addprefix engine-,$(ENGINES))
+	$(BIN)/python deploy/local/cluster.py --engines "$(ENGINES)"
 
-test: proto $(BIN)/promtool
+# The engine conformance suite runs every engine, so the tests need all of them.
+test: proto engines $(BIN)/promtool
 	$(BIN)/python -m pytest
 
 test-unit: proto $(BIN)/promtool
@@ -81,4 +85,4 @@ lint: proto
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) $(PROTO_OUT)/hyperllama
+	rm -rf $(VENV) .venv-vllm .venv-max .venv-models $(PROTO_OUT)/hyperllama

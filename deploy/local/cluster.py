@@ -1,4 +1,4 @@
-"""Start the whole cluster on loopback: Redis, scheduler, llama.cpp worker(s) and gateway.
+"""Start the whole cluster on loopback: Redis, scheduler, engine workers and gateway.
 
 ``make run`` runs this file; the tests import it to start the same topology on free ports.
 Every process it starts is stopped again on Ctrl-C, on SIGTERM, or when one of them dies.
@@ -23,6 +23,15 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+REPO = Path(__file__).resolve().parents[2]
+# Each engine's worker runs from its own virtualenv (see engines.mk); llama.cpp's is the main one.
+ENGINE_WORKERS = {
+    "llamacpp": ("", "hyperllama_worker_llamacpp.main"),
+    "vllm": (".venv-vllm", "hyperllama_worker_vllm.main"),
+    "max": (".venv-max", "hyperllama_worker_max.main"),
+}
+MODEL_HF_DIR = REPO / ".cache" / "models" / "smollm2-135m-hf"
 
 
 def free_port() -> int:
@@ -156,6 +165,7 @@ class LocalCluster:
         name: str = "worker-llamacpp",
         module: str = "hyperllama_worker_llamacpp.main",
         extra_env: dict[str, str] | None = None,
+        python: str = sys.executable,
         **settings: str,
     ) -> Process:
         n = sum(1 for p in self.processes if p.name.startswith("worker"))
@@ -169,7 +179,20 @@ class LocalCluster:
             "HYPERLLAMA_WORKER_WORKER_ID": name,
         }
         env.update({f"HYPERLLAMA_WORKER_{k.upper()}": v for k, v in settings.items()})
-        return self._spawn(name, [sys.executable, "-m", module], env)
+        return self._spawn(name, [python, "-m", module], env)
+
+    def start_engine_worker(self, engine: str, name: str = "", **settings: str) -> Process:
+        """A worker for ``engine`` (llamacpp, vllm, max) from that engine's virtualenv."""
+        if engine not in ENGINE_WORKERS:
+            raise ValueError(f"unknown engine '{engine}'; known: {sorted(ENGINE_WORKERS)}")
+        venv, module = ENGINE_WORKERS[engine]
+        python = sys.executable
+        if venv:
+            python = str(REPO / venv / "bin" / "python")
+            if not Path(python).is_file():
+                raise FileNotFoundError(f"{python} is missing: run `make engine-{engine}`")
+            settings.setdefault("model_path", str(MODEL_HF_DIR))
+        return self.start_worker(name or f"worker-{engine}", module, python=python, **settings)
 
     def start_gateway(self, **settings: str) -> Process:
         env = {
@@ -193,13 +216,17 @@ class LocalCluster:
         """Until the gateway reports ``workers`` ready workers (models loaded, heartbeats in)."""
         wait_for(lambda: len(self.ready_workers()) >= workers, f"{workers} ready worker(s)", None, timeout)
 
-    def start(self, workers: int = 1) -> None:
+    def start(self, workers: int = 1, engines: tuple[str, ...] = ("llamacpp",)) -> None:
         self.start_redis()
         self.start_scheduler()
-        for i in range(workers):
-            self.start_worker(f"worker-llamacpp-{i}")
+        started = 0
+        for engine in engines:
+            for i in range(workers if engine == "llamacpp" else 1):
+                self.start_engine_worker(engine, f"worker-{engine}-{i}")
+                started += 1
         self.start_gateway()
-        self.wait_ready(workers)
+        # vLLM and MAX take longer: a first MAX start compiles the model (minutes on 2 cores).
+        self.wait_ready(started, timeout=180.0 if engines == ("llamacpp",) else 900.0)
 
     def stop(self) -> None:
         for proc in reversed(self.processes):
@@ -246,7 +273,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=int(os.environ.get("HYPERLLAMA_GATEWAY_PORT", "11434")))
     parser.add_argument("--workers", type=int, default=1, help="llama.cpp workers to start")
+    parser.add_argument(
+        "--engines", default="llamacpp", help="engines to start a worker for: any of llamacpp vllm max"
+    )
     args = parser.parse_args()
+    engines = tuple(args.engines.replace(",", " ").split()) or ("llamacpp",)
 
     cluster = LocalCluster(
         gateway_port=args.port, redis_url=os.environ.get("HYPERLLAMA_REDIS_URL", ""), fixed_ports=True
@@ -257,7 +288,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        cluster.start(args.workers)
+        cluster.start(args.workers, engines)
         print(f"\nHyperLlama is serving on {cluster.gateway_url}  (Ctrl-C stops every process)", flush=True)
         print("Metrics: " + "  ".join(cluster.metrics_urls.values()) + "\n", flush=True)
         while not (dead := cluster.dead()):

@@ -31,6 +31,8 @@ class Call:
     metrics: GatewayMetrics
     request_id: str
     priority: int
+    # X-HyperLlama-Engine pins the request to one engine's workers; empty means any engine.
+    engine: str
 
 
 def _call(request: Request) -> Call:
@@ -42,6 +44,7 @@ def _call(request: Request) -> Call:
         metrics=request.app.state.metrics,
         request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
         priority=int(raw_priority) if raw_priority.lstrip("-").isdigit() else 0,
+        engine=request.headers.get("x-hyperllama-engine", "").strip().lower(),
     )
 
 

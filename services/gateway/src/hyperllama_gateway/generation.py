@@ -52,7 +52,7 @@ async def embed(call: Call, request: worker_pb2.EmbedRequest) -> worker_pb2.Embe
     call.http.state.model = request.model
     started = time.perf_counter()
     response = await until_disconnect(
-        call.http, call.scheduler.embed(request, call.settings.request_timeout_seconds)
+        call.http, call.scheduler.embed(request, call.settings.request_timeout_seconds, call.engine)
     )
     call.http.state.recorded = True
     call.metrics.record(call.http.url.path, request.model, "ok", time.perf_counter() - started)
@@ -99,6 +99,7 @@ class Generation:
                 request=request,
                 priority=call.priority,
                 deadline_unix_ms=int((time.time() + timeout) * 1000),
+                engine=call.engine,
             ),
             timeout,
         )

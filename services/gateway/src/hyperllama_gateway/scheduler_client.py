@@ -62,9 +62,13 @@ class SchedulerClient:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    async def embed(self, request: worker_pb2.EmbedRequest, timeout: float) -> worker_pb2.EmbedResponse:
+    async def embed(
+        self, request: worker_pb2.EmbedRequest, timeout: float, engine: str = ""
+    ) -> worker_pb2.EmbedResponse:
         try:
-            return await self._stub.Embed(scheduler_pb2.EmbedRequest(request=request), timeout=timeout)
+            return await self._stub.Embed(
+                scheduler_pb2.EmbedRequest(request=request, engine=engine), timeout=timeout
+            )
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err) from None
 

@@ -12,14 +12,19 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import DeadlineExceeded, HyperLlamaError
 
 from hyperllama_scheduler.queue import RequestQueue
 from hyperllama_scheduler.registry import WorkerRegistry
 
 log = logging.getLogger(__name__)
+
+
+Accepts = Callable[[worker_pb2.WorkerInfo], bool]
 
 
 @dataclass(frozen=True)
@@ -36,15 +41,17 @@ class Dispatcher:
         self._renew_every = lease_seconds / 3
         self.inflight: Counter[str] = Counter()
         self._waiters: dict[str, asyncio.Future[Slot]] = {}
+        # Which workers each waiting request may run on (capabilities, engine pin).
+        self._accepts: dict[str, Accepts] = {}
         self._waiting_since: dict[str, tuple[str, float]] = {}  # request id -> (model, monotonic time)
         self._passing: set[str] = set()
         self._again: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def reserve_now(self, model: str) -> Slot | None:
-        """A slot at once when nobody is waiting for the model and a worker has one free; the
-        request then never touches the queue. None means: queue it."""
-        workers = await self.registry.live_for(model)
+    async def reserve_now(self, model: str, accepts: Accepts) -> Slot | None:
+        """A slot at once when nobody is waiting for the model and a worker the request ``accepts``
+        has one free; the request then never touches the queue. None means: queue it."""
+        workers = [w for w in await self.registry.live_for(model) if accepts(w)]
         if any(m == model for m, _ in self._waiting_since.values()):
             return None  # keep arrival order: those already waiting go first
         free = {w.worker_id: (w.address, w.slots_total - self.inflight[w.worker_id]) for w in workers}
@@ -57,10 +64,12 @@ class Dispatcher:
         self.inflight[worker_id] += 1
         return Slot(worker_id, address)
 
-    async def wait_for_slot(self, model: str, request_id: str, deadline: float) -> Slot:
-        """Wait until the dispatcher hands this queued request a slot, or the deadline passes."""
+    async def wait_for_slot(self, model: str, request_id: str, deadline: float, accepts: Accepts) -> Slot:
+        """Wait until the dispatcher hands this queued request a slot on a worker it ``accepts``,
+        or the deadline passes."""
         fut: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
         self._waiters[request_id] = fut
+        self._accepts[request_id] = accepts
         self._waiting_since[request_id] = (model, time.monotonic())
         got_slot = False
         try:
@@ -79,6 +88,7 @@ class Dispatcher:
         finally:
             self._waiters.pop(request_id, None)
             self._waiting_since.pop(request_id, None)
+            self._accepts.pop(request_id, None)
             if not got_slot and fut.done() and not fut.cancelled():
                 self.release(fut.result())  # reserved for us just as we gave up
             fut.cancel()
@@ -122,7 +132,7 @@ class Dispatcher:
 
     async def _dispatch_pass(self, model: str) -> None:
         free = {
-            w.worker_id: (w.address, w.slots_total - self.inflight[w.worker_id])
+            w.worker_id: (w, w.slots_total - self.inflight[w.worker_id])
             for w in await self.registry.live_for(model)
         }
         total_free = sum(n for _, n in free.values() if n > 0)
@@ -137,13 +147,17 @@ class Dispatcher:
                 if not await self.queue.lease_alive(request_id):
                     await self.queue.forget(model, request_id)
                 continue
+            accepts = self._accepts[request_id]
+            candidates = [w for w, (info, n) in free.items() if n > 0 and accepts(info)]
+            if not candidates:
+                continue  # its workers are busy; requests behind it may still fit elsewhere
             if fut.done() or not await self.queue.take(model, request_id):
                 continue
             if fut.done():  # the caller left while we took it; its own clean-up forgets it
                 continue
-            worker_id = max(free, key=lambda w: free[w][1])
-            address, n = free[worker_id]
-            free[worker_id] = (address, n - 1)
+            worker_id = max(candidates, key=lambda w: free[w][1])
+            info, n = free[worker_id]
+            free[worker_id] = (info, n - 1)
             total_free -= 1
             self.inflight[worker_id] += 1
-            fut.set_result(Slot(worker_id, address))
+            fut.set_result(Slot(worker_id, info.address))

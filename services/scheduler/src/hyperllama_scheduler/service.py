@@ -22,10 +22,12 @@ from hyperllama_common.errors import (
 from hyperllama_common.tracing import Tracing
 from opentelemetry import trace
 
+from hyperllama_scheduler import routing
 from hyperllama_scheduler.dispatcher import Dispatcher, Slot
 from hyperllama_scheduler.metrics import SchedulerMetrics
 from hyperllama_scheduler.queue import RequestQueue
 from hyperllama_scheduler.registry import WorkerRegistry
+from hyperllama_scheduler.routing import Requirements
 from hyperllama_scheduler.settings import SchedulerSettings
 from hyperllama_scheduler.worker_client import WorkerClients
 
@@ -85,8 +87,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self._active: dict[str, asyncio.Task[object]] = {}
         self._exported_models: set[str] = set()
 
-    async def _resolve(self, model: str, capability: str) -> tuple[str, list[worker_pb2.WorkerInfo]]:
-        """The model's full name and the live workers that can serve it with ``capability``.
+    async def _resolve(self, model: str, needs: Requirements) -> tuple[str, list[worker_pb2.WorkerInfo]]:
+        """The model's full name and the live workers that meet ``needs`` (capabilities, engine pin).
 
         As in Ollama, a name without a tag means ``:latest``."""
         live = await self.registry.live()
@@ -100,9 +102,21 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             raise ModelNotFound(
                 f"model '{model}' not found; available models: {', '.join(sorted(names))}", param="model"
             )
-        capable = [w for w in serving if capability in w.capabilities]
+        if needs.engine:
+            engines = sorted({w.engine for w in serving})
+            serving = [w for w in serving if w.engine == needs.engine]
+            if not serving:
+                raise InvalidRequest(
+                    f"engine '{needs.engine}' does not serve model '{model}'; "
+                    f"engines serving it: {', '.join(engines)}",
+                    param="engine",
+                )
+        capable = [w for w in serving if needs.accepts(w)]
         if not capable:
-            raise InvalidRequest(f"no worker serving '{model}' supports {capability}", param="model")
+            on = f" on engine '{needs.engine}'" if needs.engine else ""
+            raise InvalidRequest(
+                f"no worker serving '{model}'{on} supports {needs.missing(serving)}", param="model"
+            )
         return model, capable
 
     def _deadline(self, deadline_unix_ms: int, context: grpc.aio.ServicerContext) -> float:
@@ -120,12 +134,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         req = request.request
         if not req.request_id:
             raise InvalidRequest("request_id is required", param="request_id")
-        model, _ = await self._resolve(req.model, "generate")
+        needs = routing.for_generate(req, request.engine)
+        model, _ = await self._resolve(req.model, needs)
         req.model = model
         deadline = self._deadline(request.deadline_unix_ms, context)
         tracer = self.tracing.tracer
         with tracer.start_as_current_span("dispatch", attributes={"gen_ai.request.model": model}) as span:
-            slot: Slot | None = await self.dispatcher.reserve_now(model)
+            slot: Slot | None = await self.dispatcher.reserve_now(model, needs.accepts)
             span.set_attribute("hyperllama.queued", slot is None)
             if slot is None:
                 await self.queue.admit(
@@ -151,7 +166,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                         "queue.wait", attributes={"gen_ai.request.model": model}
                     ):
                         try:
-                            slot = await self.dispatcher.wait_for_slot(model, req.request_id, deadline)
+                            slot = await self.dispatcher.wait_for_slot(
+                                model, req.request_id, deadline, needs.accepts
+                            )
                         except DeadlineExceeded:
                             m.deadlines_exceeded.labels(model).inc()
                             raise
@@ -222,7 +239,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         req = request.request
         deadline = self._deadline(0, context)
         last: HyperLlamaError | None = None
-        req.model, capable = await self._resolve(req.model, "embed")
+        req.model, capable = await self._resolve(req.model, routing.for_embed(request.engine))
         for worker in capable:
             try:
                 return await self.workers.embed(worker.address, req, deadline - time.time())

@@ -1,0 +1,71 @@
+"""Describing a Hugging Face model directory the way Ollama's /api/show and /api/tags do."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from pathlib import Path
+
+from hyperllama.worker.v1 import worker_pb2
+
+_DTYPES = {"F32": "F32", "F16": "F16", "BF16": "BF16"}
+
+
+def human_parameter_count(n: int) -> str:
+    """134515008 -> '134.52M', as Ollama prints parameter sizes."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}".rstrip("0").rstrip(".") + unit
+    return str(n)
+
+
+def _safetensors_header(path: Path) -> dict[str, dict[str, object]]:
+    with path.open("rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header: dict[str, dict[str, object]] = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return header
+
+
+def describe_hf_model(name: str, directory: Path, context_length: int) -> worker_pb2.ModelInfo:
+    """ModelInfo for ``directory`` (config.json, *.safetensors, tokenizer_config.json)."""
+    config = json.loads((directory / "config.json").read_text())
+    tokenizer_config_path = directory / "tokenizer_config.json"
+    tokenizer_config = (
+        json.loads(tokenizer_config_path.read_text()) if tokenizer_config_path.is_file() else {}
+    )
+    weights = sorted(directory.glob("*.safetensors"))
+    n_params = 0
+    dtypes: set[str] = set()
+    digest = hashlib.sha256()
+    for path in weights:
+        for tensor in _safetensors_header(path).values():
+            shape: list[int] = list(tensor["shape"])  # type: ignore[call-overload]
+            n_params += math.prod(shape)
+            dtypes.add(str(tensor["dtype"]))
+        # The header and first tensors plus the config identify the weights without hashing
+        # hundreds of megabytes at every start.
+        with path.open("rb") as f:
+            digest.update(f.read(1 << 20))
+    digest.update((directory / "config.json").read_bytes())
+    context = int(config.get("max_position_embeddings", 0))
+    return worker_pb2.ModelInfo(
+        name=name,
+        family=str(config.get("model_type", "")),
+        format="safetensors",
+        parameter_size=human_parameter_count(n_params),
+        parameter_count=n_params,
+        quantization_level="/".join(sorted(_DTYPES.get(d, d) for d in dtypes)),
+        size_bytes=sum(p.stat().st_size for p in directory.iterdir() if p.is_file()),
+        context_length=min(context_length, context) if context_length > 0 and context else context,
+        digest="sha256:" + digest.hexdigest(),
+        chat_template=str(tokenizer_config.get("chat_template") or ""),
+        embedding_length=int(config.get("hidden_size", 0)),
+        modified_at_unix=int(max((p.stat().st_mtime for p in weights), default=0)),
+        metadata={
+            "general.architecture": str(config.get("model_type", "")),
+            "source": str(directory),
+        },
+    )

@@ -1,0 +1,116 @@
+"""A worker's main loop: serve the Worker API, keep the engine running, heartbeat, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
+from hyperllama_common.grpc_server import GrpcServer
+from hyperllama_common.registration import deregister, heartbeat_loop
+
+from hyperllama_worker_base.adapter import EngineAdapter
+from hyperllama_worker_base.engine_process import EngineProcess
+from hyperllama_worker_base.hf_model import describe_hf_model
+from hyperllama_worker_base.openai_client import EngineClient
+from hyperllama_worker_base.pool import DevicePool
+from hyperllama_worker_base.service import EngineServicer
+from hyperllama_worker_base.settings import EngineWorkerSettings
+from hyperllama_worker_base.supervisor import EngineSupervisor
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def model_directory(settings: EngineWorkerSettings) -> Path:
+    path = Path(settings.model_path).expanduser().resolve()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no Hugging Face model directory at {path} (config.json missing); "
+            "`make models` prepares the default one from the bundled GGUF"
+        )
+    return path
+
+
+async def _follow_readiness(supervisor: EngineSupervisor, server: GrpcServer) -> None:
+    """The standard gRPC health service says SERVING only while the engine is ready."""
+    serving: bool | None = None
+    while True:
+        if supervisor.ready != serving:
+            serving = supervisor.ready
+            await server.set_serving(serving)
+        await asyncio.sleep(0.5)
+
+
+async def serve(
+    settings: EngineWorkerSettings, make_engine: Callable[[DevicePool, Path], EngineAdapter]
+) -> None:
+    # httpx logs every request at INFO: one line per health check and per generation.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    pool = DevicePool.from_settings(settings.device, settings.cpus, settings.gpus, settings.pool)
+    model_dir = model_directory(settings)
+    engine = make_engine(pool, model_dir)
+    engine_port = settings.engine_port or free_port()
+    client = EngineClient(f"http://127.0.0.1:{engine_port}")
+    supervisor = EngineSupervisor(
+        lambda: EngineProcess(engine.command(engine_port), {**engine.env(), **pool.child_env()}, pool.cpus),
+        client,
+        engine.health_path,
+        settings.engine_start_timeout_seconds,
+        settings.engine_health_interval_seconds,
+        settings.engine_health_failures,
+        settings.engine_restart_backoff_seconds,
+    )
+
+    worker_id = settings.worker_id or f"{engine.name}-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+    info = worker_pb2.WorkerInfo(
+        worker_id=worker_id,
+        engine=engine.name,
+        pool=pool.name,
+        slots_total=settings.max_batch,
+        models=[describe_hf_model(settings.model, model_dir, settings.max_model_len)],
+        capabilities=engine.capabilities,
+    )
+    server = GrpcServer(
+        f"{settings.host}:{settings.port}", "hyperllama.worker.v1.WorkerService", settings.grace_seconds
+    )
+    servicer = EngineServicer(engine, client, supervisor, info, str(model_dir))
+    worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server.server)
+    port = await server.start()
+    info.address = settings.advertise_address or f"{settings.host}:{port}"
+    server.install_signal_handlers()
+    log.info(
+        "worker %s (%s on %s, cores %s) serving %s on %s; engine on port %d",
+        worker_id, engine.name, pool.name, pool.cpu_range(), settings.model, info.address, engine_port,
+    )  # fmt: skip
+
+    tasks = [
+        asyncio.create_task(supervisor.run(), name="engine-supervisor"),
+        asyncio.create_task(_follow_readiness(supervisor, server), name="readiness"),
+        asyncio.create_task(
+            heartbeat_loop(settings.scheduler_address, servicer.snapshot, settings.heartbeat_seconds),
+            name="heartbeats",
+        ),
+    ]
+    await server.wait_for_stop_signal()
+    # Drain: leave the registry first, let running streams finish, then stop the engine.
+    supervise, readiness, heartbeats = tasks
+    for task in (heartbeats, readiness):
+        task.cancel()
+    await deregister(settings.scheduler_address, worker_id)
+    await server.stop()
+    supervise.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await client.aclose()

@@ -1,0 +1,1 @@
+"""HyperLlama worker for the Modular MAX engine."""

@@ -1,0 +1,1 @@
+"""HyperLlama worker for the vLLM engine."""
