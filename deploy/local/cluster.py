@@ -116,28 +116,19 @@ class LocalCluster:
         self.processes.append(proc)
         return proc
 
-    def start_redis(self) -> Process | None:
-        if self.redis_url:
+    def start_redis(self, port: int = 0) -> Process | None:
+        """A Redis of our own (unless one was given); ``port`` brings one back on the same address."""
+        if self.redis_url and not port:
             return None  # an existing Redis was given
-        port = free_port()
-        self._redis_dir = tempfile.TemporaryDirectory(prefix="hyperllama-redis-")
+        port = port or free_port()
+        if self._redis_dir is None:
+            self._redis_dir = tempfile.TemporaryDirectory(prefix="hyperllama-redis-")
         proc = self._spawn(
             "redis",
-            [
-                redis_server_binary(),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self._redis_dir.name,
-            ],
+            [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self._redis_dir.name],
             {},
-        )
+        )  # fmt: skip
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         wait_for(lambda: _tcp_open(port), f"redis on port {port}", proc)
         return proc

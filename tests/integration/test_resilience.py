@@ -72,21 +72,7 @@ def test_redis_restart_fails_fast_then_recovers(cluster: LocalCluster):
     assert "Redis" in r.json()["error"]["message"]
 
     # Same port, empty data: workers re-register with their next heartbeat.
-    cluster._spawn(
-        "redis",
-        [
-            redis_proc.popen.args[0],
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        {},
-    )
+    cluster.start_redis(port=port)
     wait_for(lambda: len(cluster.ready_workers()) == 1, "recovery", None, timeout=30)
     r = generate(cluster)
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == "w1 t0 t1 t2 t3"
