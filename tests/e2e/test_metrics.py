@@ -48,7 +48,6 @@ def test_gateway_metrics(cluster: LocalCluster, traffic):
 def test_scheduler_metrics(cluster: LocalCluster, traffic):
     m = scrape(cluster.metrics_urls["scheduler"])
     assert total(m, "hyperllama_scheduler_dispatches_total", model=MODEL) >= 2
-    assert total(m, "hyperllama_scheduler_admissions_total", model=MODEL) >= 2
     assert total(m, "hyperllama_scheduler_queue_wait_seconds_count", model=MODEL) >= 2
     assert total(m, "hyperllama_scheduler_workers_ready", engine="llamacpp") == 1
     assert total(m, "hyperllama_scheduler_worker_slots", state="total") == SLOTS

@@ -19,6 +19,7 @@ import grpc
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
 from hyperllama_common.errors import BackendFailed, Cancelled, InvalidRequest, ModelNotFound, Unavailable
 from hyperllama_common.textstream import StopStringFilter
+from hyperllama_common.worker_metrics import ModelMetrics
 
 from hyperllama_worker_base.adapter import EngineAdapter
 from hyperllama_worker_base.openai_client import EngineClient
@@ -91,8 +92,12 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
         supervisor: EngineSupervisor,
         info: worker_pb2.WorkerInfo,
         model_id: str,
+        metrics: ModelMetrics,
     ):
         self.engine = engine
+        self.metrics = metrics
+        metrics.slots_total.set(info.slots_total)
+        metrics.slots_in_use.set_function(lambda: len(self._running))
         self.client = client
         self.supervisor = supervisor
         self.info = info
@@ -122,17 +127,31 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._running[request.request_id] = running
         arrived = time.perf_counter_ns()
         progress = Progress()
+        outcome = "failed"
         try:
             async for chunk in self._relay(path, body, request, progress):
                 yield chunk
+            outcome = "ok"
+        except InvalidRequest:
+            outcome = "client_error"
+            raise
         except asyncio.CancelledError:
+            outcome = "cancelled"
             if running.cancel_requested:
                 raise Cancelled(f"request {request.request_id} was cancelled") from None
             raise
+        except GeneratorExit:
+            outcome = "cancelled"
+            raise
         finally:
             self._running.pop(request.request_id, None)
+            self.metrics.request(outcome)
         done = time.perf_counter_ns()
         first = progress.first_token_ns or done
+        if progress.first_token_ns:
+            self.metrics.ttft.observe((progress.first_token_ns - arrived) / 1e9)
+        self.metrics.prompt_tokens.inc(progress.prompt_tokens)
+        self.metrics.output_tokens.inc(progress.completion_tokens())
         yield worker_pb2.GenerateChunk(
             finish_reason=progress.finish,
             usage=worker_pb2.Usage(

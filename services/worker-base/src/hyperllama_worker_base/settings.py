@@ -8,12 +8,16 @@ class EngineWorkerSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 50061
+    # Prometheus metrics over HTTP on this port (0 = any free port, -1 = off).
+    metrics_port: int = 9102
     # Address the scheduler dials; defaults to host:port.
     advertise_address: str = ""
     worker_id: str = ""
     scheduler_address: str = "127.0.0.1:50051"
     heartbeat_seconds: float = 2.0
     grace_seconds: float = 15.0
+    # Record prompt text on trace spans (off: prompts are user data).
+    trace_prompts: bool = False
     log_level: str = "INFO"
     log_json: bool = False
 

@@ -13,6 +13,9 @@ from pathlib import Path
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
 from hyperllama_common.grpc_server import GrpcServer
 from hyperllama_common.registration import deregister, heartbeat_loop
+from hyperllama_common.tracing import Tracing
+from hyperllama_common.worker_metrics import WorkerMetrics
+from prometheus_client import start_http_server
 
 from hyperllama_worker_base.adapter import EngineAdapter
 from hyperllama_worker_base.engine_process import EngineProcess
@@ -81,10 +84,17 @@ async def serve(
         models=[describe_hf_model(settings.model, model_dir, settings.max_model_len)],
         capabilities=engine.capabilities,
     )
+    tracing = Tracing(f"worker-{engine.name}", settings.trace_prompts)
     server = GrpcServer(
-        f"{settings.host}:{settings.port}", "hyperllama.worker.v1.WorkerService", settings.grace_seconds
+        f"{settings.host}:{settings.port}",
+        "hyperllama.worker.v1.WorkerService",
+        settings.grace_seconds,
+        tracing.server_interceptors(),
     )
-    servicer = EngineServicer(engine, client, supervisor, info, str(model_dir))
+    metrics = WorkerMetrics(engine.name, pool.name).for_model(settings.model)
+    servicer = EngineServicer(engine, client, supervisor, info, str(model_dir), metrics)
+    if settings.metrics_port >= 0:
+        start_http_server(settings.metrics_port, settings.host, registry=metrics.registry)
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server.server)
     port = await server.start()
     info.address = settings.advertise_address or f"{settings.host}:{port}"
@@ -114,3 +124,4 @@ async def serve(
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await client.aclose()
+    tracing.shutdown()

@@ -17,9 +17,9 @@ import llama_cpp
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import BackendFailed, Cancelled
 from hyperllama_common.textstream import StopStringFilter, Utf8Assembler
+from hyperllama_common.worker_metrics import ModelMetrics
 
 from hyperllama_worker_llamacpp.batching import BatchPlanner, Feed, Sequence
-from hyperllama_worker_llamacpp.metrics import ModelMetrics
 from hyperllama_worker_llamacpp.model import LoadedModel
 from hyperllama_worker_llamacpp.sampling import SamplerChain, grammar_text
 
@@ -48,7 +48,6 @@ class BatchEngine:
         self.slots = slots
         self.metrics = metrics
         metrics.slots_total.set(slots)
-        metrics.slots_in_use.set_function(lambda: self.planner.in_use)
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = slots * model.n_ctx
         params.n_batch = n_batch
@@ -64,6 +63,7 @@ class BatchEngine:
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self.planner = BatchPlanner(slots, n_batch)
+        metrics.slots_in_use.set_function(lambda: self.planner.in_use)
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"decode-{model.spec.name}", daemon=True)

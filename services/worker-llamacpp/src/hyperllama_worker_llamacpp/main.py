@@ -13,10 +13,10 @@ from hyperllama_common.grpc_server import GrpcServer
 from hyperllama_common.logs import setup_logging
 from hyperllama_common.registration import deregister, heartbeat_loop
 from hyperllama_common.tracing import Tracing
+from hyperllama_common.worker_metrics import WorkerMetrics
 from prometheus_client import start_http_server
 
 from hyperllama_worker_llamacpp.batch_engine import BatchEngine
-from hyperllama_worker_llamacpp.metrics import WorkerMetrics
 from hyperllama_worker_llamacpp.model import LoadedModel
 from hyperllama_worker_llamacpp.registry import load_registry, select
 from hyperllama_worker_llamacpp.service import WorkerServicer

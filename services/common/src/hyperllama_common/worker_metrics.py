@@ -1,4 +1,6 @@
-"""The llama.cpp worker's Prometheus metrics, on a registry of its own (served on the metrics port)."""
+"""The metrics every worker exports, whatever its engine (hyperllama_worker_*), on a registry of its own
+served on the worker's metrics port. One definition, so dashboards and alerts work for every engine;
+the decode-step and batch histograms are filled by engines whose decode loop the worker runs itself."""
 
 from __future__ import annotations
 
@@ -70,6 +72,7 @@ class ModelMetrics:
     """The worker's metrics with the label values of one model already bound."""
 
     def __init__(self, m: WorkerMetrics, model: str):
+        self.registry = m.registry
         values = (model, m.engine, m.pool)
         m.model_loaded.labels(*values).set(1)
         self.slots_total = m.slots_total.labels(*values)
