@@ -67,7 +67,8 @@ def traced_cluster(
     }
     cluster = LocalCluster(
         gateway_port=free_port(), log_dir=Path(tmp_path_factory.mktemp("traced")), env=env,
-        redis_url=redis_url.rsplit("/", 1)[0] + "/2",
+        # A Redis database of its own (integration 0, e2e 1, engines 2): no other cluster's workers.
+        redis_url=redis_url.rsplit("/", 1)[0] + "/3",
     )  # fmt: skip
     try:
         cluster.start_scheduler()
