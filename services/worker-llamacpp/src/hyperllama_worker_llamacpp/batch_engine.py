@@ -1,12 +1,15 @@
 """The decode loop: one llama.cpp context per model with N sequence slots, every step one llama_decode.
 
 The loop runs in its own thread (llama.cpp releases the GIL while decoding). Requests are prepared
-(tokenized, validated) in the caller's thread, join between steps, and hand their output to a
-thread-safe ``emit`` callback: text chunks, then one final chunk, or an exception.
+(tokenized, validated) in the caller's thread and join between steps. Their output (text chunks, then
+one final chunk, or an exception) goes to each request's ``emit`` callback on the event loop: what one
+step produces for all sequences is handed over in a single call, so the event loop wakes once per step
+rather than once per token, and does its sending while the next step decodes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -42,9 +45,24 @@ class Job:
     first_token_ns: int = 0
 
 
+def _deliver(outbox: list[tuple[Emit, object]]) -> None:
+    for emit, item in outbox:
+        emit(item)
+
+
 class BatchEngine:
-    def __init__(self, model: LoadedModel, slots: int, n_batch: int, threads: int, metrics: ModelMetrics):
+    def __init__(
+        self,
+        model: LoadedModel,
+        slots: int,
+        n_batch: int,
+        threads: int,
+        metrics: ModelMetrics,
+        loop: asyncio.AbstractEventLoop,
+    ):
         self.model = model
+        self._loop = loop
+        self._outbox: list[tuple[Emit, object]] = []
         self.slots = slots
         self.metrics = metrics
         metrics.slots_total.set(slots)
@@ -102,7 +120,7 @@ class BatchEngine:
     def submit(self, seq: Sequence) -> None:
         if seq.limit <= 0:  # nothing to generate (max_tokens 0): answer without taking a slot
             seq.state.started_ns = seq.state.first_token_ns = time.perf_counter_ns()
-            self._send_final(seq, worker_pb2.FINISH_REASON_LENGTH)
+            seq.state.emit(self._final_chunk(seq, worker_pb2.FINISH_REASON_LENGTH))  # on the event loop
             return
         with self._wake:
             self.planner.submit(seq)
@@ -139,10 +157,20 @@ class BatchEngine:
             for seq in self.planner.running:
                 if seq.cancelled:
                     self._release(seq)
-                    seq.state.emit(Cancelled("request cancelled"))
+                    self._post(seq, Cancelled("request cancelled"))
             feeds = self.planner.plan()
             if feeds:
                 self._step(feeds)
+            self._flush()
+
+    def _post(self, seq: Sequence, item: object) -> None:
+        self._outbox.append((seq.state.emit, item))
+
+    def _flush(self) -> None:
+        """Hand this step's output to the event loop in one call."""
+        if self._outbox:
+            outbox, self._outbox = self._outbox, []
+            self._loop.call_soon_threadsafe(_deliver, outbox)
 
     def _step(self, feeds: list[Feed]) -> None:
         b = self.batch
@@ -163,7 +191,7 @@ class BatchEngine:
                 self.planner.forget_cache(seq.slot)
                 llama_cpp.llama_memory_seq_rm(self.mem, seq.slot, -1, -1)
                 self._release(seq)
-                seq.state.emit(BackendFailed(f"llama_decode failed ({rc})"))
+                self._post(seq, BackendFailed(f"llama_decode failed ({rc})"))
             return
         self.planner.fed(feeds)
         for i, f in enumerate(feeds):
@@ -181,7 +209,7 @@ class BatchEngine:
         self.planner.sampled(seq, token)
         text, hit = job.stops.feed(job.utf8.feed(self.model.piece(token)))
         if text:
-            job.emit(worker_pb2.GenerateChunk(text=text, token_count=1))
+            self._post(seq, worker_pb2.GenerateChunk(text=text, token_count=1))
         if hit:
             self._finish(seq, worker_pb2.FINISH_REASON_STOP)
         elif seq.produced >= seq.limit:
@@ -192,30 +220,32 @@ class BatchEngine:
         self._send_final(seq, reason)
 
     def _send_final(self, seq: Sequence, reason: int) -> None:
+        self._post(seq, self._final_chunk(seq, reason))
+
+    def _final_chunk(self, seq: Sequence, reason: int) -> worker_pb2.GenerateChunk:
         job: Job = seq.state
         tail, _ = job.stops.feed(job.utf8.flush())
         tail += job.stops.flush()
         done = time.perf_counter_ns()
-        job.emit(
-            worker_pb2.GenerateChunk(
-                text=tail,
-                finish_reason=reason,  # type: ignore[arg-type]
-                usage=worker_pb2.Usage(
-                    prompt_tokens=len(seq.prompt),
-                    completion_tokens=seq.produced,
-                    cached_prompt_tokens=seq.reused,
-                ),
-                timings=worker_pb2.Timings(
-                    load_duration_ns=job.started_ns - job.arrived_ns,
-                    prompt_eval_duration_ns=job.first_token_ns - job.started_ns,
-                    eval_duration_ns=done - job.first_token_ns,
-                ),
-            )
+        chunk = worker_pb2.GenerateChunk(
+            text=tail,
+            finish_reason=reason,  # type: ignore[arg-type]
+            usage=worker_pb2.Usage(
+                prompt_tokens=len(seq.prompt),
+                completion_tokens=seq.produced,
+                cached_prompt_tokens=seq.reused,
+            ),
+            timings=worker_pb2.Timings(
+                load_duration_ns=job.started_ns - job.arrived_ns,
+                prompt_eval_duration_ns=job.first_token_ns - job.started_ns,
+                eval_duration_ns=done - job.first_token_ns,
+            ),
         )
         job.sampler.close()
         self.metrics.prompt_tokens.inc(len(seq.prompt))
         self.metrics.cached_prompt_tokens.inc(seq.reused)
         self.metrics.output_tokens.inc(seq.produced)
+        return chunk
 
     def _release(self, seq: Sequence) -> None:
         self.planner.finish(seq)

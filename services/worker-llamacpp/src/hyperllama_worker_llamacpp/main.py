@@ -49,7 +49,12 @@ async def serve(settings: WorkerSettings) -> None:
     for spec in specs:
         model = await asyncio.to_thread(LoadedModel, spec, settings.num_ctx, threads)
         engines[spec.name] = BatchEngine(
-            model, settings.slots, settings.batch_tokens, threads, metrics.for_model(spec.name)
+            model,
+            settings.slots,
+            settings.batch_tokens,
+            threads,
+            metrics.for_model(spec.name),
+            asyncio.get_running_loop(),
         )
 
     tracing = Tracing("worker-llamacpp", settings.trace_prompts)

@@ -53,12 +53,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[worker_pb2.GenerateChunk]:
         engine = self._engine(request.model)
-        loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
-
-        def emit(item: object) -> None:  # called from the decode thread
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
+        emit = queue.put_nowait  # the engine calls it on this event loop
         span = self.tracing.tracer.start_span(
             "llama.generate", attributes={"gen_ai.request.model": request.model}
         )
