@@ -55,10 +55,10 @@ class ScriptedWorker(worker_pb2_grpc.WorkerServiceServicer):
             n = request.sampling.max_tokens if request.sampling.HasField("max_tokens") else 5
             yield worker_pb2.GenerateChunk(text=me, token_count=1)
             for i in range(n - 1):
-                if crash_after and i + 1 >= int(crash_after.group(1)):
-                    os._exit(17)
                 if self.delay:
                     await asyncio.sleep(self.delay)
+                if crash_after and i + 1 >= int(crash_after.group(1)):
+                    os._exit(17)
                 yield worker_pb2.GenerateChunk(text=f" t{i}", token_count=1)
             yield worker_pb2.GenerateChunk(
                 finish_reason=worker_pb2.FINISH_REASON_LENGTH,
