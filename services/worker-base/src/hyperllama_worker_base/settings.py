@@ -1,25 +1,8 @@
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from hyperllama_common.worker_settings import WorkerBaseSettings
 
 
-class EngineWorkerSettings(BaseSettings):
+class EngineWorkerSettings(WorkerBaseSettings):
     """Settings every engine-server worker shares; each engine's worker adds its own fields."""
-
-    model_config = SettingsConfigDict(env_prefix="HYPERLLAMA_WORKER_")
-
-    host: str = "127.0.0.1"
-    port: int = 50061
-    # Prometheus metrics over HTTP on this port (0 = any free port, -1 = off).
-    metrics_port: int = 9102
-    # Address the scheduler dials; defaults to host:port.
-    advertise_address: str = ""
-    worker_id: str = ""
-    scheduler_address: str = "127.0.0.1:50051"
-    heartbeat_seconds: float = 2.0
-    grace_seconds: float = 15.0
-    # Record prompt text on trace spans (off: prompts are user data).
-    trace_prompts: bool = False
-    log_level: str = "INFO"
-    log_json: bool = False
 
     # The model: the name clients use and the Hugging Face directory the engine loads.
     model: str = "smollm2:135m"
@@ -29,9 +12,8 @@ class EngineWorkerSettings(BaseSettings):
     # Sequences the engine decodes together; reported to the scheduler as this worker's slots.
     max_batch: int = 8
 
-    # The pool: "cpu" with optional cores, or "gpu" with device ids. One code path for both.
+    # The pool: "cpu" with optional cores (cpus), or "gpu" with device ids. One code path for both.
     device: str = "cpu"
-    cpus: str = ""  # e.g. "0-3" or "0,2"; empty = every core this process may use
     gpus: str = ""  # e.g. "0" or "0,1"; becomes CUDA_VISIBLE_DEVICES of the engine
     pool: str = ""  # name reported to the scheduler; default cpu-0 / gpu-<ids>
 

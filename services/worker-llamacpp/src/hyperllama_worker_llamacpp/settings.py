@@ -1,23 +1,10 @@
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from hyperllama_common.worker_settings import WorkerBaseSettings
 
 
-class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="HYPERLLAMA_WORKER_")
-
-    host: str = "127.0.0.1"
-    port: int = 50061
-    # Prometheus metrics over HTTP on this port (0 = any free port, -1 = off).
-    metrics_port: int = 9102
-    # Address the scheduler dials; defaults to host:port.
-    advertise_address: str = ""
-    worker_id: str = ""
+class WorkerSettings(WorkerBaseSettings):
     pool: str = "cpu-0"
-    # Cores this worker is pinned to, e.g. "0-3" or "0,2"; empty = all.
-    cpus: str = ""
     # llama.cpp threads; 0 = one per pinned core.
     threads: int = 0
-    scheduler_address: str = "127.0.0.1:50051"
-    heartbeat_seconds: float = 2.0
     # TOML model registry; the default model needs none.
     models_file: str = ""
     # Comma-separated names of the registry's models this worker serves.
@@ -28,8 +15,3 @@ class WorkerSettings(BaseSettings):
     slots: int = 8
     # Most tokens one decode step feeds; long prompts are prefilled in chunks of this size.
     batch_tokens: int = 512
-    grace_seconds: float = 15.0
-    # Record prompt text on trace spans (off: prompts are user data).
-    trace_prompts: bool = False
-    log_level: str = "INFO"
-    log_json: bool = False
