@@ -10,6 +10,16 @@ from __future__ import annotations
 import grpc
 
 _KIND_KEY = "hl-error-kind"
+# Error messages travel in gRPC trailers (a few KiB at most) and go back to clients: what they quote
+# from a request (a model name, a role) is cut to this many characters.
+QUOTE_LIMIT = 100
+
+
+def quote(value: str, limit: int = QUOTE_LIMIT) -> str:
+    """``value`` for an error message: at most ``limit`` characters, lone surrogates replaced."""
+    value = value.encode("utf-8", "replace").decode("utf-8")
+    return value if len(value) <= limit else value[:limit] + f"... ({len(value)} characters)"
+
 _PARAM_KEY = "hl-error-param"
 _RETRY_KEY = "hl-retry-after"
 

@@ -15,6 +15,14 @@ from hyperllama_common.errors import HyperLlamaError, abort_with
 
 log = logging.getLogger(__name__)
 
+# gRPC's 4 MiB default is smaller than a batch of embeddings or a long prompt can be: every server and
+# channel between the services accepts messages up to the gateway's own body limit and then some.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MESSAGE_SIZE_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Turns a HyperLlamaError raised by any handler into its gRPC status, in one place."""
@@ -72,7 +80,7 @@ class GrpcServer:
         # Outer interceptors (tracing) see the status the error interceptor sets.
         self.server = grpc.aio.server(
             interceptors=[*(interceptors or []), ErrorInterceptor()],
-            options=[("grpc.so_reuseport", 0)],
+            options=[("grpc.so_reuseport", 0), *MESSAGE_SIZE_OPTIONS],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -11,6 +11,7 @@ import grpc
 from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import from_rpc_error
+from hyperllama_common.grpc_server import MESSAGE_SIZE_OPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,9 @@ class SchedulerClient:
         retry_seconds: float,
         interceptors: list[grpc.aio.ClientInterceptor] | None = None,
     ):
-        self._channel = grpc.aio.insecure_channel(address, interceptors=interceptors)
+        self._channel = grpc.aio.insecure_channel(
+            address, options=MESSAGE_SIZE_OPTIONS, interceptors=interceptors
+        )
         self._stub = scheduler_pb2_grpc.SchedulerServiceStub(self._channel)
         self.control_timeout = control_timeout
         self.retry_seconds = retry_seconds

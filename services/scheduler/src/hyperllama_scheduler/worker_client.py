@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import grpc
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
 from hyperllama_common.errors import from_rpc_error
+from hyperllama_common.grpc_server import MESSAGE_SIZE_OPTIONS
 
 
 class WorkerClients:
@@ -19,7 +20,7 @@ class WorkerClients:
         channel = self._channels.get(address)
         if channel is None:
             channel = self._channels[address] = grpc.aio.insecure_channel(
-                address, interceptors=self._interceptors
+                address, options=MESSAGE_SIZE_OPTIONS, interceptors=self._interceptors
             )
         return worker_pb2_grpc.WorkerServiceStub(channel)
 
