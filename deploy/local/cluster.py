@@ -1,7 +1,7 @@
 """Start the whole cluster on loopback: Redis, scheduler, engine workers and gateway.
 
 ``make run`` runs this file; the tests import it to start the same topology on free ports.
-Every process it starts is stopped again on Ctrl-C, on SIGTERM, or when one of them dies.
+Every process it starts is started again when it exits, and stopped on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -32,6 +33,11 @@ ENGINE_WORKERS = {
     "max": (".venv-max", "hyperllama_worker_max.main"),
 }
 MODEL_HF_DIR = REPO / ".cache" / "models" / "smollm2-135m-hf"
+# Back-off for starting a crashed process again: doubling from the first delay up to the last; a
+# process that stayed up this long starts from the first delay again.
+RESTART_FIRST_DELAY = 0.5
+RESTART_MAX_DELAY = 30.0
+RESTART_RESET_SECONDS = 60.0
 
 
 def free_port() -> int:
@@ -58,6 +64,11 @@ class Process:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path | None = None
+    # What started it, so a crashed process can be started again the same way.
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    restarts: int = 0
+    started_at: float = field(default_factory=time.monotonic)
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -104,7 +115,9 @@ class LocalCluster:
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Process:
+    def _popen(
+        self, name: str, argv: list[str], env: dict[str, str]
+    ) -> tuple[subprocess.Popen[bytes], Path | None]:
         out: IO[bytes] | None = None
         log_path = None
         if self.log_dir is not None:
@@ -112,9 +125,43 @@ class LocalCluster:
             out = log_path.open("ab")
         full_env = {**os.environ, **self.env, **env}
         popen = subprocess.Popen(argv, env=full_env, stdout=out, stderr=subprocess.STDOUT if out else None)
-        proc = Process(name, popen, log_path)
+        if out is not None:
+            out.close()  # the child has its own copy
+        return popen, log_path
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Process:
+        popen, log_path = self._popen(name, argv, env)
+        proc = Process(name, popen, log_path, argv, env)
         self.processes.append(proc)
         return proc
+
+    def restart(self, proc: Process) -> None:
+        """Start a process that exited again, with the same command, settings and ports."""
+        proc.popen, proc.log_path = self._popen(proc.name, proc.argv, proc.env)
+        proc.restarts += 1
+        proc.started_at = time.monotonic()
+
+    def supervise(self, stopping: Callable[[], bool], poll: float = 0.5) -> None:
+        """Until ``stopping()``: start again every process that exits, as Kubernetes or compose's
+        restart policy would, so one crash (a worker killed by a bad request) stops nothing else.
+        A process that keeps crashing is started with a growing back-off, never given up on."""
+        due: dict[str, float] = {}
+        while not stopping():
+            now = time.monotonic()
+            for proc in self.dead():
+                if proc.name not in due:
+                    stable = now - proc.started_at > RESTART_RESET_SECONDS
+                    if stable:
+                        proc.restarts = 0
+                    delay = min(RESTART_MAX_DELAY, RESTART_FIRST_DELAY * 2**proc.restarts)
+                    code = proc.popen.returncode
+                    print(f"{proc.name} exited with {code}; starting it again in {delay:.1f}s",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                    due[proc.name] = now + delay
+                elif now >= due[proc.name]:
+                    del due[proc.name]
+                    self.restart(proc)
+            time.sleep(poll)
 
     def start_redis(self, port: int = 0) -> Process | None:
         """A Redis of our own (unless one was given); ``port`` brings one back on the same address."""
@@ -282,9 +329,7 @@ def main() -> None:
         cluster.start(args.workers, engines)
         print(f"\nHyperLlama is serving on {cluster.gateway_url}  (Ctrl-C stops every process)", flush=True)
         print("Metrics: " + "  ".join(cluster.metrics_urls.values()) + "\n", flush=True)
-        while not (dead := cluster.dead()):
-            time.sleep(0.5)
-        print(f"{dead[0].name} exited with {dead[0].popen.returncode}; stopping", file=sys.stderr)
+        cluster.supervise(lambda: False)
     except KeyboardInterrupt:
         pass
     finally:

@@ -66,7 +66,7 @@ async def scheduler_factory(
 
     def make(**settings: str) -> SchedulerHarness:
         cluster = LocalCluster(log_dir=tmp_path, redis_url=redis_url)
-        cluster.start_scheduler(worker_lease_seconds="2", **settings)
+        cluster.start_scheduler(**{"worker_lease_seconds": "2", **settings})
         harness = SchedulerHarness(cluster)
         made.append(harness)
         return harness

@@ -52,8 +52,32 @@ async def test_requeue_first_puts_a_request_ahead_of_its_band(redis_client):
     await admit(q, "a")
     await admit(q, "b")
     await q.take(MODEL, "b")
-    await q.requeue_first(MODEL, "b", 0)
+    await q.requeue_first(MODEL, "b", 0, b"payload-b", ttl_ms=60_000, lease_ms=10_000)
     assert await q.head(MODEL, 5) == ["b", "a"]
+    # A dispatch pass that reads the head before the caller waits again finds it alive, not abandoned.
+    assert await q.lease_alive("b")
+    assert await redis_client.get(keys.request("b")) == b"payload-b"
+
+
+async def test_renewal_readmits_a_request_redis_lost(redis_client):
+    q = RequestQueue(redis_client, max_per_model=1, retry_after=1, metrics=SchedulerMetrics())
+    await admit(q, "a")
+    await redis_client.flushdb()  # Redis restarted empty
+    assert await q.renew(MODEL, "a", 0, b"payload-a", ttl_ms=60_000, lease_ms=10_000) is False
+    assert await q.head(MODEL, 5) == ["a"]
+    assert await q.lease_alive("a")
+    assert await q.renew(MODEL, "a", 0, b"payload-a", ttl_ms=60_000, lease_ms=10_000) is True
+    assert await q.depth(MODEL) == 1
+
+
+async def test_renewal_racing_a_take_does_not_put_the_request_back(redis_client):
+    q = RequestQueue(redis_client, max_per_model=5, retry_after=1, metrics=SchedulerMetrics())
+    await admit(q, "a")
+    assert await q.take(MODEL, "a")
+    assert await q.renew(MODEL, "a", 0, b"payload-a", ttl_ms=60_000, lease_ms=10_000) is True
+    assert await q.depth(MODEL) == 0
+    await q.forget(MODEL, "a")
+    assert await redis_client.keys("hl:req*") == []
 
 
 async def test_forget_leaves_nothing_behind(redis_client):

@@ -20,6 +20,7 @@ def quote(value: str, limit: int = QUOTE_LIMIT) -> str:
     value = value.encode("utf-8", "replace").decode("utf-8")
     return value if len(value) <= limit else value[:limit] + f"... ({len(value)} characters)"
 
+
 _PARAM_KEY = "hl-error-param"
 _RETRY_KEY = "hl-retry-after"
 
@@ -124,6 +125,12 @@ def to_trailing_metadata(err: HyperLlamaError) -> tuple[tuple[str, str], ...]:
     if err.retry_after is not None:
         md.append((_RETRY_KEY, str(err.retry_after)))
     return tuple(md)
+
+
+def raised_by_peer(err: grpc.aio.AioRpcError) -> bool:
+    """True when the far side's handler raised the error on purpose (it carries our metadata); false
+    for what gRPC itself reports: a refused or broken connection, a crashed peer, a local limit."""
+    return any(k == _KIND_KEY for k, _ in (err.trailing_metadata() or ()))
 
 
 def from_rpc_error(err: grpc.aio.AioRpcError) -> HyperLlamaError:

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 STEP_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
+OUTCOMES = ("ok", "cancelled", "failed", "client_error")
 
 
 class WorkerMetrics:
@@ -85,6 +86,8 @@ class ModelMetrics:
         self.batch_tokens = m.batch_tokens.labels(*values)
         self._requests = m.requests
         self._values = values
+        for outcome in OUTCOMES:  # known up front: start at 0 so dashboards never read "No data"
+            m.requests.labels(*values, outcome)
 
     def request(self, outcome: str) -> None:
         self._requests.labels(*self._values, outcome).inc()

@@ -150,6 +150,11 @@ class Generation:
                 raise BackendFailed("the stream ended without a finish")
             self._record("ok")
         except HyperLlamaError as err:
+            if final_seen:
+                # The final chunk is out: the stream is complete whatever broke after it, and a
+                # second terminal marker (an error after "done") would contradict the first.
+                self._record("ok")
+                return
             self._record(outcome_of(err))
             raise
         except (asyncio.CancelledError, GeneratorExit):

@@ -26,6 +26,9 @@ def endpoint_labels(path: str) -> tuple[str, str]:
     return KNOWN_ENDPOINTS.get(path, ("other", "other"))
 
 
+OUTCOMES = ("ok", "client_error", "rejected", "cancelled", "failed")
+
+
 def outcome_of(err: BaseException) -> str:
     if isinstance(err, Overloaded):
         return "rejected"
@@ -79,9 +82,25 @@ class GatewayMetrics:
             "hyperllama_gateway_requests_in_flight", "Generations being served right now", registry=r
         )
 
+        # Models a request has been served for: the scheduler vouched for them, so they may be labels;
+        # any other name is whatever a client sent and is counted under "-".
+        self._served: set[str] = set()
+        for api, endpoint in {*KNOWN_ENDPOINTS.values(), ("other", "other")}:
+            self._start(api, endpoint, "-")
+
+    def _start(self, api: str, endpoint: str, model: str) -> None:
+        """Create the series of every outcome at 0, so dashboards read 0 rather than "No data"."""
+        for outcome in OUTCOMES:
+            self.requests.labels(api, endpoint, model, outcome)
+
     def record(self, path: str, model: str, outcome: str, seconds: float | None = None) -> None:
         api, endpoint = endpoint_labels(path)
-        model = "-" if outcome == "client_error" or api == "other" else model
+        if outcome == "ok" and api != "other" and model not in self._served:
+            self._served.add(model)
+            for known_api, known_endpoint in KNOWN_ENDPOINTS.values():
+                self._start(known_api, known_endpoint, model)
+        if api == "other" or model not in self._served:
+            model = "-"
         self.requests.labels(api, endpoint, model, outcome).inc()
         if seconds is not None and outcome == "ok":
             self.request_duration.labels(api, endpoint, model).observe(seconds)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from hyperllama.worker.v1 import worker_pb2
-from hyperllama_common.errors import from_rpc_error
+from hyperllama_common.errors import from_rpc_error, raised_by_peer
 from hyperllama_common.grpc_server import MESSAGE_SIZE_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -18,8 +18,7 @@ log = logging.getLogger(__name__)
 
 def _is_transport_failure(err: grpc.aio.AioRpcError) -> bool:
     """UNAVAILABLE raised by the channel itself (scheduler down or restarting), not by the scheduler."""
-    raised_by_service = any(k == "hl-error-kind" for k, _ in (err.trailing_metadata() or ()))
-    return err.code() == grpc.StatusCode.UNAVAILABLE and not raised_by_service
+    return err.code() == grpc.StatusCode.UNAVAILABLE and not raised_by_peer(err)
 
 
 class SchedulerClient:
@@ -45,7 +44,9 @@ class SchedulerClient:
     ) -> AsyncIterator[worker_pb2.GenerateChunk]:
         """Stream a generation. Before the first chunk a scheduler restart is retried with the same
         request id, which keeps the request's place in the queue."""
-        give_up_at = time.monotonic() + self.retry_seconds
+        # The retry window opens at the first failure: a request that waited long in the queue before
+        # its scheduler went away deserves the same retries as a new one.
+        give_up_at: float | None = None
         deadline = time.monotonic() + timeout
         delay = 0.1
         while True:
@@ -57,6 +58,8 @@ class SchedulerClient:
                     yield chunk
                 return
             except grpc.aio.AioRpcError as err:
+                if give_up_at is None:
+                    give_up_at = time.monotonic() + self.retry_seconds
                 if received or not _is_transport_failure(err) or time.monotonic() > give_up_at:
                     raise from_rpc_error(err) from None
                 log.warning("scheduler unavailable, retrying %s", request.request.request_id)

@@ -12,11 +12,12 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from hyperllama.worker.v1 import worker_pb2
-from hyperllama_common.errors import DeadlineExceeded, HyperLlamaError
+from hyperllama_common.errors import DeadlineExceeded, HyperLlamaError, Unavailable
 
 from hyperllama_scheduler.queue import RequestQueue
 from hyperllama_scheduler.registry import WorkerRegistry
@@ -27,10 +28,21 @@ log = logging.getLogger(__name__)
 Accepts = Callable[[worker_pb2.WorkerInfo], bool]
 
 
+Renew = Callable[[], Awaitable[None]]
+K = TypeVar("K")
+
+
+def _decrement(counter: Counter[K], key: K) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
+
+
 @dataclass(frozen=True)
 class Slot:
     worker_id: str
     address: str
+    model: str
 
 
 class Dispatcher:
@@ -39,7 +51,9 @@ class Dispatcher:
         self.registry = registry
         self.lease_ms = int(lease_seconds * 1000)
         self._renew_every = lease_seconds / 3
-        self.inflight: Counter[str] = Counter()
+        # Slots this scheduler has handed out, per (worker, model) and per worker.
+        self.inflight: Counter[tuple[str, str]] = Counter()
+        self.inflight_by_worker: Counter[str] = Counter()
         self._waiters: dict[str, asyncio.Future[Slot]] = {}
         # Which workers each waiting request may run on (capabilities, engine pin).
         self._accepts: dict[str, Accepts] = {}
@@ -48,25 +62,40 @@ class Dispatcher:
         self._again: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def free_slots(self, worker: worker_pb2.WorkerInfo, model: str) -> int:
+        """Slots of ``worker`` free for ``model``: its own slots when the worker has slots per model
+        (a two-model worker must not take twice one model's share), else the worker's shared ones."""
+        if self.registry.is_full(worker.worker_id):
+            return 0
+        own = next((m.slots_total for m in worker.models if m.name == model), 0)
+        if own > 0:
+            return own - self.inflight[(worker.worker_id, model)]
+        return worker.slots_total - self.inflight_by_worker[worker.worker_id]
+
+    def _reserve(self, worker: worker_pb2.WorkerInfo, model: str) -> Slot:
+        self.inflight[(worker.worker_id, model)] += 1
+        self.inflight_by_worker[worker.worker_id] += 1
+        return Slot(worker.worker_id, worker.address, model)
+
     async def reserve_now(self, model: str, accepts: Accepts) -> Slot | None:
         """A slot at once when nobody is waiting for the model and a worker the request ``accepts``
         has one free; the request then never touches the queue. None means: queue it."""
         workers = [w for w in await self.registry.live_for(model) if accepts(w)]
         if any(m == model for m, _ in self._waiting_since.values()):
             return None  # keep arrival order: those already waiting go first
-        free = {w.worker_id: (w.address, w.slots_total - self.inflight[w.worker_id]) for w in workers}
+        free = [(self.free_slots(w, model), w) for w in workers]
         if not free:
             return None
-        worker_id = max(free, key=lambda w: free[w][1])
-        address, n = free[worker_id]
+        n, worker = max(free, key=lambda f: f[0])
         if n <= 0:
             return None
-        self.inflight[worker_id] += 1
-        return Slot(worker_id, address)
+        return self._reserve(worker, model)
 
-    async def wait_for_slot(self, model: str, request_id: str, deadline: float, accepts: Accepts) -> Slot:
+    async def wait_for_slot(
+        self, model: str, request_id: str, deadline: float, accepts: Accepts, renew: Renew
+    ) -> Slot:
         """Wait until the dispatcher hands this queued request a slot on a worker it ``accepts``,
-        or the deadline passes."""
+        or the deadline passes. ``renew`` keeps the request's lease (and its queue entry) alive."""
         fut: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
         self._waiters[request_id] = fut
         self._accepts[request_id] = accepts
@@ -83,7 +112,12 @@ class Dispatcher:
                     got_slot = True
                     return slot
                 except TimeoutError:
-                    await self.queue.renew_lease(request_id, self.lease_ms)
+                    try:
+                        await renew()
+                    except Unavailable as err:
+                        # Redis is away: keep waiting (the deadline still holds); the next renewal
+                        # admits the request again if Redis came back without it.
+                        log.warning("cannot renew %s: %s", request_id, err.message)
                     self.wake(model)
         finally:
             self._waiters.pop(request_id, None)
@@ -102,10 +136,9 @@ class Dispatcher:
         return oldest
 
     def release(self, slot: Slot) -> None:
-        self.inflight[slot.worker_id] -= 1
-        if self.inflight[slot.worker_id] <= 0:
-            del self.inflight[slot.worker_id]
-        for model in self.registry.models_of(slot.worker_id):
+        _decrement(self.inflight, (slot.worker_id, slot.model))
+        _decrement(self.inflight_by_worker, slot.worker_id)
+        for model in {slot.model, *self.registry.models_of(slot.worker_id)}:
             self.wake(model)
 
     def wake(self, model: str) -> None:
@@ -131,10 +164,7 @@ class Dispatcher:
             self._passing.discard(model)
 
     async def _dispatch_pass(self, model: str) -> None:
-        free = {
-            w.worker_id: (w, w.slots_total - self.inflight[w.worker_id])
-            for w in await self.registry.live_for(model)
-        }
+        free = {w.worker_id: (w, self.free_slots(w, model)) for w in await self.registry.live_for(model)}
         total_free = sum(n for _, n in free.values() if n > 0)
         if total_free <= 0:
             return
@@ -159,5 +189,4 @@ class Dispatcher:
             info, n = free[worker_id]
             free[worker_id] = (info, n - 1)
             total_free -= 1
-            self.inflight[worker_id] += 1
-            fut.set_result(Slot(worker_id, info.address))
+            fut.set_result(self._reserve(info, model))

@@ -18,6 +18,12 @@ def request_lease(request_id: str) -> str:
     return f"{PREFIX}:req:{request_id}:lease"
 
 
+# Set when a dispatch pass takes the request, so a lease renewal racing the take cannot put it back
+# (a renewal re-admits a request whose entry is gone only because Redis lost it).
+def request_taken(request_id: str) -> str:
+    return f"{PREFIX}:req:{request_id}:taken"
+
+
 # Monotonic arrival counter.
 ARRIVAL_SEQ = f"{PREFIX}:seq"
 

@@ -77,3 +77,18 @@ class SchedulerMetrics:
             ["worker", "engine", "pool", "state"],
             registry=r,
         )
+
+    def start_model(self, model: str) -> None:
+        """Create a model's labelled series at 0, so dashboards read 0 rather than "No data" until
+        the first event (labels are only known once a worker reports the model)."""
+        for counter in (self.admissions, self.rejections, self.redispatches, self.deadlines_exceeded):
+            counter.labels(model)
+        for phase in ("queued", "running"):
+            self.cancellations.labels(model, phase)
+        self.queue_wait.labels(model)
+
+    def start_worker(self, worker: str, models: list[str]) -> None:
+        for phase in ("before_first_token", "mid_stream"):
+            self.worker_failures.labels(worker, phase)
+        for model in models:
+            self.dispatches.labels(model, worker)

@@ -18,6 +18,8 @@ T = TypeVar("T")
 PRIORITY_MAX = 9
 # Score = priority band * 2^40 + arrival counter (the Lua script below uses the same 2^40).
 _ARRIVAL_BITS = 2**40
+# How long a taken request's marker lives: far longer than a renewal can be in flight.
+_TAKEN_MS = 60_000
 
 # Admit atomically: an id already queued keeps its place (idempotent retry); a full queue refuses.
 _ADMIT = """
@@ -32,6 +34,27 @@ local seq = redis.call('INCR', KEYS[4])
 redis.call('ZADD', KEYS[1], tonumber(ARGV[2]) * 2^40 + seq, ARGV[1])
 redis.call('PSETEX', KEYS[2], ARGV[4], ARGV[6])
 return 1
+"""
+
+# Head of the band: the score of the band itself, before every arrival in it. Waiting again, the
+# request is no longer taken.
+_REQUEUE = """
+redis.call('DEL', KEYS[4])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('PSETEX', KEYS[2], ARGV[3], ARGV[5])
+redis.call('PSETEX', KEYS[3], ARGV[4], '1')
+"""
+
+# Renew the lease; a waiting request whose entry is missing (and was not just taken) is admitted
+# again, past the queue bound: it had been admitted once already.
+_RENEW = """
+if redis.call('EXISTS', KEYS[5]) == 1 then return 2 end
+redis.call('PSETEX', KEYS[3], ARGV[4], '1')
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
+local seq = redis.call('INCR', KEYS[4])
+redis.call('ZADD', KEYS[1], tonumber(ARGV[2]) * 2^40 + seq, ARGV[1])
+redis.call('PSETEX', KEYS[2], ARGV[3], ARGV[5])
+return 0
 """
 
 
@@ -54,6 +77,8 @@ class RequestQueue:
         self._redis = client
         self.metrics = metrics
         self._admit = client.register_script(_ADMIT)
+        self._requeue = client.register_script(_REQUEUE)
+        self._renew = client.register_script(_RENEW)
         self.max_per_model = max_per_model
         self.retry_after = retry_after
 
@@ -87,9 +112,40 @@ class RequestQueue:
         return int(result) == 1
 
     @redis_errors_as_unavailable
-    async def requeue_first(self, model: str, request_id: str, priority: int) -> None:
-        """Put a request back at the head of its priority band (its worker died before starting)."""
-        await self._redis.zadd(keys.queue(model), {request_id: self.rank(priority) * _ARRIVAL_BITS})
+    async def requeue_first(
+        self, model: str, request_id: str, priority: int, payload: bytes, ttl_ms: int, lease_ms: int
+    ) -> None:
+        """Put a request back at the head of its priority band (its worker failed before starting).
+
+        Its body and lease are written in the same step: a dispatch pass that sees the entry before
+        the caller waits again must find the lease alive, or it would drop the entry as abandoned."""
+        await self._requeue(
+            keys=[
+                keys.queue(model),
+                keys.request(request_id),
+                keys.request_lease(request_id),
+                keys.request_taken(request_id),
+            ],
+            args=[request_id, self.rank(priority) * _ARRIVAL_BITS, max(1, ttl_ms), lease_ms, payload],
+        )
+
+    @redis_errors_as_unavailable
+    async def renew(
+        self, model: str, request_id: str, priority: int, payload: bytes, ttl_ms: int, lease_ms: int
+    ) -> bool:
+        """Renew a waiting request's lease; False when its entry was gone (Redis restarted empty, or
+        lost it) and it was admitted again at the back of its band."""
+        result = await self._renew(
+            keys=[
+                keys.queue(model),
+                keys.request(request_id),
+                keys.request_lease(request_id),
+                keys.ARRIVAL_SEQ,
+                keys.request_taken(request_id),
+            ],
+            args=[request_id, self.rank(priority), max(1, ttl_ms), lease_ms, payload],
+        )
+        return int(result) != 0
 
     @redis_errors_as_unavailable
     async def head(self, model: str, count: int) -> list[str]:
@@ -104,12 +160,9 @@ class RequestQueue:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zrem(keys.queue(model), request_id)
             pipe.delete(keys.request(request_id), keys.request_lease(request_id))
-            removed, _ = await pipe.execute()
+            pipe.psetex(keys.request_taken(request_id), _TAKEN_MS, "1")
+            removed, *_ = await pipe.execute()
         return bool(removed)
-
-    @redis_errors_as_unavailable
-    async def renew_lease(self, request_id: str, lease_ms: int) -> None:
-        await self._redis.psetex(keys.request_lease(request_id), lease_ms, "1")
 
     @redis_errors_as_unavailable
     async def lease_alive(self, request_id: str) -> bool:
@@ -124,7 +177,9 @@ class RequestQueue:
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(keys.queue(model), request_id)
-                pipe.delete(keys.request(request_id), keys.request_lease(request_id))
+                pipe.delete(
+                    keys.request(request_id), keys.request_lease(request_id), keys.request_taken(request_id)
+                )
                 await pipe.execute()
         except RedisError:
             pass  # the request key expires by its own TTL

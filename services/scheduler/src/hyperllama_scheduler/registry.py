@@ -27,8 +27,10 @@ class WorkerRegistry:
         self.lease_ms = int(lease_seconds * 1000)
         self._workers: dict[str, tuple[worker_pb2.WorkerInfo, int]] = {}  # id -> (info, lease expiry)
         self._read_at = 0.0
-        # Workers that failed a call: no new work until their next heartbeat.
+        # Workers whose call broke (a crash, a lost connection): no new work until their next heartbeat.
         self._suspect: set[str] = set()
+        # Workers that answered "busy": their own count of slots is the truth until they report again.
+        self._full: set[str] = set()
 
     @redis_errors_as_unavailable
     async def heartbeat(self, info: worker_pb2.WorkerInfo) -> None:
@@ -39,6 +41,7 @@ class WorkerRegistry:
             await pipe.execute()
         self._workers[info.worker_id] = (info, expires)
         self._suspect.discard(info.worker_id)
+        self._full.discard(info.worker_id)
 
     @redis_errors_as_unavailable
     async def deregister(self, worker_id: str) -> None:
@@ -49,7 +52,15 @@ class WorkerRegistry:
         self._workers.pop(worker_id, None)
 
     def mark_unhealthy(self, worker_id: str) -> None:
+        """Only for a broken call (transport failure, crash), never for an error a worker answered."""
         self._suspect.add(worker_id)
+
+    def mark_full(self, worker_id: str) -> None:
+        """The worker answered busy: give it nothing new until its next heartbeat says what is free."""
+        self._full.add(worker_id)
+
+    def is_full(self, worker_id: str) -> bool:
+        return worker_id in self._full
 
     @redis_errors_as_unavailable
     async def _refresh(self) -> None:

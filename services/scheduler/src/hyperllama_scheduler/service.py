@@ -13,10 +13,12 @@ from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import (
     BackendFailed,
+    Cancelled,
     DeadlineExceeded,
     HyperLlamaError,
     InvalidRequest,
     ModelNotFound,
+    Overloaded,
     Unavailable,
 )
 from hyperllama_common.tracing import Tracing
@@ -29,7 +31,7 @@ from hyperllama_scheduler.queue import RequestQueue
 from hyperllama_scheduler.registry import WorkerRegistry
 from hyperllama_scheduler.routing import Requirements
 from hyperllama_scheduler.settings import SchedulerSettings
-from hyperllama_scheduler.worker_client import WorkerClients
+from hyperllama_scheduler.worker_client import WorkerClients, WorkerLost
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,10 @@ def record_usage(span: trace.Span, chunk: worker_pb2.GenerateChunk) -> None:
     span.set_attribute("gen_ai.response.finish_reasons", [FINISH_NAMES.get(chunk.finish_reason, "unknown")])
 
 
+# How many workers may die under one request before it is deemed the cause and fails: one, so a worker
+# killed from outside loses no request, and a request that kills workers takes down at most two.
+MAX_CRASHES = 1
+
 FINISH_NAMES = {worker_pb2.FINISH_REASON_STOP: "stop", worker_pb2.FINISH_REASON_LENGTH: "length"}
 
 
@@ -85,7 +91,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self.dispatcher = dispatcher
         self.workers = workers
         self._active: dict[str, asyncio.Task[object]] = {}
+        self._superseded: set[asyncio.Task[object]] = set()
         self._exported_models: set[str] = set()
+        self._exported_workers: set[str] = set()
 
     async def _resolve(self, model: str, needs: Requirements) -> tuple[str, list[worker_pb2.WorkerInfo]]:
         """The model's full name and the live workers that meet ``needs`` (capabilities, engine pin).
@@ -128,6 +136,16 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             deadline = min(deadline, time.time() + remaining)
         return deadline
 
+    async def _supersede(self, request_id: str) -> None:
+        """A second call with the id of a running one (a caller's retry over a broken connection)
+        replaces it: the first is cancelled and has cleaned up before the second starts."""
+        old = self._active.get(request_id)
+        if old is not None and old is not asyncio.current_task():
+            log.warning("request %s arrived again; cancelling the earlier call", request_id)
+            self._superseded.add(old)
+            old.cancel()
+            await asyncio.wait({old})
+
     async def Generate(
         self, request: scheduler_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[worker_pb2.GenerateChunk]:
@@ -138,26 +156,39 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         model, _ = await self._resolve(req.model, needs)
         req.model = model
         deadline = self._deadline(request.deadline_unix_ms, context)
-        tracer = self.tracing.tracer
-        with tracer.start_as_current_span("dispatch", attributes={"gen_ai.request.model": model}) as span:
-            slot: Slot | None = await self.dispatcher.reserve_now(model, needs.accepts)
-            span.set_attribute("hyperllama.queued", slot is None)
-            if slot is None:
-                await self.queue.admit(
-                    model,
-                    req.request_id,
-                    request.SerializeToString(),
-                    request.priority,
-                    ttl_ms=int((deadline - time.time()) * 1000),
-                    lease_ms=self.dispatcher.lease_ms,
-                )
+        await self._supersede(req.request_id)
         task = asyncio.current_task()
         if task is not None:
             self._active[req.request_id] = task
+        payload = request.SerializeToString()
+        lease_ms = self.dispatcher.lease_ms
+
+        def ttl_ms() -> int:
+            return int((deadline - time.time()) * 1000)
+
+        async def renew() -> None:
+            if not await self.queue.renew(
+                model, req.request_id, request.priority, payload, ttl_ms(), lease_ms
+            ):
+                log.warning("request %s was missing from the queue (Redis restarted?); admitted again",
+                            req.request_id)  # fmt: skip
+                self.dispatcher.wake(model)
+
+        tracer = self.tracing.tracer
         m = self.metrics
-        redispatches = 0
-        phase = "queued" if slot is None else "running"
+        redispatches = crashes = 0
+        slot: Slot | None = None
+        phase = "queued"
+        went_through_queue = False
         try:
+            with tracer.start_as_current_span("dispatch", attributes={"gen_ai.request.model": model}) as span:
+                slot = await self.dispatcher.reserve_now(model, needs.accepts)
+                span.set_attribute("hyperllama.queued", slot is None)
+                if slot is None:
+                    went_through_queue = True
+                    await self.queue.admit(
+                        model, req.request_id, payload, request.priority, ttl_ms=ttl_ms(), lease_ms=lease_ms
+                    )
             while True:
                 queued_at = time.monotonic()
                 if slot is None:
@@ -167,7 +198,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                     ):
                         try:
                             slot = await self.dispatcher.wait_for_slot(
-                                model, req.request_id, deadline, needs.accepts
+                                model, req.request_id, deadline, needs.accepts, renew
                             )
                         except DeadlineExceeded:
                             m.deadlines_exceeded.labels(model).inc()
@@ -175,7 +206,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 m.queue_wait.labels(model).observe(time.monotonic() - queued_at)
                 m.dispatches.labels(model, slot.worker_id).inc()
                 phase = "running"
-                started = False
+                started = finished = False
                 try:
                     with tracer.start_as_current_span(
                         "generate", attributes=generation_attributes(req, slot.worker_id, self.tracing)
@@ -183,20 +214,38 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                         async for chunk in self.workers.generate(slot.address, req, deadline):
                             started = True
                             if chunk.finish_reason:
+                                finished = True
                                 record_usage(span, chunk)
                             yield chunk
                     return
-                except (InvalidRequest, DeadlineExceeded):
+                except (InvalidRequest, DeadlineExceeded, Cancelled):
                     raise
+                except Overloaded as err:
+                    # The worker is the authority on its slots: "busy" means ask again, elsewhere or
+                    # later; it says nothing about the worker's health.
+                    if started:
+                        raise BackendFailed(
+                            f"worker {slot.worker_id} refused the request mid-stream"
+                        ) from err
+                    self.registry.mark_full(slot.worker_id)
                 except HyperLlamaError as err:
-                    self.registry.mark_unhealthy(slot.worker_id)
-                    failed_in = "mid_stream" if started else "before_first_token"
-                    m.worker_failures.labels(slot.worker_id, failed_in).inc()
+                    if finished:
+                        # The stream was complete; the worker went away after its final chunk.
+                        log.warning("worker %s failed after finishing %s: %s",
+                                    slot.worker_id, req.request_id, err.message)  # fmt: skip
+                        return
+                    lost = isinstance(err, WorkerLost)
+                    if lost:
+                        self.registry.mark_unhealthy(slot.worker_id)
+                    m.worker_failures.labels(
+                        slot.worker_id, "mid_stream" if started else "before_first_token"
+                    ).inc()
                     if started:
                         raise BackendFailed(
                             f"worker {slot.worker_id} failed mid-stream: {err.message}"
                         ) from err
                     redispatches += 1
+                    crashes += lost
                     log.warning(
                         "worker %s failed before the first token of %s (%s); redispatch %d/%d",
                         slot.worker_id,
@@ -205,21 +254,38 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                         redispatches,
                         self.settings.max_redispatch,
                     )
+                    if crashes > MAX_CRASHES:
+                        raise BackendFailed(
+                            f"request failed: {crashes} workers died while serving it; "
+                            f"it is not sent to another (last error: {err.message})"
+                        ) from err
                     if redispatches > self.settings.max_redispatch:
                         raise BackendFailed(
                             f"request failed on {redispatches} workers; last error: {err.message}"
                         ) from err
                     m.redispatches.labels(model).inc()
-                    await self.queue.requeue_first(model, req.request_id, request.priority)
                 finally:
                     self.dispatcher.release(slot)
                     slot = None
+                # Back to the head of its band, then wait for another slot.
+                went_through_queue = True
+                phase = "queued"
+                await self.queue.requeue_first(
+                    model, req.request_id, request.priority, payload, ttl_ms(), lease_ms
+                )
         except asyncio.CancelledError:
             m.cancellations.labels(model, phase).inc()
+            if task in self._superseded:
+                # Its caller is still there: tell it why, rather than leave it to its deadline.
+                self._superseded.discard(task)
+                raise Cancelled("replaced by a newer call with the same request id") from None
             raise
         finally:
-            self._active.pop(req.request_id, None)
-            if phase == "queued":  # dispatched requests left Redis when they were taken
+            if slot is not None:  # reserved at once, then left before using it
+                self.dispatcher.release(slot)
+            if self._active.get(req.request_id) is task:
+                del self._active[req.request_id]
+            if went_through_queue:  # nothing of a queued request stays in Redis
                 await self.queue.forget(model, req.request_id)
 
     async def export_gauges(self) -> None:
@@ -227,7 +293,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         live = await self.registry.live()
         self.registry.export(live)
         # Models seen before stay in the set: when their last worker dies their queue matters most.
-        self._exported_models |= {m.name for w in live for m in w.models}
+        for model in {m.name for w in live for m in w.models} - self._exported_models:
+            self.metrics.start_model(model)
+            self._exported_models.add(model)
+        for w in live:
+            if w.worker_id not in self._exported_workers:
+                self.metrics.start_worker(w.worker_id, [m.name for m in w.models])
+                self._exported_workers.add(w.worker_id)
         oldest = self.dispatcher.oldest_wait()
         for model in self._exported_models:
             self.metrics.queue_depth.labels(model).set(await self.queue.depth(model))
@@ -236,19 +308,32 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def Embed(
         self, request: scheduler_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb2.EmbedResponse:
+        """Embeddings take no slot here: each worker bounds its own embedding queue and answers
+        "busy" past it, and the next worker is asked. Cancelling the call cancels the worker's."""
         req = request.request
         deadline = self._deadline(0, context)
-        last: HyperLlamaError | None = None
         req.model, capable = await self._resolve(req.model, routing.for_embed(request.engine))
+        crashes = busy = 0
+        last: HyperLlamaError | None = None
         for worker in capable:
             try:
                 return await self.workers.embed(worker.address, req, deadline - time.time())
-            except (InvalidRequest, DeadlineExceeded):
-                raise
-            except HyperLlamaError as err:
-                self.registry.mark_unhealthy(worker.worker_id)
+            except Overloaded as err:
+                busy += 1
                 last = err
-        raise BackendFailed(f"embedding failed on every worker: {last.message if last else ''}")
+            except WorkerLost as err:
+                self.registry.mark_unhealthy(worker.worker_id)
+                self.metrics.worker_failures.labels(worker.worker_id, "before_first_token").inc()
+                crashes += 1
+                last = err
+                if crashes > MAX_CRASHES:
+                    break
+        if busy:
+            raise Overloaded(
+                f"every worker serving '{req.model}' is busy with embeddings; retry shortly",
+                retry_after=self.settings.retry_after_seconds,
+            )
+        raise BackendFailed(f"embedding failed: {last.message if last else 'no worker answered'}")
 
     async def Cancel(
         self, request: scheduler_pb2.CancelRequest, context: grpc.aio.ServicerContext
@@ -268,7 +353,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 if entry is None:
                     entry = entries[info.name] = scheduler_pb2.ModelEntry(info=info)
                 entry.worker_ids.append(worker.worker_id)
-                entry.slots_total += worker.slots_total
+                entry.slots_total += info.slots_total or worker.slots_total
         for name, entry in entries.items():
             entry.queue_depth = await self.queue.depth(name)
         return scheduler_pb2.ListModelsResponse(models=[entries[n] for n in sorted(entries)])
