@@ -11,6 +11,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hyperllama_gateway import __version__, errors, ops
+from hyperllama_gateway.edge import RequestEdge
 from hyperllama_gateway.metrics import GatewayMetrics
 from hyperllama_gateway.ollama.router import router as ollama_router
 from hyperllama_gateway.openai.router import router as openai_router
@@ -52,4 +53,6 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         FastAPIInstrumentor.instrument_app(app, excluded_urls="health,ready,metrics")
     app.add_middleware(JsonBodies)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Outermost: even a refused body gets its X-Request-Id echoed.
+    app.add_middleware(RequestEdge)
     return app

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from hyperllama_common.errors import InvalidRequest, quote
 
+from hyperllama_gateway.limits import MAX_ENGINE_CHARS, PRIORITY_MAX, PRIORITY_MIN
 from hyperllama_gateway.metrics import GatewayMetrics
 from hyperllama_gateway.scheduler_client import SchedulerClient
 from hyperllama_gateway.settings import GatewaySettings
+
+PRIORITY_HEADER = "X-HyperLlama-Priority"
+ENGINE_HEADER = "X-HyperLlama-Engine"
+# ASCII digits only: str.isdigit() also accepts "²" and "٣", which int() then refuses or reads.
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_ENGINE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 
 def _scheduler(request: Request) -> SchedulerClient:
@@ -29,22 +38,50 @@ class Call:
     scheduler: SchedulerClient
     settings: GatewaySettings
     metrics: GatewayMetrics
+    # Minted by the gateway (edge.RequestEdge), never the client's X-Request-Id.
     request_id: str
     priority: int
     # X-HyperLlama-Engine pins the request to one engine's workers; empty means any engine.
     engine: str
 
 
+def parse_priority(raw: str | None) -> int:
+    """X-HyperLlama-Priority: an integer; outside the scheduler's band it is clamped to the band."""
+    if raw is None:
+        return 0
+    value = raw.strip()
+    if not _INTEGER.fullmatch(value):
+        raise InvalidRequest(
+            f"{PRIORITY_HEADER} must be an integer (higher runs first, {PRIORITY_MIN}..{PRIORITY_MAX}); "
+            f"got '{quote(raw, 40)}'",
+            param=PRIORITY_HEADER,
+        )
+    digits = value.lstrip("+-").lstrip("0")
+    if len(digits) > 3:  # far outside the band, and int() of thousands of digits is refused
+        return PRIORITY_MIN if value.startswith("-") else PRIORITY_MAX
+    return max(PRIORITY_MIN, min(PRIORITY_MAX, int(value)))
+
+
+def parse_engine(raw: str | None) -> str:
+    value = (raw or "").strip().lower()
+    if value and (len(value) > MAX_ENGINE_CHARS or not _ENGINE.fullmatch(value)):
+        raise InvalidRequest(
+            f"{ENGINE_HEADER} must name an engine (llamacpp, vllm, max); got '{quote(raw or '', 40)}'",
+            param=ENGINE_HEADER,
+        )
+    return value
+
+
 def _call(request: Request) -> Call:
-    raw_priority = request.headers.get("x-hyperllama-priority", "0")
     return Call(
         http=request,
         scheduler=request.app.state.scheduler,
         settings=request.app.state.settings,
         metrics=request.app.state.metrics,
-        request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
-        priority=int(raw_priority) if raw_priority.lstrip("-").isdigit() else 0,
-        engine=request.headers.get("x-hyperllama-engine", "").strip().lower(),
+        # Set by the edge middleware; minted here only when the app runs without it (unit tests).
+        request_id=getattr(request.state, "request_id", None) or uuid.uuid4().hex,
+        priority=parse_priority(request.headers.get(PRIORITY_HEADER)),
+        engine=parse_engine(request.headers.get(ENGINE_HEADER)),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from hyperllama_common.errors import HyperLlamaError, InvalidRequest, ModelNotFound, Overloaded
+from hyperllama_common.errors import HyperLlamaError, InvalidRequest, ModelNotFound, Overloaded, quote
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hyperllama_gateway.metrics import outcome_of
@@ -37,15 +37,20 @@ def openai_error_event(err: HyperLlamaError) -> dict[str, object]:
 
 
 def describe_validation_error(exc: RequestValidationError) -> tuple[str, str | None]:
+    """The message and field of the first error. Whatever it echoes from the request (dict keys in
+    its location, a bad value in a message) is cut by ``quote``."""
     first = exc.errors()[0] if exc.errors() else {}
+    ctx = first.get("ctx") or {}
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     if first.get("type") == "json_invalid":
-        return f"invalid JSON in request body: {first.get('ctx', {}).get('error', '')}".strip(), None
+        return quote(f"invalid JSON in request body: {ctx.get('error', '')}".strip(), 300), None
     if first.get("type") == "missing" and not loc:
         return "request body is required (a JSON object)", None
-    where = ".".join(loc)
-    message = first.get("msg", "invalid request")
-    return (f"{where}: {message}" if where else message), (loc[0] if loc else None)
+    message = quote(str(first.get("msg", "invalid request")), 300)
+    if isinstance(ctx.get("param"), str):  # a whole-body check (wellformed) names the field itself
+        return message, ctx["param"] or None
+    where = quote(".".join(loc))
+    return (f"{where}: {message}" if where else message), (quote(loc[0]) if loc else None)
 
 
 def install(app: FastAPI) -> None:
@@ -68,9 +73,9 @@ def install(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         err: HyperLlamaError
         if exc.status_code == 404:
-            err = ModelNotFound(f"no route for {request.method} {request.url.path}")
+            err = ModelNotFound(f"no route for {request.method} {quote(request.url.path)}")
             err.code = None
         else:
-            err = InvalidRequest(str(exc.detail))
+            err = InvalidRequest(quote(str(exc.detail), 300))
         err.http_status = exc.status_code
         return error_response(request.url.path, err)

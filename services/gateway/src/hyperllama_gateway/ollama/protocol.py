@@ -1,36 +1,62 @@
-"""Request models of the Ollama API. Unknown fields are ignored, as Ollama does."""
+"""Request models of the Ollama API. Unknown fields are ignored, as Ollama does.
+
+Bounds and their reasons are in ``limits``; every number fits the protobuf field it travels in."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from hyperllama_gateway.limits import (
+    INT32_MAX,
+    MAX_MESSAGES,
+    MAX_MODEL_NAME_CHARS,
+    MAX_TOKENS_LIMIT,
+    Float32,
+    Int32,
+    Int64,
+    ModelName,
+    check_embed_inputs,
+    check_schema,
+    check_stops,
+)
+from hyperllama_gateway.wellformed import RequestBody
 
 
-class _Request(BaseModel):
+class _Part(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class Options(_Request):
-    num_ctx: int | None = Field(default=None, ge=1)
+class Options(_Part):
+    num_ctx: int | None = Field(default=None, ge=1, le=INT32_MAX)
     # -1 = no limit, -2 = fill the context.
-    num_predict: int | None = Field(default=None, ge=-2, le=1 << 20)
-    temperature: float | None = Field(default=None, ge=0)
-    top_k: int | None = Field(default=None, ge=0)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    min_p: float | None = Field(default=None, ge=0, le=1)
-    seed: int | None = None
+    num_predict: int | None = Field(default=None, ge=-2, le=MAX_TOKENS_LIMIT)
+    temperature: Float32 | None = Field(default=None, ge=0)
+    top_k: Int32 | None = Field(default=None, ge=0)
+    top_p: Float32 | None = Field(default=None, ge=0, le=1)
+    min_p: Float32 | None = Field(default=None, ge=0, le=1)
+    seed: Int64 | None = None
     stop: str | list[str] | None = None
-    repeat_penalty: float | None = Field(default=None, gt=0)
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
+    repeat_penalty: Float32 | None = Field(default=None, gt=0)
+    frequency_penalty: Float32 | None = None
+    presence_penalty: Float32 | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: str | list[str] | None) -> str | list[str] | None:
+        return check_stops(v)
 
 
 Format = Literal["json", ""] | dict[str, Any] | None
 
 
-class GenerateRequest(_Request):
-    model: str = Field(min_length=1)
+def _schema_format(v: Format) -> Format:
+    return check_schema(v) if isinstance(v, dict) else v
+
+
+class GenerateRequest(RequestBody):
+    model: ModelName
     prompt: str = ""
     system: str | None = None
     raw: bool = False
@@ -40,41 +66,61 @@ class GenerateRequest(_Request):
     images: list[str] | None = None
     keep_alive: str | int | float | None = None
 
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: Format) -> Format:
+        return _schema_format(v)
 
-class Message(_Request):
+
+class Message(_Part):
     role: str
     content: str = ""
     images: list[str] | None = None
 
 
-class ChatRequest(_Request):
-    model: str = Field(min_length=1)
-    messages: list[Message] = Field(default_factory=list)
+class ChatRequest(RequestBody):
+    model: ModelName
+    messages: list[Message] = Field(default_factory=list, max_length=MAX_MESSAGES)
     stream: bool = True
     format: Format = None
     options: Options | None = None
     keep_alive: str | int | float | None = None
 
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: Format) -> Format:
+        return _schema_format(v)
 
-class EmbedRequest(_Request):
-    model: str = Field(min_length=1)
+
+class EmbedRequest(RequestBody):
+    model: ModelName
     input: str | list[str]
     truncate: bool = True
     options: Options | None = None
     keep_alive: str | int | float | None = None
 
+    @field_validator("input")
+    @classmethod
+    def _input(cls, v: str | list[str]) -> str | list[str]:
+        return check_embed_inputs(v)
 
-class EmbeddingsRequest(_Request):
+
+class EmbeddingsRequest(RequestBody):
     """The legacy single-prompt embeddings endpoint."""
 
-    model: str = Field(min_length=1)
+    model: ModelName
     prompt: str = Field(min_length=1)
     options: Options | None = None
 
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str) -> str:
+        return check_embed_inputs(v)  # type: ignore[return-value]
 
-class ShowRequest(_Request):
-    model: str | None = None
-    name: str | None = None  # the field's older name
+
+class ShowRequest(RequestBody):
+    model: str | None = Field(default=None, max_length=MAX_MODEL_NAME_CHARS)
+    name: str | None = Field(default=None, max_length=MAX_MODEL_NAME_CHARS)  # the field's older name
 
     def target(self) -> str:
         return self.model or self.name or ""

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama.worker.v1 import worker_pb2
-from hyperllama_common.errors import InvalidRequest, ModelNotFound
+from hyperllama_common.errors import InvalidRequest, ModelNotFound, quote
 
 from hyperllama_gateway import __version__
 from hyperllama_gateway.deps import Call, CallDep, Scheduler
@@ -34,7 +34,7 @@ async def _find(scheduler: SchedulerClient, model: str) -> scheduler_pb2.ModelEn
         if entry.info.name in (model, f"{model}:latest"):
             return entry
     names = ", ".join(e.info.name for e in entries)
-    raise ModelNotFound(f"model '{model}' not found; available models: {names}")
+    raise ModelNotFound(f"model '{quote(model)}' not found; available models: {names}")
 
 
 async def _run(call: Call, request: worker_pb2.GenerateRequest, stream: bool, chat: bool) -> Any:
@@ -48,7 +48,8 @@ async def _run(call: Call, request: worker_pb2.GenerateRequest, stream: bool, ch
 @router.post("/generate", response_model=None)
 async def generate(body: GenerateRequest, call: CallDep) -> Any:
     call.http.state.model = body.model
-    if not body.prompt and not body.raw:
+    # Nothing to generate (raw or not): Ollama answers that the model is loaded.
+    if not body.prompt:
         return service.load_response((await _find(call.scheduler, body.model)).info.name, chat=False)
     return await _run(call, service.generate_request(body, call.request_id), body.stream, chat=False)
 
@@ -61,19 +62,11 @@ async def chat(body: ChatRequest, call: CallDep) -> Any:
     return await _run(call, service.chat_request(body, call.request_id), body.stream, chat=True)
 
 
-async def _embed(call: Call, model: str, inputs: list[str], truncate: bool) -> worker_pb2.EmbedResponse:
-    if not inputs or any(not s for s in inputs):
-        raise InvalidRequest("input must be a non-empty string or a list of non-empty strings")
-    request = worker_pb2.EmbedRequest(
-        request_id=call.request_id, model=model, inputs=inputs, truncate=truncate
-    )
-    return await embed(call, request)
-
-
 @router.post("/embed")
 async def embed_route(body: EmbedRequest, call: CallDep) -> dict[str, Any]:
-    inputs = [body.input] if isinstance(body.input, str) else body.input
-    response = await _embed(call, body.model, inputs, body.truncate)
+    response = await embed(
+        call, service.embed_request(body.model, body.input, body.truncate, call.request_id)
+    )
     return {
         "model": body.model,
         "embeddings": [list(e.values) for e in response.embeddings],
@@ -85,7 +78,7 @@ async def embed_route(body: EmbedRequest, call: CallDep) -> dict[str, Any]:
 
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingsRequest, call: CallDep) -> dict[str, Any]:
-    response = await _embed(call, body.model, [body.prompt], True)
+    response = await embed(call, service.embed_request(body.model, body.prompt, True, call.request_id))
     return {"embedding": list(response.embeddings[0].values)}
 
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama.worker.v1 import worker_pb2
-from hyperllama_common.errors import HyperLlamaError, InvalidRequest
+from hyperllama_common.errors import HyperLlamaError, InvalidRequest, quote
 
 from hyperllama_gateway.generation import Generation, Result, apply_final
 from hyperllama_gateway.ollama.protocol import ChatRequest, Format, GenerateRequest, Options
+
+log = logging.getLogger(__name__)
 
 _ROLES = {"system", "user", "assistant", "tool"}
 
@@ -73,7 +76,10 @@ def chat_request(body: ChatRequest, request_id: str) -> worker_pb2.GenerateReque
     messages = []
     for i, m in enumerate(body.messages):
         if m.role not in _ROLES:
-            raise InvalidRequest(f"messages[{i}].role '{m.role}' is not one of system, user, assistant, tool")
+            raise InvalidRequest(
+                f"messages[{i}].role '{quote(m.role)}' is not one of system, user, assistant, tool",
+                param=f"messages.{i}.role",
+            )
         if m.images:
             raise InvalidRequest("image input is not supported by this model")
         messages.append(worker_pb2.ChatMessage(role=m.role, content=m.content))
@@ -87,6 +93,15 @@ def chat_request(body: ChatRequest, request_id: str) -> worker_pb2.GenerateReque
     )
     _apply_format(request, body.format)
     return request
+
+
+def embed_request(
+    model: str, inputs: str | list[str], truncate: bool, request_id: str
+) -> worker_pb2.EmbedRequest:
+    items = [inputs] if isinstance(inputs, str) else inputs
+    if not items or any(not s for s in items):
+        raise InvalidRequest("input must be a non-empty string or a list of non-empty strings", param="input")
+    return worker_pb2.EmbedRequest(request_id=request_id, model=model, inputs=items, truncate=truncate)
 
 
 def final_fields(gen: Generation, result: Result) -> dict[str, Any]:
@@ -150,6 +165,10 @@ async def ndjson_stream(gen: Generation, chat: bool) -> AsyncIterator[bytes]:
                 )
     except HyperLlamaError as err:
         yield _line({"error": err.message})
+    except Exception:
+        # Headers are out: the stream's one terminal marker is an error line, not a dropped connection.
+        log.exception("unexpected error in the stream of request %s", gen.request.request_id)
+        yield _line({"error": "internal error; the stream was cut short"})
 
 
 def model_details(info: worker_pb2.ModelInfo) -> dict[str, Any]:

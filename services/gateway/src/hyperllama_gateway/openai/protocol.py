@@ -1,16 +1,26 @@
-"""Request models of the OpenAI API. Unknown fields are ignored, as OpenAI clients send many."""
+"""Request models of the OpenAI API. Unknown fields are ignored, as OpenAI clients send many.
+
+Bounds and their reasons are in ``limits``; every number fits the protobuf field it travels in."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from hyperllama_common.errors import quote
+from pydantic import BaseModel, Field, field_validator
 
-MAX_TOKENS_LIMIT = 1 << 20
-
-
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+from hyperllama_gateway.limits import (
+    MAX_MESSAGES,
+    MAX_TOKENS_LIMIT,
+    Float32,
+    Int32,
+    Int64,
+    ModelName,
+    check_embed_inputs,
+    check_schema,
+    check_stops,
+)
+from hyperllama_gateway.wellformed import RequestBody
 
 
 class TextPart(BaseModel):
@@ -31,7 +41,7 @@ class ChatMessage(BaseModel):
         parts = []
         for part in self.content:
             if part.type != "text":
-                raise ValueError(f"content part type '{part.type}' is not supported; only 'text' is")
+                raise ValueError(f"content part type '{quote(part.type)}' is not supported; only 'text' is")
             parts.append(part.text or "")
         return "".join(parts)
 
@@ -45,24 +55,29 @@ class JsonSchemaSpec(BaseModel):
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
     strict: bool | None = None
 
+    @field_validator("schema_")
+    @classmethod
+    def _schema(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_schema(v)
+
 
 class ResponseFormat(BaseModel):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaSpec | None = None
 
 
-class _Sampling(_Request):
-    model: str = Field(min_length=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    top_k: int | None = Field(default=None, ge=0)
-    min_p: float | None = Field(default=None, ge=0, le=1)
-    seed: int | None = None
+class _Sampling(RequestBody):
+    model: ModelName
+    temperature: Float32 | None = Field(default=None, ge=0, le=2)
+    top_p: Float32 | None = Field(default=None, ge=0, le=1)
+    top_k: Int32 | None = Field(default=None, ge=0)
+    min_p: Float32 | None = Field(default=None, ge=0, le=1)
+    seed: Int64 | None = None
     stop: str | list[str] | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    repetition_penalty: float | None = Field(default=None, gt=0)
+    presence_penalty: Float32 | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: Float32 | None = Field(default=None, ge=-2, le=2)
+    repetition_penalty: Float32 | None = Field(default=None, gt=0)
     n: int = Field(default=1, ge=1, le=1, description="only one choice per request is supported")
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -72,9 +87,7 @@ class _Sampling(_Request):
     @field_validator("stop")
     @classmethod
     def _stop(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and len(v) > 16:
-            raise ValueError("at most 16 stop sequences")
-        return v
+        return check_stops(v)
 
     @field_validator("logprobs")
     @classmethod
@@ -90,7 +103,7 @@ class _Sampling(_Request):
 
 
 class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     response_format: ResponseFormat | None = None
 
@@ -113,8 +126,8 @@ class CompletionRequest(_Sampling):
         return v
 
 
-class EmbeddingRequest(_Request):
-    model: str = Field(min_length=1)
+class EmbeddingRequest(RequestBody):
+    model: ModelName
     input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
@@ -122,9 +135,7 @@ class EmbeddingRequest(_Request):
     @field_validator("input")
     @classmethod
     def _input(cls, v: str | list[str]) -> str | list[str]:
-        if (isinstance(v, list) and (not v or any(not s for s in v))) or v == "":
-            raise ValueError("input must be a non-empty string or a list of non-empty strings")
-        return v
+        return check_embed_inputs(v)
 
     @field_validator("dimensions")
     @classmethod

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
-from hyperllama_common.errors import ModelNotFound
+from hyperllama_common.errors import ModelNotFound, quote
 
 from hyperllama_gateway.deps import CallDep, Scheduler
 from hyperllama_gateway.generation import Generation, embed
@@ -77,4 +77,4 @@ async def get_model(model: str, scheduler: Scheduler) -> dict[str, Any]:
         if entry.info.name == model:
             return _model_card(entry)
     names = ", ".join(e.info.name for e in entries)
-    raise ModelNotFound(f"model '{model}' not found; available models: {names}", param="model")
+    raise ModelNotFound(f"model '{quote(model)}' not found; available models: {names}", param="model")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
 from hyperllama.worker.v1 import worker_pb2
-from hyperllama_common.errors import HyperLlamaError, InvalidRequest
+from hyperllama_common.errors import HyperLlamaError, InvalidRequest, quote
 
 from hyperllama_gateway.errors import openai_error_event
 from hyperllama_gateway.generation import Generation, Result, apply_final
@@ -19,6 +20,8 @@ from hyperllama_gateway.openai.protocol import (
     EmbeddingRequest,
     _Sampling,
 )
+
+log = logging.getLogger(__name__)
 
 # OpenAI's "developer" role is the system role of newer models.
 _ROLE_ALIASES = {"developer": "system"}
@@ -49,7 +52,8 @@ def chat_request(body: ChatCompletionRequest, request_id: str) -> worker_pb2.Gen
         role = _ROLE_ALIASES.get(m.role, m.role)
         if role not in _ROLES:
             raise InvalidRequest(
-                f"messages[{i}].role '{m.role}' is not one of system, developer, user, assistant, tool",
+                f"messages[{i}].role '{quote(m.role)}' is not one of "
+                "system, developer, user, assistant, tool",
                 param=f"messages.{i}.role",
             )
         try:
@@ -165,6 +169,10 @@ async def sse_stream(
         yield b"data: [DONE]\n\n"
     except HyperLlamaError as err:
         yield _sse(openai_error_event(err))
+    except Exception:
+        # Headers are out: the stream's one terminal marker is an error event, not a dropped connection.
+        log.exception("unexpected error in the stream of request %s", request_id)
+        yield _sse(openai_error_event(HyperLlamaError("internal error; the stream was cut short")))
 
 
 def embedding_request(body: EmbeddingRequest, request_id: str) -> worker_pb2.EmbedRequest:

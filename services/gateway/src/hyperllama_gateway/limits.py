@@ -1,0 +1,83 @@
+"""Every bound the gateway puts on a request, in one place, and the field types that carry them.
+
+A value that passes these fits the internal protobuf request (int32/int64/float fields) and cannot
+make one request cost the cluster more than its share. The body size limit (settings.max_body_bytes)
+bounds everything else, including fields the gateway ignores (tools, keep_alive …).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from pydantic import Field
+
+INT32_MIN = -(1 << 31)
+INT32_MAX = (1 << 31) - 1
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+# Largest finite 32-bit float: sampling parameters travel as protobuf `float`.
+FLOAT32_MAX = 3.4028234663852886e38
+
+# Model names travel in gRPC metadata and are echoed in errors; real names ("library/model:tag",
+# "hf.co/org/repo:quant") are far shorter.
+MAX_MODEL_NAME_CHARS = 256
+# The worker checks every stop string after every token; OpenAI allows 4, we allow a few more.
+MAX_STOP_SEQUENCES = 16
+MAX_STOP_CHARS = 256
+# A chat template renders every message; context length is checked only after rendering.
+MAX_MESSAGES = 4096
+# A schema becomes a grammar that the engine compiles before the request takes a slot.
+MAX_SCHEMA_CHARS = 64 * 1024
+# Deeper JSON than any real schema or message list; also keeps recursive code far from its limit.
+MAX_JSON_DEPTH = 64
+# OpenAI's bound on inputs per embedding request.
+MAX_EMBED_INPUTS = 2048
+# Longer than any embedding model's context (32k tokens at about 4 characters a token).
+MAX_EMBED_INPUT_CHARS = 128 * 1024
+# Largest output length a client may ask for.
+MAX_TOKENS_LIMIT = 1 << 20
+# Echoed X-Request-Id: printable ASCII only (it goes back as a header and into logs).
+MAX_CLIENT_REQUEST_ID_CHARS = 128
+# X-HyperLlama-Engine names an engine (llamacpp, vllm, max); anything longer is not one.
+MAX_ENGINE_CHARS = 32
+# The scheduler's priority band (services/scheduler queue.rank clamps to the same range).
+PRIORITY_MIN = 0
+PRIORITY_MAX = 9
+
+Int32 = Annotated[int, Field(ge=INT32_MIN, le=INT32_MAX)]
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+Float32 = Annotated[float, Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
+ModelName = Annotated[str, Field(min_length=1, max_length=MAX_MODEL_NAME_CHARS)]
+
+
+def check_stops(stop: str | list[str] | None) -> str | list[str] | None:
+    """A field validator's body for ``stop`` (both APIs); raises ValueError naming the bound."""
+    stops = [stop] if isinstance(stop, str) else (stop or [])
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences ({len(stops)} given)")
+    for s in stops:
+        if len(s) > MAX_STOP_CHARS:
+            raise ValueError(f"a stop sequence is at most {MAX_STOP_CHARS} characters ({len(s)} given)")
+    return stop
+
+
+def check_embed_inputs(inputs: str | list[str]) -> str | list[str]:
+    """A field validator's body for an embedding request's inputs."""
+    items = [inputs] if isinstance(inputs, str) else inputs
+    if not items or any(not s for s in items):
+        raise ValueError("input must be a non-empty string or a list of non-empty strings")
+    if len(items) > MAX_EMBED_INPUTS:
+        raise ValueError(f"at most {MAX_EMBED_INPUTS} inputs per request ({len(items)} given)")
+    for s in items:
+        if len(s) > MAX_EMBED_INPUT_CHARS:
+            raise ValueError(f"an input is at most {MAX_EMBED_INPUT_CHARS} characters ({len(s)} given)")
+    return inputs
+
+
+def check_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A field validator's body for a JSON schema (OpenAI json_schema.schema, Ollama format)."""
+    size = len(json.dumps(schema))
+    if size > MAX_SCHEMA_CHARS:
+        raise ValueError(f"the schema is at most {MAX_SCHEMA_CHARS} characters of JSON ({size} given)")
+    return schema
