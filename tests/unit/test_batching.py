@@ -109,3 +109,21 @@ def test_identical_prompt_still_decodes_its_last_token():
     ((_, kept),) = p.admit()
     assert kept == 2
     assert [(f.token, f.pos, f.logits) for f in p.plan()] == [(7, 2, True)]
+
+
+def test_an_empty_prompt_keeps_the_slot_cache_and_plans_nothing():
+    """An empty prompt (the engine refuses them; this is the planner's own guard) must not cut the
+    slot's cache with a negative position, and leaves nothing to feed, which the engine turns into an
+    error rather than an idle loop."""
+    p = BatchPlanner(n_slots=1, n_batch=8)
+    first = seq([1, 2, 3])
+    p.submit(first)
+    p.admit()
+    step(p)
+    p.finish(first)
+    empty = seq([])
+    p.submit(empty)
+    [(seated, kept)] = p.admit()
+    assert seated is empty and kept == 0
+    assert p.slots[0].cached == []  # kept == 0: the engine drops the slot's cells from position 0
+    assert empty.pending == [] and p.plan() == []

@@ -5,6 +5,10 @@ The loop runs in its own thread (llama.cpp releases the GIL while decoding). Req
 one final chunk, or an exception) goes to each request's ``emit`` callback on the event loop: what one
 step produces for all sequences is handed over in a single call, so the event loop wakes once per step
 rather than once per token, and does its sending while the next step decodes.
+
+If the loop itself fails, every sequence it holds or was about to seat gets BackendFailed, the engine
+refuses new work with Unavailable, and ``failed`` is set so the worker can report itself not ready and
+exit for its supervisor to restart it: a dead loop must never look like a worker with free slots.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from dataclasses import dataclass
 
 import llama_cpp
 from hyperllama.worker.v1 import worker_pb2
-from hyperllama_common.errors import BackendFailed, Cancelled
+from hyperllama_common.errors import BackendFailed, Cancelled, InvalidRequest, Unavailable
 from hyperllama_common.textstream import StopStringFilter, Utf8Assembler
 from hyperllama_common.worker_metrics import ModelMetrics
 
 from hyperllama_worker_llamacpp.batching import BatchPlanner, Feed, Sequence
+from hyperllama_worker_llamacpp.grammar import GrammarChecker, grammar_text
 from hyperllama_worker_llamacpp.model import LoadedModel
-from hyperllama_worker_llamacpp.sampling import SamplerChain, grammar_text
+from hyperllama_worker_llamacpp.sampling import SamplerChain
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +87,12 @@ class BatchEngine:
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self.planner = BatchPlanner(slots, n_batch)
         metrics.slots_in_use.set_function(lambda: self.planner.in_use)
+        self.grammars = GrammarChecker(model.vocab)
         self._wake = threading.Condition()
         self._stopping = False
+        # Why the decode loop stopped, once it has; set under _wake together with emptying the planner.
+        self.failure: str | None = None
+        self.failed = asyncio.Event()  # set on the event loop when the decode loop has died
         self._thread = threading.Thread(target=self._run, name=f"decode-{model.spec.name}", daemon=True)
         self._thread.start()
 
@@ -91,12 +100,20 @@ class BatchEngine:
     def in_use(self) -> int:
         return self.planner.in_use
 
+    @property
+    def alive(self) -> bool:
+        return self.failure is None
+
     # ---- called from other threads ----------------------------------------------------------
 
     def prepare(self, req: worker_pb2.GenerateRequest, emit: Emit) -> Sequence:
         """Tokenize and validate a request; raises InvalidRequest before anything is queued."""
         arrived = time.perf_counter_ns()
         tokens = self.model.prompt_tokens(req)
+        if not tokens:  # nothing to decode means no logits to sample from: it could never start
+            raise InvalidRequest(
+                "the prompt is empty", param="messages" if req.HasField("chat") else "prompt"
+            )
         room = self.model.context_for(req) - len(tokens)
         s = req.sampling
         limit = min(s.max_tokens, room) if s.HasField("max_tokens") and s.max_tokens >= 0 else room
@@ -106,12 +123,14 @@ class BatchEngine:
             worker_pb2.ResponseFormat.KIND_JSON_SCHEMA,
         ):
             grammar = grammar_text(req.response_format.kind, req.response_format.json_schema)
+            self.grammars.check(grammar)
         stops = list(s.stop) or [str(x) for x in self.model.spec.options.get("stop", [])]  # type: ignore[attr-defined]
+        stop_filter = StopStringFilter(stops)
         job = Job(
             emit=emit,
             sampler=SamplerChain(self.model.vocab, s, self.model.spec.options, grammar),
             utf8=Utf8Assembler(),
-            stops=StopStringFilter(stops),
+            stops=stop_filter,
             ignore_eos=s.ignore_eos,
             arrived_ns=arrived,
         )
@@ -123,6 +142,9 @@ class BatchEngine:
             seq.state.emit(self._final_chunk(seq, worker_pb2.FINISH_REASON_LENGTH))  # on the event loop
             return
         with self._wake:
+            if self.failure is not None:
+                seq.state.sampler.close()
+                raise Unavailable(f"the {self.model.spec.name} engine has stopped: {self.failure}")
             self.planner.submit(seq)
             self._wake.notify()
 
@@ -143,6 +165,13 @@ class BatchEngine:
     # ---- the decode thread ------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._decode_loop()
+        except BaseException as err:
+            log.exception("the decode loop of %s stopped", self.model.spec.name)
+            self._fail_everything(f"{type(err).__name__}: {err}")
+
+    def _decode_loop(self) -> None:
         while True:
             with self._wake:
                 while not self._stopping and not self.planner.waiting and not self.planner.running:
@@ -161,7 +190,31 @@ class BatchEngine:
             feeds = self.planner.plan()
             if feeds:
                 self._step(feeds)
+            else:
+                # A seated sequence with nothing to feed would never finish, and the loop would spin
+                # on it: fail it instead, so every pass either decodes or frees a slot.
+                for seq in self.planner.running:
+                    log.error("sequence in slot %d has nothing to decode", seq.slot)
+                    self._release(seq)
+                    self._post(seq, BackendFailed("the request had nothing to decode"))
             self._flush()
+
+    def _fail_everything(self, reason: str) -> None:
+        """The loop is dead: every sequence it held or would have seated gets an error now."""
+        with self._wake:
+            self.failure = reason
+            doomed = [*self.planner.running, *self.planner.waiting]
+            self.planner.waiting.clear()
+        for seq in doomed:
+            try:
+                self._release(seq)
+            except Exception:
+                log.exception("could not free a failed sequence's sampler")
+            self._post(seq, BackendFailed(f"the {self.model.spec.name} engine failed: {reason}"))
+        try:
+            self._flush()
+        finally:
+            self._loop.call_soon_threadsafe(self.failed.set)
 
     def _post(self, seq: Sequence, item: object) -> None:
         self._outbox.append((seq.state.emit, item))
@@ -196,7 +249,19 @@ class BatchEngine:
         self.planner.fed(feeds)
         for i, f in enumerate(feeds):
             if f.logits:
-                self._on_token(f.seq, f.seq.state.sampler.sample(self.ctx, i))
+                token = f.seq.state.sampler.sample(self.ctx, i)
+                if token is None:
+                    self._release(f.seq)
+                    self._post(
+                        f.seq,
+                        InvalidRequest(
+                            "the response format admits no continuation of the output so far "
+                            "(the schema matches nothing from here)",
+                            param="response_format",
+                        ),
+                    )
+                else:
+                    self._on_token(f.seq, token)
 
     def _on_token(self, seq: Sequence, token: int) -> None:
         job: Job = seq.state

@@ -89,8 +89,9 @@ class BatchPlanner:
                 continue
             # Longest shared prefix wins; among equals, the slot with the least cached (least to lose).
             slot = max(free, key=lambda s: (common_prefix(s.cached, seq.prompt), -len(s.cached)))
-            # At least one prompt token must be decoded to get logits to sample from.
-            kept = min(common_prefix(slot.cached, seq.prompt), len(seq.prompt) - 1)
+            # At least one prompt token must be decoded to get logits to sample from. (An empty prompt
+            # has none: it is seated with nothing to feed, and the engine fails it.)
+            kept = max(0, min(common_prefix(slot.cached, seq.prompt), len(seq.prompt) - 1))
             slot.seq = seq
             slot.cached = slot.cached[:kept]
             seq.slot = slot.index

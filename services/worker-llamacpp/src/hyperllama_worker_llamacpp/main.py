@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+import sys
 import uuid
 
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
@@ -17,6 +18,7 @@ from hyperllama_common.worker_metrics import WorkerMetrics
 from prometheus_client import start_http_server
 
 from hyperllama_worker_llamacpp.batch_engine import BatchEngine
+from hyperllama_worker_llamacpp.embedding import Embedder
 from hyperllama_worker_llamacpp.model import LoadedModel
 from hyperllama_worker_llamacpp.registry import load_registry, select
 from hyperllama_worker_llamacpp.service import WorkerServicer
@@ -39,13 +41,26 @@ def parse_cpus(spec: str) -> set[int]:
     return cpus
 
 
-async def serve(settings: WorkerSettings) -> None:
+async def _first_failure(engines: dict[str, BatchEngine]) -> BatchEngine:
+    waits = {asyncio.ensure_future(e.failed.wait()): e for e in engines.values()}
+    try:
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        return waits[done.pop()]
+    finally:
+        for task in waits:
+            task.cancel()
+
+
+async def serve(settings: WorkerSettings) -> int:
+    """Serve until SIGTERM (returns 0) or until a decode loop dies (returns 1, so that the
+    supervisor, make run's launcher or Kubernetes, starts a fresh worker)."""
     if settings.cpus:
         os.sched_setaffinity(0, parse_cpus(settings.cpus))
     threads = settings.threads or len(os.sched_getaffinity(0))
     specs = select(load_registry(settings.models_file), settings.models)
     metrics = WorkerMetrics(ENGINE, settings.pool)
-    engines = {}
+    engines: dict[str, BatchEngine] = {}
+    embedders: dict[str, Embedder] = {}
     for spec in specs:
         model = await asyncio.to_thread(LoadedModel, spec, settings.num_ctx, threads)
         engines[spec.name] = BatchEngine(
@@ -56,6 +71,7 @@ async def serve(settings: WorkerSettings) -> None:
             metrics.for_model(spec.name),
             asyncio.get_running_loop(),
         )
+        embedders[spec.name] = Embedder(model, threads, settings.embed_queue_max)
 
     tracing = Tracing("worker-llamacpp", settings.trace_prompts)
     server = GrpcServer(
@@ -69,12 +85,12 @@ async def serve(settings: WorkerSettings) -> None:
         worker_id=worker_id,
         engine=ENGINE,
         pool=settings.pool,
-        slots_total=settings.slots * len(engines),
         ready=True,
         models=[e.model.info for e in engines.values()],
         capabilities=CAPABILITIES,
     )
-    servicer = WorkerServicer(engines, info, tracing)
+    servicer = WorkerServicer(engines, embedders, info, tracing)
+    info.CopyFrom(servicer.snapshot())  # slots per model and their sums
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server.server)
     port = await server.start()
     info.address = settings.advertise_address or f"{settings.host}:{port}"
@@ -93,20 +109,38 @@ async def serve(settings: WorkerSettings) -> None:
     heartbeats = asyncio.create_task(
         heartbeat_loop(settings.scheduler_address, servicer.snapshot, settings.heartbeat_seconds)
     )
-    await server.wait_for_stop_signal()
+    stop = asyncio.ensure_future(server.wait_for_stop_signal())
+    failure = asyncio.ensure_future(_first_failure(engines))
+    await asyncio.wait([stop, failure], return_when=asyncio.FIRST_COMPLETED)
+    exit_code = 0
+    if failure.done():
+        dead = failure.result()
+        log.error(
+            "the decode loop of %s died (%s); leaving the cluster to be restarted",
+            dead.model.spec.name,
+            dead.failure,
+        )
+        exit_code = 1
+        # Not ready at once: health first (probes, the scheduler's checks), then the registry.
+        await server.set_serving(False)
+    stop.cancel()
+    failure.cancel()
     # Drain: stop taking new work first, then let running streams finish within the grace period.
     heartbeats.cancel()
     await deregister(settings.scheduler_address, worker_id)
     await server.stop()
     for engine in engines.values():
         engine.close()
+    for embedder in embedders.values():
+        embedder.close()
     tracing.shutdown()
+    return exit_code
 
 
 def main() -> None:
     settings = WorkerSettings()
     setup_logging("worker-llamacpp", settings.log_level, settings.log_json)
-    asyncio.run(serve(settings))
+    sys.exit(asyncio.run(serve(settings)))
 
 
 if __name__ == "__main__":

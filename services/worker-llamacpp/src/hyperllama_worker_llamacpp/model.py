@@ -1,9 +1,8 @@
-"""One GGUF model: loading, its description, chat templating, tokenization and embeddings."""
+"""One GGUF model: loading, its description, chat templating and tokenization."""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import llama_cpp
@@ -26,13 +25,12 @@ _FALLBACK_TEMPLATE = (
 
 
 class LoadedModel:
-    """Weights, vocabulary and metadata. Generation contexts are made by the batch engine; the
-    embedding context is made on first use."""
+    """Weights, vocabulary and metadata. Generation contexts are made by the batch engine, the
+    embedding context by the embedder (on first use)."""
 
     def __init__(self, spec: ModelSpec, n_ctx: int, threads: int):
         self.spec = spec
         self.n_ctx = n_ctx  # the context each sequence may use
-        self._threads = threads
         started = time.perf_counter()
         # This Llama holds the weights and the tokenizer; its own context is kept tiny because the
         # batch engine decodes in a context of its own.
@@ -49,8 +47,6 @@ class LoadedModel:
             eos_token=self.llm._model.token_get_text(self.llm.token_eos()),
             bos_token=self.llm._model.token_get_text(self.llm.token_bos()),
         )
-        self._embedder: Llama | None = None
-        self._embed_lock = threading.Lock()
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s from %s in %.2fs", spec.name, spec.path, self.load_seconds)
 
@@ -83,32 +79,3 @@ class LoadedModel:
 
     def piece(self, token: int) -> bytes:
         return self.llm.detokenize([token])
-
-    def embed(self, inputs: list[str], truncate: bool) -> worker_pb2.EmbedResponse:
-        started = time.perf_counter_ns()
-        with self._embed_lock:
-            if self._embedder is None:
-                self._embedder = Llama(
-                    model_path=str(self.spec.path),
-                    n_ctx=self.n_ctx,
-                    n_threads=self._threads,
-                    embedding=True,
-                    # Causal LMs carry no pooling type; mean pooling is what Ollama uses for them.
-                    pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-                    verbose=False,
-                )
-            loaded = time.perf_counter_ns()
-            counts = [len(self._embedder.tokenize(t.encode("utf-8"), add_bos=True)) for t in inputs]
-            too_long = [i for i, n in enumerate(counts) if n > self.n_ctx]
-            if too_long and not truncate:
-                raise ContextLengthExceeded(
-                    f"input {too_long[0]} is {counts[too_long[0]]} tokens; the context holds {self.n_ctx}",
-                    param="input",
-                )
-            vectors = self._embedder.embed(inputs, normalize=True, truncate=True)
-        return worker_pb2.EmbedResponse(
-            embeddings=[worker_pb2.Embedding(values=v) for v in vectors],  # type: ignore[arg-type]
-            prompt_tokens=sum(min(n, self.n_ctx) for n in counts),
-            load_duration_ns=loaded - started,
-            total_duration_ns=time.perf_counter_ns() - started,
-        )

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
+import ctypes
+import math
 import random
-from functools import lru_cache
 
 import llama_cpp
+import numpy as np
 from hyperllama.worker.v1 import worker_pb2
-from hyperllama_common.errors import InvalidRequest
-from llama_cpp import LlamaGrammar
-from llama_cpp.llama_grammar import JSON_GBNF
+from hyperllama_common.errors import BackendFailed, InvalidRequest
 
 # Used when neither the request nor the model registry sets a value (llama.cpp's own defaults).
 DEFAULTS: dict[str, float] = {
@@ -23,18 +22,8 @@ DEFAULTS: dict[str, float] = {
     "presence_penalty": 0.0,
 }
 PENALTY_LAST_N = 64
-
-
-@lru_cache(maxsize=64)
-def grammar_text(kind: int, schema: str) -> str:
-    """GBNF for a response format; raises InvalidRequest for a schema that cannot be expressed."""
-    if kind == worker_pb2.ResponseFormat.KIND_JSON_OBJECT:
-        return JSON_GBNF
-    try:
-        json.loads(schema)
-        return str(LlamaGrammar.from_json_schema(schema, verbose=False)._grammar)
-    except Exception as err:  # the converter raises assorted errors for schemas it cannot express
-        raise InvalidRequest(f"unsupported JSON schema: {err}", param="response_format") from err
+# llama_token_data, as numpy sees it: a whole vocabulary of candidates filled in one copy.
+TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
 def resolve(params: worker_pb2.SamplingParams, model_defaults: dict[str, object]) -> dict[str, float]:
@@ -49,7 +38,13 @@ def resolve(params: worker_pb2.SamplingParams, model_defaults: dict[str, object]
 
 
 class SamplerChain:
-    """Owns one llama_sampler chain; free it with close()."""
+    """Owns one llama_sampler chain; free it with close().
+
+    A chain with a grammar is sampled step by step instead of with llama_sampler_sample: a grammar can
+    reach a state no token satisfies (a character class that matches nothing, say), every candidate is
+    then -inf, the chain picks one anyway, and llama.cpp aborts the process when the grammar is asked
+    to accept it. Checking the pick before accepting it turns that into an error for one request.
+    """
 
     def __init__(
         self,
@@ -60,26 +55,73 @@ class SamplerChain:
     ):
         p = resolve(params, model_defaults)
         seed = (params.seed if params.HasField("seed") else random.getrandbits(32)) % 2**32
-        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        self.chain = chain
-        add = llama_cpp.llama_sampler_chain_add
-        n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
-        penalties = (p["repeat_penalty"], p["frequency_penalty"], p["presence_penalty"])
-        add(chain, llama_cpp.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, *penalties))
-        if grammar is not None:
-            add(chain, llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root"))
-        if p["temperature"] <= 0:
-            add(chain, llama_cpp.llama_sampler_init_greedy())
-            return
-        add(chain, llama_cpp.llama_sampler_init_top_k(int(p["top_k"])))
-        add(chain, llama_cpp.llama_sampler_init_top_p(p["top_p"], 1))
-        add(chain, llama_cpp.llama_sampler_init_min_p(p["min_p"], 1))
-        add(chain, llama_cpp.llama_sampler_init_temp(p["temperature"]))
-        add(chain, llama_cpp.llama_sampler_init_dist(seed))
+        self.chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        if not self.chain:
+            raise BackendFailed("llama.cpp could not create a sampler chain")
+        self._candidates: np.ndarray | None = None
+        try:
+            n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+            penalties = (p["repeat_penalty"], p["frequency_penalty"], p["presence_penalty"])
+            self._add(
+                "penalties", llama_cpp.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, *penalties)
+            )
+            if grammar is not None:
+                sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+                if not sampler:
+                    raise InvalidRequest(
+                        "the response format's grammar is rejected by llama.cpp", param="response_format"
+                    )
+                self._add("grammar", sampler)
+                self._candidates = np.zeros(n_vocab, dtype=TOKEN_DATA)
+                self._ids = np.arange(n_vocab, dtype=np.int32)
+                self._array = llama_cpp.llama_token_data_array(
+                    data=self._candidates.ctypes.data_as(llama_cpp.llama_token_data_p),
+                    size=n_vocab,
+                    selected=-1,
+                    sorted=False,
+                )
+            if p["temperature"] <= 0:
+                self._add("greedy", llama_cpp.llama_sampler_init_greedy())
+                return
+            self._add("top_k", llama_cpp.llama_sampler_init_top_k(int(p["top_k"])))
+            self._add("top_p", llama_cpp.llama_sampler_init_top_p(p["top_p"], 1))
+            self._add("min_p", llama_cpp.llama_sampler_init_min_p(p["min_p"], 1))
+            self._add("temp", llama_cpp.llama_sampler_init_temp(p["temperature"]))
+            self._add("dist", llama_cpp.llama_sampler_init_dist(seed))
+        except BaseException:
+            self.close()  # the chain frees the samplers already added to it
+            raise
 
-    def sample(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
-        """Sample from the logits at batch position ``index`` (and accept the token)."""
-        return int(llama_cpp.llama_sampler_sample(self.chain, ctx, index))
+    def _add(self, name: str, sampler: llama_cpp.llama_sampler_p | None) -> None:
+        """A NULL sampler in a chain crashes llama.cpp at the first token: refuse it here."""
+        if not sampler:
+            raise BackendFailed(f"llama.cpp could not create the {name} sampler")
+        llama_cpp.llama_sampler_chain_add(self.chain, sampler)
+
+    def sample(self, ctx: llama_cpp.llama_context_p, index: int) -> int | None:
+        """Sample from the logits at batch position ``index`` and accept the token; None when a
+        grammar admits no token at all (the sequence cannot go on)."""
+        if self._candidates is None:
+            return int(llama_cpp.llama_sampler_sample(self.chain, ctx, index))
+        n = len(self._candidates)
+        logits = llama_cpp.llama_get_logits_ith(ctx, index)
+        self._candidates["id"] = self._ids
+        self._candidates["logit"] = np.ctypeslib.as_array(logits, shape=(n,))
+        self._candidates["p"] = 0.0
+        cur = self._array
+        # The samplers may shrink the array or point it elsewhere: reset it for every step.
+        cur.data = self._candidates.ctypes.data_as(llama_cpp.llama_token_data_p)  # type: ignore[assignment]
+        cur.size = n
+        cur.selected = -1
+        cur.sorted = False
+        llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(cur))
+        if not 0 <= cur.selected < cur.size:
+            return None
+        picked = cur.data[cur.selected]
+        if not math.isfinite(picked.logit):  # the grammar rejected every candidate
+            return None
+        llama_cpp.llama_sampler_accept(self.chain, picked.id)
+        return int(picked.id)
 
     def close(self) -> None:
         if self.chain is not None:

@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
-from hyperllama_common.errors import Cancelled, HyperLlamaError, ModelNotFound
+from hyperllama_common.errors import Cancelled, HyperLlamaError, ModelNotFound, Unavailable
 from hyperllama_common.tracing import Tracing
 
 from hyperllama_worker_llamacpp.batch_engine import BatchEngine
 from hyperllama_worker_llamacpp.batching import Sequence
+from hyperllama_worker_llamacpp.embedding import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,15 @@ def merge_chunks(chunks: list[worker_pb2.GenerateChunk]) -> worker_pb2.GenerateC
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
-    def __init__(self, engines: dict[str, BatchEngine], info: worker_pb2.WorkerInfo, tracing: Tracing):
+    def __init__(
+        self,
+        engines: dict[str, BatchEngine],
+        embedders: dict[str, Embedder],
+        info: worker_pb2.WorkerInfo,
+        tracing: Tracing,
+    ):
         self.engines = engines
+        self.embedders = embedders
         self.tracing = tracing
         self.info = info
         self._running: dict[str, tuple[BatchEngine, Sequence]] = {}
@@ -41,12 +49,28 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             raise ModelNotFound(
                 f"model '{name}' is not served by this worker; it serves {sorted(self.engines)}"
             )
+        if not engine.alive:
+            raise Unavailable(
+                f"model '{name}' cannot be served here: its engine has stopped ({engine.failure})"
+            )
         return engine
 
+    @property
+    def ready(self) -> bool:
+        """False from the moment any decode loop has died: the worker is about to exit."""
+        return all(e.alive for e in self.engines.values())
+
     def snapshot(self) -> worker_pb2.WorkerInfo:
+        """WorkerInfo with live numbers: slots per model (each model has its own) and their sums."""
         info = worker_pb2.WorkerInfo()
         info.CopyFrom(self.info)
-        info.slots_in_use = sum(e.in_use for e in self.engines.values())
+        for model in info.models:
+            engine = self.engines[model.name]
+            model.slots_total = engine.slots
+            model.slots_in_use = engine.in_use
+        info.slots_total = sum(m.slots_total for m in info.models)
+        info.slots_in_use = sum(m.slots_in_use for m in info.models)
+        info.ready = self.info.ready and self.ready
         return info
 
     async def Generate(
@@ -104,8 +128,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     async def Embed(
         self, request: worker_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb2.EmbedResponse:
-        engine = self._engine(request.model)
-        return await asyncio.to_thread(engine.model.embed, list(request.inputs), request.truncate)
+        self._engine(request.model)  # the model is served here and its engine is alive
+        return await self.embedders[request.model].embed(list(request.inputs), request.truncate)
 
     async def Info(
         self, request: worker_pb2.InfoRequest, context: grpc.aio.ServicerContext

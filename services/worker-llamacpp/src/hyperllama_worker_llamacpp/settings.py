@@ -15,3 +15,6 @@ class WorkerSettings(WorkerBaseSettings):
     slots: int = 8
     # Most tokens one decode step feeds; long prompts are prefilled in chunks of this size.
     batch_tokens: int = 512
+    # Embedding calls that may wait per model behind the one running; past it the worker answers
+    # Overloaded (busy, ask again elsewhere).
+    embed_queue_max: int = 16
