@@ -63,3 +63,31 @@ def test_worker_metrics(cluster: LocalCluster, traffic):
     assert total(m, "hyperllama_worker_requests_total", outcome="ok", **labels) >= 2
     assert total(m, "hyperllama_worker_decode_step_seconds_count", **labels) >= 10
     assert total(m, "hyperllama_worker_time_to_first_token_seconds_count", **labels) >= 2
+
+
+def test_labelled_counters_start_at_zero(cluster: LocalCluster, traffic):
+    """Dashboards read 0, not "No data", for events that have not happened yet."""
+    sched = scrape(cluster.metrics_urls["scheduler"])
+    for name in (
+        "hyperllama_scheduler_admissions_total",
+        "hyperllama_scheduler_rejections_total",
+        "hyperllama_scheduler_redispatches_total",
+        "hyperllama_scheduler_deadline_exceeded_total",
+    ):
+        assert (name, frozenset({("model", MODEL)})) in sched, name
+    for phase in ("queued", "running"):
+        assert (
+            "hyperllama_scheduler_cancellations_total",
+            frozenset({("model", MODEL), ("phase", phase)}),
+        ) in sched
+    for phase in ("before_first_token", "mid_stream"):
+        key = frozenset({("worker", "worker-llamacpp-0"), ("phase", phase)})
+        assert ("hyperllama_scheduler_worker_failures_total", key) in sched
+    gateway = scrape(cluster.metrics_urls["gateway"])
+    for outcome in ("ok", "client_error", "rejected", "cancelled", "failed"):
+        key = frozenset({("api", "ollama"), ("endpoint", "embed"), ("model", MODEL), ("outcome", outcome)})
+        assert ("hyperllama_gateway_requests_total", key) in gateway, outcome
+    worker = scrape(cluster.metrics_urls["worker-llamacpp-0"])
+    for outcome in ("ok", "cancelled", "failed", "client_error"):
+        assert total(worker, "hyperllama_worker_requests_total", model=MODEL, outcome=outcome) >= 0
+        assert any(n == "hyperllama_worker_requests_total" and ("outcome", outcome) in ls for n, ls in worker)
