@@ -164,3 +164,17 @@ async def _in_use(h, n: int) -> bool:  # type: ignore[no-untyped-def]
 
 async def _zcard(redis_client, model: str, n: int) -> bool:  # type: ignore[no-untyped-def]
     return await redis_client.zcard(keys.queue(model)) == n
+
+
+async def test_a_huge_model_name_is_not_found_and_not_echoed_whole(scheduler_factory):
+    h = scheduler_factory()
+    h.add_worker("a")
+    await h.wait_workers(1)
+    req = request()
+    req.request.model = "x" * 1_000_000
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await collect(h.stub, req)
+    # Not "queue full" or a transport error: the echoed name fits the status's trailer.
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "(1000000 characters)" in err.value.details()
+    assert len(err.value.details()) < 1000

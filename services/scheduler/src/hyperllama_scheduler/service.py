@@ -20,6 +20,7 @@ from hyperllama_common.errors import (
     ModelNotFound,
     Overloaded,
     Unavailable,
+    quote,
 )
 from hyperllama_common.tracing import Tracing
 from opentelemetry import trace
@@ -108,20 +109,21 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         serving = [w for w in live if any(m.name == model for m in w.models)]
         if not serving:
             raise ModelNotFound(
-                f"model '{model}' not found; available models: {', '.join(sorted(names))}", param="model"
+                f"model '{quote(model)}' not found; available models: {', '.join(sorted(names))}",
+                param="model",
             )
         if needs.engine:
             engines = sorted({w.engine for w in serving})
             serving = [w for w in serving if w.engine == needs.engine]
             if not serving:
                 raise InvalidRequest(
-                    f"engine '{needs.engine}' does not serve model '{model}'; "
+                    f"engine '{quote(needs.engine)}' does not serve model '{model}'; "
                     f"engines serving it: {', '.join(engines)}",
                     param="engine",
                 )
         capable = [w for w in serving if needs.accepts(w)]
         if not capable:
-            on = f" on engine '{needs.engine}'" if needs.engine else ""
+            on = f" on engine '{quote(needs.engine)}'" if needs.engine else ""
             raise InvalidRequest(
                 f"no worker serving '{model}'{on} supports {needs.missing(serving)}", param="model"
             )
