@@ -25,13 +25,14 @@ from hyperllama_gateway.limits import MAX_CLIENT_REQUEST_ID_CHARS
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = b"x-request-id"
+_UNPRINTABLE = bytes(b for b in range(256) if not 0x20 <= b < 0x7F)
 
 
 def client_request_id(raw: bytes | None) -> str:
     """The client's X-Request-Id as it may be echoed: printable ASCII only, bounded; "" if none."""
     if not raw:
         return ""
-    kept = bytes(b for b in raw[:MAX_CLIENT_REQUEST_ID_CHARS] if 0x20 <= b < 0x7F)
+    kept = raw.translate(None, _UNPRINTABLE)[:MAX_CLIENT_REQUEST_ID_CHARS]
     return kept.decode("ascii").strip()
 
 
