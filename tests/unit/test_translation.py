@@ -128,3 +128,20 @@ def test_ollama_json_schema_format():
     )
     assert req.response_format.kind == worker_pb2.ResponseFormat.KIND_JSON_SCHEMA
     assert json.loads(req.response_format.json_schema) == schema
+
+
+def test_ollama_unknown_role_names_the_field_and_cuts_what_it_echoes():
+    body = ollama_protocol.ChatRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "a"}, {"role": "w" * 5000, "content": "b"}]}
+    )
+    with pytest.raises(InvalidRequest) as err:
+        ollama.chat_request(body, "rid")
+    assert err.value.param == "messages.1.role" and len(err.value.message) < 300
+
+
+def test_ollama_embed_request_takes_one_input_or_many():
+    assert list(ollama.embed_request("m", "a", True, "rid").inputs) == ["a"]
+    req = ollama.embed_request("m", ["a", "b"], False, "rid")
+    assert (list(req.inputs), req.truncate, req.request_id) == (["a", "b"], False, "rid")
+    with pytest.raises(InvalidRequest):
+        ollama.embed_request("m", [], True, "rid")
