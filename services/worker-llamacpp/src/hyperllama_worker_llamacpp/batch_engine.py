@@ -93,6 +93,7 @@ class BatchEngine:
         # Why the decode loop stopped, once it has; set under _wake together with emptying the planner.
         self.failure: str | None = None
         self.failed = asyncio.Event()  # set on the event loop when the decode loop has died
+        self._failure_listeners: list[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._run, name=f"decode-{model.spec.name}", daemon=True)
         self._thread.start()
 
@@ -103,6 +104,11 @@ class BatchEngine:
     @property
     def alive(self) -> bool:
         return self.failure is None
+
+    def add_failure_listener(self, listener: Callable[[], None]) -> None:
+        """``listener`` runs on the event loop when the decode loop dies, before any request hears
+        of it: whoever then asks the worker whether it is ready already gets "no"."""
+        self._failure_listeners.append(listener)
 
     # ---- called from other threads ----------------------------------------------------------
 
@@ -211,10 +217,13 @@ class BatchEngine:
             except Exception:
                 log.exception("could not free a failed sequence's sampler")
             self._post(seq, BackendFailed(f"the {self.model.spec.name} engine failed: {reason}"))
-        try:
-            self._flush()
-        finally:
-            self._loop.call_soon_threadsafe(self.failed.set)
+        self._loop.call_soon_threadsafe(self._announce_failure)
+        self._flush()
+
+    def _announce_failure(self) -> None:
+        self.failed.set()
+        for listener in self._failure_listeners:
+            listener()
 
     def _post(self, seq: Sequence, item: object) -> None:
         self._outbox.append((seq.state.emit, item))

@@ -90,6 +90,12 @@ async def serve(settings: WorkerSettings) -> int:
         capabilities=CAPABILITIES,
     )
     servicer = WorkerServicer(engines, embedders, info, tracing)
+    not_serving: list[asyncio.Task[None]] = []
+    for engine in engines.values():
+        # NOT_SERVING before the failed requests get their errors (a task's first step runs first).
+        engine.add_failure_listener(
+            lambda: not_serving.append(asyncio.create_task(server.set_serving(False)))
+        )
     info.CopyFrom(servicer.snapshot())  # slots per model and their sums
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server.server)
     port = await server.start()
@@ -121,8 +127,7 @@ async def serve(settings: WorkerSettings) -> int:
             dead.failure,
         )
         exit_code = 1
-        # Not ready at once: health first (probes, the scheduler's checks), then the registry.
-        await server.set_serving(False)
+        await asyncio.gather(*not_serving)
     stop.cancel()
     failure.cancel()
     # Drain: stop taking new work first, then let running streams finish within the grace period.
