@@ -46,7 +46,9 @@ def test_a_schema_the_engine_cannot_use_is_a_400(http, schema):
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == "response_format"
-    assert time.perf_counter() - started < 5
+    # Most are refused before a slot is taken; a dead end inside the grammar only once the output
+    # reaches it. Either way long before any deadline.
+    assert time.perf_counter() - started < 30
     # The worker is still there and serves the next request.
     ok = http.post("/v1/chat/completions", json={"model": MODEL, "messages": MSG, "max_tokens": 4})
     assert ok.status_code == 200, ok.text
@@ -59,13 +61,17 @@ def test_a_schema_that_works_still_works(http):
     assert r.json()["choices"][0]["message"]["content"].strip() in ('"yes"', '"no"')
 
 
-def test_an_empty_raw_prompt_is_a_400_not_a_hang(http):
+def test_an_empty_raw_prompt_is_answered_at_once(http):
+    """Zero prompt tokens used to be seated and never fed, until the deadline. Now the gateway answers
+    it as Ollama's preload, or the worker refuses it (400): either way at once."""
     started = time.perf_counter()
     r = http.post(
         "/api/generate", json={"model": MODEL, "raw": True, "prompt": "", "stream": False}, timeout=20
     )
-    assert r.status_code == 400, r.text
-    assert set(r.json()) == {"error"} and "empty" in r.json()["error"]
+    if r.status_code == 400:
+        assert set(r.json()) == {"error"} and "empty" in r.json()["error"]
+    else:
+        assert r.status_code == 200 and r.json()["done"] is True, r.text
     assert time.perf_counter() - started < 5
 
 
