@@ -31,9 +31,9 @@ from hyperllama_worker_llamacpp.model import LoadedModel
 class EmbeddingContext:
     """A llama.cpp context with mean pooling over the model's weights, made on first use."""
 
-    def __init__(self, model: LoadedModel, threads: int):
+    def __init__(self, model: LoadedModel, n_ctx: int, threads: int):
         self.model = model
-        self.n_ctx = model.n_ctx
+        self.n_ctx = n_ctx
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = self.n_ctx
         params.n_batch = self.n_ctx
@@ -80,8 +80,9 @@ class EmbeddingContext:
 class Embedder:
     """One model's embedding calls: validated at once, queued (bounded), run one at a time."""
 
-    def __init__(self, model: LoadedModel, threads: int, max_waiting: int):
+    def __init__(self, model: LoadedModel, n_ctx: int, threads: int, max_waiting: int):
         self.model = model
+        self.n_ctx = n_ctx  # longest input, in tokens
         self.max_waiting = max_waiting
         self.waiting = 0
         self._threads = threads
@@ -92,7 +93,7 @@ class Embedder:
         """Each input's tokens, cut to the context when ``truncate``; refuses what cannot be embedded."""
         if not inputs:
             raise InvalidRequest("no input to embed", param="input")
-        n_ctx = self.model.n_ctx
+        n_ctx = self.n_ctx
         out = []
         for i, text in enumerate(inputs):
             tokens = self.model.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
@@ -139,7 +140,7 @@ class Embedder:
 
     def _run(self, batches: list[list[int]], stop: threading.Event, started: int) -> worker_pb2.EmbedResponse:
         if self._context is None:
-            self._context = EmbeddingContext(self.model, self._threads)
+            self._context = EmbeddingContext(self.model, self.n_ctx, self._threads)
         loaded = time.perf_counter_ns()
         vectors = []
         for tokens in batches:

@@ -71,7 +71,9 @@ async def serve(settings: WorkerSettings) -> int:
             metrics.for_model(spec.name),
             asyncio.get_running_loop(),
         )
-        embedders[spec.name] = Embedder(model, threads, settings.embed_queue_max)
+        embedders[spec.name] = Embedder(
+            model, settings.embed_num_ctx or settings.num_ctx, threads, settings.embed_queue_max
+        )
 
     tracing = Tracing("worker-llamacpp", settings.trace_prompts)
     server = GrpcServer(

@@ -18,3 +18,6 @@ class WorkerSettings(WorkerBaseSettings):
     # Embedding calls that may wait per model behind the one running; past it the worker answers
     # Overloaded (busy, ask again elsewhere).
     embed_queue_max: int = 16
+    # Longest embedding input in tokens (0 = num_ctx). Each input is decoded in one batch, and llama.cpp
+    # also computes logits for every token of it: a 4096-token input takes about 1.6 GB.
+    embed_num_ctx: int = 0
