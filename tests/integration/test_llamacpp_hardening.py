@@ -118,6 +118,10 @@ async def test_slots_are_reported_per_model(worker):
     assert {m.name: m.slots_in_use for m in info.models} == {MODEL: 1, COPY: 0}
     assert info.slots_in_use == 1
     call.cancel()
+    deadline = time.monotonic() + 10
+    while (await worker.Info(worker_pb2.InfoRequest(), timeout=5)).slots_in_use:
+        assert time.monotonic() < deadline, "the cancelled request kept its slot"
+        await asyncio.sleep(0.05)
 
 
 # ---- grammars -------------------------------------------------------------------------------
