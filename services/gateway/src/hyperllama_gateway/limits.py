@@ -22,7 +22,8 @@ FLOAT32_MAX = 3.4028234663852886e38
 # Model names travel in gRPC metadata and are echoed in errors; real names ("library/model:tag",
 # "hf.co/org/repo:quant") are far shorter.
 MAX_MODEL_NAME_CHARS = 256
-# The worker checks every stop string after every token; OpenAI allows 4, we allow a few more.
+# Each stop list is compiled into an automaton per request (memory grows with its length); OpenAI
+# allows 4, we allow a few more.
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_CHARS = 256
 # A chat template renders every message; context length is checked only after rendering.
