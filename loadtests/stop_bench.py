@@ -21,14 +21,14 @@ import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
+from hyperllama_common.healthcheck import serving
 from hyperllama_common.textstream import StopStringFilter
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
 
-from cluster import LocalCluster, free_port  # noqa: E402
+from cluster import LocalCluster, free_port, wait_for  # noqa: E402
 
 MODEL = "smollm2:135m"
 PROMPT = "Write a long story about a lighthouse keeper and a storm."
@@ -73,20 +73,8 @@ async def pair(stub, args: argparse.Namespace, tag: str, stops: list[str], seed:
     return companion, other
 
 
-async def wait_serving(channel: grpc.aio.Channel, proc) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=2
-            )
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        if not proc.alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"worker did not start:\n{proc.log_tail()}")
-        await asyncio.sleep(0.2)
+async def wait_serving(address: str, proc) -> None:  # type: ignore[no-untyped-def]
+    await asyncio.to_thread(wait_for, lambda: serving(address, 2), "the worker", proc, 180)
 
 
 async def worker_bench(args: argparse.Namespace) -> dict[str, list[tuple[float, float]]]:
@@ -101,7 +89,7 @@ async def worker_bench(args: argparse.Namespace) -> dict[str, list[tuple[float, 
     repeated = random_stops(rng, args.stops)
     try:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        await wait_serving(channel, proc)
+        await wait_serving(f"127.0.0.1:{port}", proc)
         stub = worker_pb2_grpc.WorkerServiceStub(channel)
         await pair(stub, args, "warmup", repeated, 0)  # also builds the repeated list's automaton once
         scenarios = list(results)

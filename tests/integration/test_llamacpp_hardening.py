@@ -14,10 +14,11 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from cluster import LocalCluster, free_port
+from cluster import LocalCluster, free_port, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
 from hyperllama_common.errors import BackendFailed, Unavailable
+from hyperllama_common.healthcheck import serving
 from hyperllama_common.worker_metrics import WorkerMetrics
 from hyperllama_worker_llamacpp.batch_engine import BatchEngine
 from hyperllama_worker_llamacpp.model import LoadedModel
@@ -36,20 +37,8 @@ def gguf() -> Path:
     return select(load_registry(""), MODEL)[0].path
 
 
-async def wait_serving(channel: grpc.aio.Channel, proc, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=2
-            )
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        assert proc.alive(), proc.log_tail()
-        assert time.monotonic() < deadline, "worker did not start"
-        await asyncio.sleep(0.1)
+async def wait_serving(address: str, proc, timeout: float = 120) -> None:  # type: ignore[no-untyped-def]
+    await asyncio.to_thread(wait_for, lambda: serving(address, 2), "the worker", proc, timeout)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -72,7 +61,7 @@ async def worker(
         scheduler_address=f"127.0.0.1:{free_port()}",  # none: heartbeats just fail
     )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    await wait_serving(channel, proc)
+    await wait_serving(f"127.0.0.1:{port}", proc)
     yield worker_pb2_grpc.WorkerServiceStub(channel)
     await channel.close()
     cluster.stop()
@@ -407,7 +396,7 @@ async def test_a_worker_whose_decode_loop_dies_fails_its_streams_reports_not_rea
     )
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        await wait_serving(channel, proc)
+        await wait_serving(f"127.0.0.1:{port}", proc)
         stub = worker_pb2_grpc.WorkerServiceStub(channel)
         call = stub.Generate(chat("Count to a thousand.", 2000, ignore_eos=True), timeout=60)
         assert (await call.read()).text

@@ -10,9 +10,9 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from cluster import LocalCluster, free_port
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from cluster import LocalCluster, free_port, wait_for
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
+from hyperllama_common.healthcheck import serving
 
 MODEL = "smollm2:135m"
 SLOTS = 8
@@ -27,20 +27,8 @@ async def worker(
     # No scheduler is needed to talk to a worker directly; its heartbeats just fail.
     proc = cluster.start_worker("batch-worker", port=str(port), slots=str(SLOTS),
                                 scheduler_address=f"127.0.0.1:{free_port()}")  # fmt: skip
+    await asyncio.to_thread(wait_for, lambda: serving(f"127.0.0.1:{port}", 2), "the worker", proc, 120)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=2
-            )
-            if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                break
-        except grpc.aio.AioRpcError:
-            pass
-        assert proc.alive(), proc.log_tail()
-        assert time.monotonic() < deadline, "worker did not start"
-        await asyncio.sleep(0.1)
     yield worker_pb2_grpc.WorkerServiceStub(channel)
     await channel.close()
     cluster.stop()

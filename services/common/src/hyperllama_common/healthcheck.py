@@ -11,15 +11,23 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
-def main() -> int:
-    address = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051"
+def serving(address: str, timeout: float = 3.0, quiet: bool = True) -> bool:
+    """Whether the gRPC server at ``address`` answers SERVING on the standard health service."""
     with grpc.insecure_channel(address) as channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=3)
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
         except grpc.RpcError as err:
-            print(f"{address}: {err.code().name}", file=sys.stderr)
-            return 1
-    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+            if not quiet:
+                print(f"{address}: {err.code().name}", file=sys.stderr)
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def main() -> int:
+    address = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051"
+    return 0 if serving(address, quiet=False) else 1
 
 
 if __name__ == "__main__":

@@ -12,14 +12,13 @@ unexpected exception.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 
 from hyperllama_common.errors import HyperLlamaError, quote
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hyperllama_gateway.errors import is_openai_path
+from hyperllama_gateway.errors import error_response
 from hyperllama_gateway.limits import MAX_CLIENT_REQUEST_ID_CHARS
 
 log = logging.getLogger(__name__)
@@ -34,17 +33,6 @@ def client_request_id(raw: bytes | None) -> str:
         return ""
     kept = raw.translate(None, _UNPRINTABLE)[:MAX_CLIENT_REQUEST_ID_CHARS]
     return kept.decode("ascii").strip()
-
-
-def internal_error_body(path: str) -> bytes:
-    err = HyperLlamaError("internal error; the request was not served")
-    if is_openai_path(path):
-        payload: dict[str, object] = {
-            "error": {"message": err.message, "type": err.openai_type, "param": None, "code": None}
-        }
-    else:
-        payload = {"error": err.message}
-    return json.dumps(payload).encode()
 
 
 class RequestEdge:
@@ -94,15 +82,5 @@ class RequestEdge:
                 metrics.record(scope.get("path", ""), "-", "failed")
             if started:
                 return  # part of the response is out: uvicorn closes the connection, as it must
-            body = internal_error_body(scope.get("path", ""))
-            await send_with_id(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send_with_id({"type": "http.response.body", "body": body})
+            err = HyperLlamaError("internal error; the request was not served")
+            await error_response(scope.get("path", ""), err)(scope, receive, send_with_id)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
+from hyperllama_common.errors import InvalidRequest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hyperllama_gateway.errors import is_openai_path
+from hyperllama_gateway.errors import error_response
 
 
 class BodySizeLimit:
@@ -14,33 +13,12 @@ class BodySizeLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        message = f"request body exceeds the limit of {self.max_bytes} bytes"
-        body: dict[str, object]
-        if is_openai_path(scope["path"]):
-            body = {
-                "error": {
-                    "message": message,
-                    "type": "invalid_request_error",
-                    "param": None,
-                    "code": "request_too_large",
-                }
-            }
-        else:
-            body = {"error": message}
-        payload = json.dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        err = InvalidRequest(f"request body exceeds the limit of {self.max_bytes} bytes")
+        err.http_status, err.code = 413, "request_too_large"
+        response = error_response(scope["path"], err)
+        response.headers["connection"] = "close"  # the rest of the body is never read
+        await response(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,7 +27,7 @@ class BodySizeLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None:
             if not length.isdigit() or int(length) > self.max_bytes:
-                await self._refuse(scope, send)
+                await self._refuse(scope, receive, send)
                 return
             await self.app(scope, receive, send)
             return
@@ -63,7 +41,7 @@ class BodySizeLimit:
                 break
             size += len(message.get("body", b""))
             if size > self.max_bytes:
-                await self._refuse(scope, send)
+                await self._refuse(scope, receive, send)
                 return
             if not message.get("more_body", False):
                 break
