@@ -147,6 +147,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             self._superseded.add(old)
             old.cancel()
             await asyncio.wait({old})
+            self._superseded.discard(old)  # it may have ended before the cancel reached it
 
     async def Generate(
         self, request: scheduler_pb2.GenerateRequest, context: grpc.aio.ServicerContext
