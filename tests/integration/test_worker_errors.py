@@ -59,6 +59,19 @@ async def test_busy_means_ask_another_worker_not_that_it_is_broken(scheduler_fac
     assert await listed(h) == ["a", "b"]  # busy is not a failure
 
 
+async def test_a_worker_that_says_it_is_not_ready_gets_no_work_until_it_says_otherwise(scheduler_factory):
+    h = slow_scheduler(scheduler_factory)
+    # "a" has more free slots, so it is asked first; its engine is down (it restarts).
+    h.add_worker("a", HYPERLLAMA_SCRIPTED_SLOTS="4", **SLOW_BEATS)
+    h.add_worker("b", **SLOW_BEATS)
+    await h.wait_workers(2)
+    # Served by b however often a says so: not counted against the request's re-dispatches.
+    for _ in range(4):
+        text, _ = await collect(h.stub, request("answer-not-ready:a", max_tokens=2))
+        assert text == "b t0"
+    assert await listed(h) == ["b"]
+
+
 async def test_a_request_that_kills_workers_is_not_passed_to_a_third(scheduler_factory):
     h = slow_scheduler(scheduler_factory)
     for worker in ("a", "b", "c"):

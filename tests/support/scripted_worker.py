@@ -9,6 +9,7 @@ chat message) tells it how to misbehave:
     crash-after-final[:ID]          emits the whole answer and its final chunk, then dies
     answer-busy[:ID]                answers "busy" (Overloaded), as a worker whose slots are full
     engine-error[:ID]               answers an engine failure for this request (BackendFailed)
+    answer-not-ready[:ID]           answers that its engine is not ready (Unavailable)
     stall                           emits nothing until cancelled
     anything else                   emits "<worker_id> t0 t1 ..." (max_tokens tokens, default 5)
 
@@ -27,7 +28,7 @@ import re
 from collections import Counter
 
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
-from hyperllama_common.errors import BackendFailed, Overloaded
+from hyperllama_common.errors import BackendFailed, Overloaded, Unavailable
 from hyperllama_common.grpc_server import GrpcServer
 from hyperllama_common.registration import deregister, heartbeat_loop
 
@@ -64,6 +65,8 @@ class ScriptedWorker(worker_pb2_grpc.WorkerServiceServicer):
             raise Overloaded(f"{me} is busy")
         if misbehaves(text, "engine-error", me):
             raise BackendFailed(f"{me}'s engine failed on this request")
+        if misbehaves(text, "answer-not-ready", me):
+            raise Unavailable(f"{me}'s engine is not ready")
         self.running.add(request.request_id)
         self.per_model[request.model] += 1
         try:

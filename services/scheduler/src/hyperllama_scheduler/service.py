@@ -231,6 +231,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                             f"worker {slot.worker_id} refused the request mid-stream"
                         ) from err
                     self.registry.mark_full(slot.worker_id)
+                except Unavailable as err:
+                    # The worker says it is not ready (its engine died or restarts): a health report,
+                    # about the worker, not this request. Not before its next heartbeat.
+                    if started:
+                        raise BackendFailed(
+                            f"worker {slot.worker_id} failed mid-stream: {err.message}"
+                        ) from err
+                    self.registry.mark_unhealthy(slot.worker_id)
                 except HyperLlamaError as err:
                     if finished:
                         # The stream was complete; the worker went away after its final chunk.
@@ -323,6 +331,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 return await self.workers.embed(worker.address, req, deadline - time.time())
             except Overloaded as err:
                 busy += 1
+                last = err
+            except Unavailable as err:  # the worker reports itself not ready
+                self.registry.mark_unhealthy(worker.worker_id)
                 last = err
             except WorkerLost as err:
                 self.registry.mark_unhealthy(worker.worker_id)
