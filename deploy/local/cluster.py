@@ -324,7 +324,10 @@ def main() -> None:
     def on_sigterm(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    # SIGINT too: a shell that starts us in the background leaves SIGINT ignored, and the children would
+    # then stop on Ctrl-C while we, still running, started them again.
     signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, on_sigterm)
     try:
         cluster.start(args.workers, engines)
         print(f"\nHyperLlama is serving on {cluster.gateway_url}  (Ctrl-C stops every process)", flush=True)

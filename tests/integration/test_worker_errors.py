@@ -72,6 +72,25 @@ async def test_a_worker_that_says_it_is_not_ready_gets_no_work_until_it_says_oth
     assert await listed(h) == ["b"]
 
 
+async def test_a_request_sent_to_a_worker_that_is_gone_waits_for_it_to_come_back(scheduler_factory):
+    """The worker died before the request reached it (its lease still holds): the request cannot
+    have caused that, so it is not counted against it; it is served once the worker is back on the
+    same address, as make run's launcher or Kubernetes brings it back."""
+    h = slow_scheduler(scheduler_factory)
+    h.add_worker("a", **SLOW_BEATS)
+    await h.wait_workers(1)
+    a = h.process("a")
+    a.kill()
+    pending = asyncio.ensure_future(collect(h.stub, request(max_tokens=2), timeout=30))
+    for _ in range(3):  # refused while it is down, however often it is asked
+        await asyncio.sleep(0.5)
+        assert not pending.done()
+    h.cluster.restart(a)
+    text, last = await pending
+    assert text == "a t0"
+    assert last.finish_reason == worker_pb2.FINISH_REASON_LENGTH
+
+
 async def test_a_request_that_kills_workers_is_not_passed_to_a_third(scheduler_factory):
     h = slow_scheduler(scheduler_factory)
     for worker in ("a", "b", "c"):

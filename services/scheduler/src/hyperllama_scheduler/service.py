@@ -32,7 +32,7 @@ from hyperllama_scheduler.queue import RequestQueue
 from hyperllama_scheduler.registry import WorkerRegistry
 from hyperllama_scheduler.routing import Requirements
 from hyperllama_scheduler.settings import SchedulerSettings
-from hyperllama_scheduler.worker_client import WorkerClients, WorkerLost
+from hyperllama_scheduler.worker_client import WorkerClients, WorkerLost, WorkerUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +239,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                             f"worker {slot.worker_id} failed mid-stream: {err.message}"
                         ) from err
                     self.registry.mark_unhealthy(slot.worker_id)
+                except WorkerUnreachable:
+                    # Gone before the request reached it (a restart, a kill): try elsewhere or wait
+                    # for it to come back, uncounted; the request cannot have caused it.
+                    self.registry.mark_unhealthy(slot.worker_id)
                 except HyperLlamaError as err:
                     if finished:
                         # The stream was complete; the worker went away after its final chunk.
@@ -332,7 +336,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             except Overloaded as err:
                 busy += 1
                 last = err
-            except Unavailable as err:  # the worker reports itself not ready
+            except (Unavailable, WorkerUnreachable) as err:  # not ready, or gone before the call
                 self.registry.mark_unhealthy(worker.worker_id)
                 last = err
             except WorkerLost as err:

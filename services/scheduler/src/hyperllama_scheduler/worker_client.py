@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -12,17 +13,26 @@ from hyperllama_common.grpc_server import MESSAGE_SIZE_OPTIONS
 
 
 class WorkerLost(BackendFailed):
-    """The call broke without the worker answering: it crashed, was killed or cannot be reached.
-    The only kind of failure that makes the scheduler stop trusting a worker."""
+    """The call broke without the worker answering: it crashed or was killed while serving it.
+    With WorkerUnreachable, the only kind of failure that makes the scheduler stop trusting a worker."""
+
+
+class WorkerUnreachable(WorkerLost):
+    """No connection could be made: the worker was gone before the request reached it, so the request
+    cannot have caused it."""
 
 
 # What gRPC reports on its own when the peer process or the connection goes away.
 _LOST_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+# gRPC core's wording when no connection could be made (nothing was sent).
+_CONNECT_FAILED = "failed to connect to all addresses"
 
 
 def worker_error(err: grpc.aio.AioRpcError) -> HyperLlamaError:
     if raised_by_peer(err):
         return from_rpc_error(err)
+    if err.code() == grpc.StatusCode.UNAVAILABLE and _CONNECT_FAILED in (err.details() or ""):
+        return WorkerUnreachable(f"worker unreachable: {err.details()}")
     if err.code() in _LOST_CODES:
         return WorkerLost(f"worker call broke: {err.code().name}: {err.details()}")
     if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -35,6 +45,7 @@ class WorkerClients:
     def __init__(self, interceptors: list[grpc.aio.ClientInterceptor] | None = None) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._interceptors = interceptors or []
+        self._closing: set[asyncio.Task[None]] = set()
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerServiceStub:
         channel = self._channels.get(address)
@@ -52,7 +63,7 @@ class WorkerClients:
             async for chunk in call:
                 yield chunk
         except grpc.aio.AioRpcError as err:
-            raise worker_error(err) from None
+            raise self._error(address, err) from None
         finally:
             call.cancel()  # a no-op after a normal end; stops decoding if we leave early
 
@@ -62,7 +73,20 @@ class WorkerClients:
         try:
             return await self._stub(address).Embed(request, timeout=timeout)
         except grpc.aio.AioRpcError as err:
-            raise worker_error(err) from None
+            raise self._error(address, err) from None
+
+    def _error(self, address: str, err: grpc.aio.AioRpcError) -> HyperLlamaError:
+        error = worker_error(err)
+        if isinstance(error, WorkerUnreachable):
+            # A channel that failed to connect waits out a growing back-off before it tries again,
+            # and fails every call meanwhile: a worker restarted on the same address would be
+            # refused for seconds. The next call gets a fresh channel that connects at once.
+            channel = self._channels.pop(address, None)
+            if channel is not None:
+                task = asyncio.get_running_loop().create_task(channel.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        return error
 
     async def close(self) -> None:
         for channel in self._channels.values():
