@@ -223,26 +223,18 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                     return
                 except (InvalidRequest, DeadlineExceeded, Cancelled):
                     raise
-                except Overloaded as err:
-                    # The worker is the authority on its slots: "busy" means ask again, elsewhere or
-                    # later; it says nothing about the worker's health.
-                    if started:
-                        raise BackendFailed(
-                            f"worker {slot.worker_id} refused the request mid-stream"
-                        ) from err
-                    self.registry.mark_full(slot.worker_id)
-                except Unavailable as err:
-                    # The worker says it is not ready (its engine died or restarts): a health report,
-                    # about the worker, not this request. Not before its next heartbeat.
+                except (Overloaded, Unavailable, WorkerUnreachable) as err:
+                    # About the worker, not this request, so never counted against it: "busy" (the
+                    # worker is the authority on its slots), "not ready" (its engine died or
+                    # restarts), or gone before the call reached it. Ask again, elsewhere or later.
                     if started:
                         raise BackendFailed(
                             f"worker {slot.worker_id} failed mid-stream: {err.message}"
                         ) from err
-                    self.registry.mark_unhealthy(slot.worker_id)
-                except WorkerUnreachable:
-                    # Gone before the request reached it (a restart, a kill): try elsewhere or wait
-                    # for it to come back, uncounted; the request cannot have caused it.
-                    self.registry.mark_unhealthy(slot.worker_id)
+                    if isinstance(err, Overloaded):
+                        self.registry.mark_full(slot.worker_id)
+                    else:
+                        self.registry.mark_unhealthy(slot.worker_id)
                 except HyperLlamaError as err:
                     if finished:
                         # The stream was complete; the worker went away after its final chunk.
