@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
@@ -52,33 +52,39 @@ Float32 = Annotated[float, Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT3
 ModelName = Annotated[str, Field(min_length=1, max_length=MAX_MODEL_NAME_CHARS)]
 
 
+def _check_texts(items: list[str], max_items: int, many: str, max_chars: int, one: str) -> None:
+    if len(items) > max_items:
+        raise ValueError(f"at most {max_items} {many} ({len(items)} given)")
+    for s in items:
+        if len(s) > max_chars:
+            raise ValueError(f"{one} is at most {max_chars} characters ({len(s)} given)")
+
+
 def check_stops(stop: str | list[str] | None) -> str | list[str] | None:
-    """A field validator's body for ``stop`` (both APIs); raises ValueError naming the bound."""
+    """``stop`` on both APIs; raises ValueError naming the bound."""
     stops = [stop] if isinstance(stop, str) else (stop or [])
-    if len(stops) > MAX_STOP_SEQUENCES:
-        raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences ({len(stops)} given)")
-    for s in stops:
-        if len(s) > MAX_STOP_CHARS:
-            raise ValueError(f"a stop sequence is at most {MAX_STOP_CHARS} characters ({len(s)} given)")
+    _check_texts(stops, MAX_STOP_SEQUENCES, "stop sequences", MAX_STOP_CHARS, "a stop sequence")
     return stop
 
 
 def check_embed_inputs(inputs: str | list[str]) -> str | list[str]:
-    """A field validator's body for an embedding request's inputs."""
+    """An embedding request's inputs."""
     items = [inputs] if isinstance(inputs, str) else inputs
     if not items or any(not s for s in items):
         raise ValueError("input must be a non-empty string or a list of non-empty strings")
-    if len(items) > MAX_EMBED_INPUTS:
-        raise ValueError(f"at most {MAX_EMBED_INPUTS} inputs per request ({len(items)} given)")
-    for s in items:
-        if len(s) > MAX_EMBED_INPUT_CHARS:
-            raise ValueError(f"an input is at most {MAX_EMBED_INPUT_CHARS} characters ({len(s)} given)")
+    _check_texts(items, MAX_EMBED_INPUTS, "inputs per request", MAX_EMBED_INPUT_CHARS, "an input")
     return inputs
 
 
 def check_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """A field validator's body for a JSON schema (OpenAI json_schema.schema, Ollama format)."""
+    """A JSON schema (OpenAI json_schema.schema, Ollama format)."""
     size = len(json.dumps(schema))
     if size > MAX_SCHEMA_CHARS:
         raise ValueError(f"the schema is at most {MAX_SCHEMA_CHARS} characters of JSON ({size} given)")
     return schema
+
+
+# Field types carrying the checks above, so each API declares them once per field.
+StopList = Annotated[str | list[str] | None, AfterValidator(check_stops)]
+EmbedInputs = Annotated[str | list[str], AfterValidator(check_embed_inputs)]
+JsonSchema = Annotated[dict[str, Any], AfterValidator(check_schema)]

@@ -4,22 +4,23 @@ Bounds and their reasons are in ``limits``; every number fits the protobuf field
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from hyperllama_gateway.limits import (
     INT32_MAX,
     MAX_MESSAGES,
     MAX_MODEL_NAME_CHARS,
     MAX_TOKENS_LIMIT,
+    EmbedInputs,
     Float32,
     Int32,
     Int64,
     ModelName,
+    StopList,
     check_embed_inputs,
     check_schema,
-    check_stops,
 )
 from hyperllama_gateway.wellformed import RequestBody
 
@@ -37,22 +38,17 @@ class Options(_Part):
     top_p: Float32 | None = Field(default=None, ge=0, le=1)
     min_p: Float32 | None = Field(default=None, ge=0, le=1)
     seed: Int64 | None = None
-    stop: str | list[str] | None = None
+    stop: StopList = None
     repeat_penalty: Float32 | None = Field(default=None, gt=0)
     frequency_penalty: Float32 | None = None
     presence_penalty: Float32 | None = None
 
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, v: str | list[str] | None) -> str | list[str] | None:
-        return check_stops(v)
 
-
-Format = Literal["json", ""] | dict[str, Any] | None
-
-
-def _schema_format(v: Format) -> Format:
+def _schema_format(v: Any) -> Any:
     return check_schema(v) if isinstance(v, dict) else v
+
+
+Format = Annotated[Literal["json", ""] | dict[str, Any] | None, AfterValidator(_schema_format)]
 
 
 class GenerateRequest(RequestBody):
@@ -65,11 +61,6 @@ class GenerateRequest(RequestBody):
     options: Options | None = None
     images: list[str] | None = None
     keep_alive: str | int | float | None = None
-
-    @field_validator("format")
-    @classmethod
-    def _format(cls, v: Format) -> Format:
-        return _schema_format(v)
 
 
 class Message(_Part):
@@ -86,23 +77,13 @@ class ChatRequest(RequestBody):
     options: Options | None = None
     keep_alive: str | int | float | None = None
 
-    @field_validator("format")
-    @classmethod
-    def _format(cls, v: Format) -> Format:
-        return _schema_format(v)
-
 
 class EmbedRequest(RequestBody):
     model: ModelName
-    input: str | list[str]
+    input: EmbedInputs
     truncate: bool = True
     options: Options | None = None
     keep_alive: str | int | float | None = None
-
-    @field_validator("input")
-    @classmethod
-    def _input(cls, v: str | list[str]) -> str | list[str]:
-        return check_embed_inputs(v)
 
 
 class EmbeddingsRequest(RequestBody):

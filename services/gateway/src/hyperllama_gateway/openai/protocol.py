@@ -4,7 +4,7 @@ Bounds and their reasons are in ``limits``; every number fits the protobuf field
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from hyperllama_common.errors import quote
 from pydantic import BaseModel, Field, field_validator
@@ -12,13 +12,13 @@ from pydantic import BaseModel, Field, field_validator
 from hyperllama_gateway.limits import (
     MAX_MESSAGES,
     MAX_TOKENS_LIMIT,
+    EmbedInputs,
     Float32,
     Int32,
     Int64,
+    JsonSchema,
     ModelName,
-    check_embed_inputs,
-    check_schema,
-    check_stops,
+    StopList,
 )
 from hyperllama_gateway.wellformed import RequestBody
 
@@ -52,13 +52,8 @@ class StreamOptions(BaseModel):
 
 class JsonSchemaSpec(BaseModel):
     name: str = "response"
-    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    schema_: JsonSchema = Field(default_factory=dict, alias="schema")
     strict: bool | None = None
-
-    @field_validator("schema_")
-    @classmethod
-    def _schema(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return check_schema(v)
 
 
 class ResponseFormat(BaseModel):
@@ -73,7 +68,7 @@ class _Sampling(RequestBody):
     top_k: Int32 | None = Field(default=None, ge=0)
     min_p: Float32 | None = Field(default=None, ge=0, le=1)
     seed: Int64 | None = None
-    stop: str | list[str] | None = None
+    stop: StopList = None
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     presence_penalty: Float32 | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: Float32 | None = Field(default=None, ge=-2, le=2)
@@ -83,11 +78,6 @@ class _Sampling(RequestBody):
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
     logprobs: bool | int | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stop(cls, v: str | list[str] | None) -> str | list[str] | None:
-        return check_stops(v)
 
     @field_validator("logprobs")
     @classmethod
@@ -128,14 +118,9 @@ class CompletionRequest(_Sampling):
 
 class EmbeddingRequest(RequestBody):
     model: ModelName
-    input: str | list[str]
+    input: EmbedInputs
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
-
-    @field_validator("input")
-    @classmethod
-    def _input(cls, v: str | list[str]) -> str | list[str]:
-        return check_embed_inputs(v)
 
     @field_validator("dimensions")
     @classmethod
