@@ -163,7 +163,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         task = asyncio.current_task()
         if task is not None:
             self._active[req.request_id] = task
-        payload = request.SerializeToString()
+        payload = b""  # the stored body, serialised only if the request ever waits (not on the fast path)
         lease_ms = self.dispatcher.lease_ms
 
         def ttl_ms() -> int:
@@ -189,6 +189,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 span.set_attribute("hyperllama.queued", slot is None)
                 if slot is None:
                     went_through_queue = True
+                    payload = request.SerializeToString()
                     await self.queue.admit(
                         model, req.request_id, payload, request.priority, ttl_ms=ttl_ms(), lease_ms=lease_ms
                     )
@@ -277,6 +278,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 # Back to the head of its band, then wait for another slot.
                 went_through_queue = True
                 phase = "queued"
+                payload = payload or request.SerializeToString()
                 await self.queue.requeue_first(
                     model, req.request_id, request.priority, payload, ttl_ms(), lease_ms
                 )
