@@ -161,7 +161,7 @@ def start_peers(args: argparse.Namespace, logs: Path) -> tuple[list[Peer], list[
         module="scripted_worker",
         extra_env={
             "PYTHONPATH": str(ROOT / "tests" / "support"),
-            "HYPERLLAMA_SCRIPTED_MODEL": MODEL,
+            "HYPERLLAMA_SCRIPTED_MODELS": MODEL,
             "HYPERLLAMA_SCRIPTED_SLOTS": "256",
         },
     )
