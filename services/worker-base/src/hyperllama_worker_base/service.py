@@ -17,7 +17,14 @@ from typing import Any
 
 import grpc
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
-from hyperllama_common.errors import BackendFailed, Cancelled, InvalidRequest, ModelNotFound, Unavailable
+from hyperllama_common.errors import (
+    BackendFailed,
+    Cancelled,
+    InvalidRequest,
+    ModelNotFound,
+    Overloaded,
+    Unavailable,
+)
 from hyperllama_common.textstream import StopStringFilter
 from hyperllama_common.worker_metrics import ModelMetrics
 
@@ -97,18 +104,22 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
         self.engine = engine
         self.metrics = metrics
         metrics.slots_total.set(info.slots_total)
-        metrics.slots_in_use.set_function(lambda: len(self._running))
+        metrics.slots_in_use.set_function(lambda: self._admitted)
         self.client = client
         self.supervisor = supervisor
         self.info = info
         self.model_id = model_id  # the name the engine's server knows the model by
         self._running: dict[str, Running] = {}
+        # Generations streaming from the engine now. The engine runs at most slots_total sequences
+        # (its --max-num-seqs / --max-batch-size) and queues the rest where nobody can see them:
+        # past that the worker answers busy, so the scheduler can ask another worker.
+        self._admitted = 0
 
     def snapshot(self) -> worker_pb2.WorkerInfo:
         info = worker_pb2.WorkerInfo()
         info.CopyFrom(self.info)
         info.ready = self.supervisor.ready
-        info.slots_in_use = len(self._running)
+        info.slots_in_use = self._admitted
         return info
 
     def _check_model(self, name: str) -> None:
@@ -123,6 +134,12 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
         path, body = request_body(request, self.engine, self.model_id)
         if not self.supervisor.ready:
             raise Unavailable(f"the {self.engine.name} engine is not ready: {self.supervisor.last_problem}")
+        if self._admitted >= self.info.slots_total:
+            raise Overloaded(
+                f"model '{request.model}' on worker {self.info.worker_id} is busy: all "
+                f"{self.info.slots_total} slots are taken; ask again"
+            )
+        self._admitted += 1
         running = Running(asyncio.current_task())
         self._running[request.request_id] = running
         arrived = time.perf_counter_ns()
@@ -144,7 +161,10 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
             outcome = "cancelled"
             raise
         finally:
-            self._running.pop(request.request_id, None)
+            # Before the final chunk goes out: its caller may send the next request at once.
+            self._admitted -= 1
+            if self._running.get(request.request_id) is running:
+                self._running.pop(request.request_id)
             self.metrics.request(outcome)
         done = time.perf_counter_ns()
         first = progress.first_token_ns or done

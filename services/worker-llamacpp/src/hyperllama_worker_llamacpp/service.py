@@ -8,7 +8,13 @@ from collections.abc import AsyncIterator
 
 import grpc
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
-from hyperllama_common.errors import Cancelled, HyperLlamaError, ModelNotFound, Unavailable
+from hyperllama_common.errors import (
+    Cancelled,
+    HyperLlamaError,
+    ModelNotFound,
+    Overloaded,
+    Unavailable,
+)
 from hyperllama_common.tracing import Tracing
 
 from hyperllama_worker_llamacpp.batch_engine import BatchEngine
@@ -42,6 +48,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self.tracing = tracing
         self.info = info
         self._running: dict[str, tuple[BatchEngine, Sequence]] = {}
+        # Generations holding a slot, per model, counted by the handlers: one is admitted before it
+        # reaches its engine and let go before its caller sees the stream end, so a caller that sends
+        # its next request right after a stream ends always finds the slot free. The engine frees
+        # its own slot a decode step later at most (a cancel); a request admitted in between waits
+        # in the engine's queue for that step.
+        self._admitted: dict[str, int] = dict.fromkeys(engines, 0)
 
     def _engine(self, name: str) -> BatchEngine:
         engine = self.engines.get(name)
@@ -67,7 +79,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         for model in info.models:
             engine = self.engines[model.name]
             model.slots_total = engine.slots
-            model.slots_in_use = engine.in_use
+            model.slots_in_use = self._admitted[model.name]
         info.slots_total = sum(m.slots_total for m in info.models)
         info.slots_in_use = sum(m.slots_in_use for m in info.models)
         info.ready = self.info.ready and self.ready
@@ -89,8 +101,26 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             span.record_exception(err)
             span.end()
             raise
+        held = seq.limit > 0  # max_tokens 0 is answered without a slot
+        if held:
+            if self._admitted[request.model] >= engine.slots:
+                seq.state.sampler.close()
+                span.set_attribute("hyperllama.outcome", "busy")
+                span.end()
+                raise Overloaded(
+                    f"model '{request.model}' on worker {self.info.worker_id} is busy: all "
+                    f"{engine.slots} slots are taken; ask again"
+                )
+            self._admitted[request.model] += 1
+        try:
+            engine.submit(seq)
+        except HyperLlamaError as err:  # the engine stopped since _engine() looked
+            if held:
+                self._admitted[request.model] -= 1
+            span.record_exception(err)
+            span.end()
+            raise
         self._running[request.request_id] = (engine, seq)
-        engine.submit(seq)
         finished = False
         outcome = "cancelled"
         try:
@@ -103,6 +133,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     merged = merge_chunks(chunks)
                     finished = merged.finish_reason != worker_pb2.FINISH_REASON_UNSPECIFIED
                     if finished:
+                        # The engine freed the slot before it sent the final chunk: count it free
+                        # before the caller can see that chunk and send its next request.
+                        if held:
+                            self._admitted[request.model] -= 1
+                            held = False
                         span.set_attributes(
                             {
                                 "gen_ai.usage.input_tokens": merged.usage.prompt_tokens,
@@ -122,6 +157,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             span.end()
             engine.metrics.request(outcome)
             self._running.pop(request.request_id, None)
+            if held:
+                self._admitted[request.model] -= 1
             if not finished:
                 engine.cancel(seq)  # the caller went away: stop decoding, free the slot
 
