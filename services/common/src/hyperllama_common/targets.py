@@ -35,7 +35,7 @@ def _ipv4(host_port: str) -> str:
     try:
         ipaddress.IPv4Address(host)
     except ValueError:
-        host = socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+        host = str(socket.getaddrinfo(host, int(port), socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
     return f"{host}:{port}"
 
 

@@ -1,4 +1,4 @@
-"""Building the FastAPI application: routers, error handlers, body limit, scheduler client."""
+"""Building the FastAPI application: routers, error handlers, body limit, scheduler and worker clients."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Response
 from hyperllama_common.tracing import Tracing
+from hyperllama_common.worker_client import WorkerClients
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hyperllama_gateway import __version__, errors, ops
+from hyperllama_gateway.dispatch import Dispatch
 from hyperllama_gateway.edge import RequestEdge
 from hyperllama_gateway.metrics import GatewayMetrics
 from hyperllama_gateway.ollama.router import router as ollama_router
@@ -34,7 +36,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             settings.scheduler_retry_seconds,
             tracing.client_interceptors(),
         )
+        app.state.dispatch = Dispatch(
+            app.state.scheduler, WorkerClients(tracing.client_interceptors()), settings.max_redispatch
+        )
         yield
+        await app.state.dispatch.close()
         await app.state.scheduler.close()
         tracing.shutdown()
 

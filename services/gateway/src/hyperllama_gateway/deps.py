@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from hyperllama_common.errors import InvalidRequest, quote
 
+from hyperllama_gateway.dispatch import Dispatch
 from hyperllama_gateway.limits import MAX_ENGINE_CHARS, PRIORITY_MAX, PRIORITY_MIN
 from hyperllama_gateway.metrics import GatewayMetrics
 from hyperllama_gateway.scheduler_client import SchedulerClient
@@ -36,6 +37,7 @@ class Call:
 
     http: Request
     scheduler: SchedulerClient
+    dispatch: Dispatch
     settings: GatewaySettings
     metrics: GatewayMetrics
     # Minted by the gateway (edge.RequestEdge), never the client's X-Request-Id.
@@ -76,6 +78,7 @@ def _call(request: Request) -> Call:
     return Call(
         http=request,
         scheduler=request.app.state.scheduler,
+        dispatch=request.app.state.dispatch,
         settings=request.app.state.settings,
         metrics=request.app.state.metrics,
         # Set by the edge middleware; minted here only when the app runs without it (unit tests).

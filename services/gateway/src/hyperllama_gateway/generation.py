@@ -1,5 +1,5 @@
-"""What both API families share: running a generation through the scheduler, collecting it, and
-recording its metrics."""
+"""What both API families share: running a generation (dispatch.py), collecting it, and recording
+its metrics."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import BackendFailed, Cancelled, HyperLlamaError
 
 from hyperllama_gateway.deps import Call
+from hyperllama_gateway.dispatch import Event
 from hyperllama_gateway.metrics import outcome_of
 
 T = TypeVar("T")
@@ -84,9 +85,11 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
 
 class Generation:
     """One generation's stream. ``start`` waits (cancellably) for the first chunk so errors that
-    happen before any output still get a real HTTP status; the stream's end records its metrics."""
+    happen before any output still get a real HTTP status; the stream's end records its metrics.
+    With ``positions``, a request that has to queue starts at its first queue position instead, so
+    the client hears where it stands (``events`` then yields QueuePosition before the chunks)."""
 
-    def __init__(self, call: Call, request: worker_pb2.GenerateRequest):
+    def __init__(self, call: Call, request: worker_pb2.GenerateRequest, positions: bool = False):
         self.started = time.perf_counter()
         self.created = int(time.time())
         self.request = request
@@ -94,8 +97,8 @@ class Generation:
         self.http = call.http
         self.http.state.model = request.model
         timeout = call.settings.request_timeout_seconds
-        self._chunks = call.scheduler.generate(
-            scheduler_pb2.GenerateRequest(
+        self._events = call.dispatch.generate(
+            scheduler_pb2.AcquireRequest(
                 request=request,
                 priority=call.priority,
                 deadline_unix_ms=int((time.time() + timeout) * 1000),
@@ -103,10 +106,17 @@ class Generation:
             ),
             timeout,
         )
-        self._first: worker_pb2.GenerateChunk | None = None
+        self._positions = positions
+        self._first: Event | None = None
 
     async def start(self) -> None:
-        self._first = await until_disconnect(self.http, anext(self._chunks))
+        async def first() -> Event:
+            async for event in self._events:
+                if self._positions or isinstance(event, worker_pb2.GenerateChunk):
+                    return event
+            raise BackendFailed("the stream ended before it started")
+
+        self._first = await until_disconnect(self.http, first())
 
     def _record(self, outcome: str) -> None:
         self.http.state.recorded = True  # the error handler must not count this request again
@@ -114,14 +124,21 @@ class Generation:
             self.http.url.path, self.request.model, outcome, time.perf_counter() - self.started
         )
 
-    async def _all_chunks(self) -> AsyncIterator[worker_pb2.GenerateChunk]:
+    async def _all_events(self) -> AsyncIterator[Event]:
         if self._first is not None:
             yield self._first
-        async for chunk in self._chunks:
-            yield chunk
+        async for event in self._events:
+            yield event
 
     async def chunks(self) -> AsyncIterator[worker_pb2.GenerateChunk]:
-        """Every chunk, the final one last; raises BackendFailed if the stream ends without it.
+        """Every chunk, the final one last (see ``events``)."""
+        async for event in self.events():
+            if isinstance(event, worker_pb2.GenerateChunk):
+                yield event
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Queue positions (only with ``positions``), then every chunk, the final one last; raises
+        BackendFailed if the stream ends without it.
 
         The stream is read to its end (it ends right after the final chunk) rather than abandoned,
         so the call completes normally on every hop instead of being cancelled."""
@@ -130,7 +147,11 @@ class Generation:
         final_seen = False
         self.metrics.in_flight.inc()
         try:
-            async for chunk in self._all_chunks():
+            async for chunk in self._all_events():
+                if not isinstance(chunk, worker_pb2.GenerateChunk):
+                    if self._positions:
+                        yield chunk
+                    continue
                 now = time.perf_counter()
                 if chunk.text:
                     if last_text_at == 0.0:

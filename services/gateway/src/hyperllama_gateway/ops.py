@@ -1,6 +1,8 @@
-"""Operational routes: liveness, readiness, and the root probes Ollama clients send."""
+"""Operational routes: liveness, readiness, the queue, and the root probes Ollama clients send."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -28,6 +30,25 @@ async def ready(scheduler: Scheduler) -> JSONResponse:
     if not ready_workers:
         return JSONResponse({"status": "unavailable", "reason": "no worker is ready"}, status_code=503)
     return JSONResponse({"status": "ready", "workers": ready_workers})
+
+
+@router.get("/api/queue")
+async def queue(scheduler: Scheduler) -> dict[str, Any]:
+    """Per model: requests waiting, the longest wait so far, the estimated wait of a request sent
+    now (0: no estimate yet), and the slots of its workers (leased to running streams, total)."""
+    return {
+        "models": [
+            {
+                "model": q.model,
+                "queued": q.depth,
+                "oldest_wait_ms": q.oldest_wait_ms,
+                "eta_ms": q.eta_ms,
+                "slots_in_use": q.slots_leased,
+                "slots_total": q.slots_total,
+            }
+            for q in await scheduler.queue_status()
+        ]
+    }
 
 
 @router.api_route("/", methods=["GET", "HEAD"])

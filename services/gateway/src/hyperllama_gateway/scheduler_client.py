@@ -1,4 +1,6 @@
-"""The gateway's only way to the scheduler: typed gRPC calls with deadlines and mapped errors."""
+"""The gateway's only way to the scheduler (its replicas): typed gRPC calls with deadlines and mapped
+errors. A replica that goes away during a call is replaced by another for the next try: any replica
+answers any call, since they share their state in Redis."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ from collections.abc import AsyncIterator
 import grpc
 from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from hyperllama.worker.v1 import worker_pb2
-from hyperllama_common.errors import from_rpc_error, raised_by_peer
-from hyperllama_common.grpc_server import MESSAGE_SIZE_OPTIONS
+from hyperllama_common.errors import BackendFailed, from_rpc_error, raised_by_peer
+from hyperllama_common.targets import scheduler_channel
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +31,7 @@ class SchedulerClient:
         retry_seconds: float,
         interceptors: list[grpc.aio.ClientInterceptor] | None = None,
     ):
-        self._channel = grpc.aio.insecure_channel(
-            address, options=MESSAGE_SIZE_OPTIONS, interceptors=interceptors
-        )
+        self._channel = scheduler_channel(address, interceptors)
         self._stub = scheduler_pb2_grpc.SchedulerServiceStub(self._channel)
         self.control_timeout = control_timeout
         self.retry_seconds = retry_seconds
@@ -39,34 +39,59 @@ class SchedulerClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def generate(
-        self, request: scheduler_pb2.GenerateRequest, timeout: float
-    ) -> AsyncIterator[worker_pb2.GenerateChunk]:
-        """Stream a generation. Before the first chunk a scheduler restart is retried with the same
-        request id, which keeps the request's place in the queue."""
+    async def acquire(
+        self, request: scheduler_pb2.AcquireRequest, timeout: float
+    ) -> AsyncIterator[scheduler_pb2.AcquireEvent]:
+        """Queue positions, then the lease. A replica that goes away is replaced by another with the
+        same request id, which keeps the request's place in the queue (or finds its lease)."""
         # The retry window opens at the first failure: a request that waited long in the queue before
-        # its scheduler went away deserves the same retries as a new one.
+        # its replica went away deserves the same retries as a new one.
         give_up_at: float | None = None
         deadline = time.monotonic() + timeout
         delay = 0.1
         while True:
-            call = self._stub.Generate(request, timeout=max(0.001, deadline - time.monotonic()))
-            received = False
+            call = self._stub.Acquire(request, timeout=max(0.001, deadline - time.monotonic()))
             try:
-                async for chunk in call:
-                    received = True
-                    yield chunk
-                return
+                async for event in call:
+                    yield event
+                    if event.HasField("lease"):
+                        return
+                raise BackendFailed("the scheduler ended the call without granting a slot")
             except grpc.aio.AioRpcError as err:
                 if give_up_at is None:
                     give_up_at = time.monotonic() + self.retry_seconds
-                if received or not _is_transport_failure(err) or time.monotonic() > give_up_at:
+                if not _is_transport_failure(err) or time.monotonic() > give_up_at:
                     raise from_rpc_error(err) from None
                 log.warning("scheduler unavailable, retrying %s", request.request.request_id)
             finally:
-                call.cancel()  # the client went away: cancel end to end
+                call.cancel()  # the client went away: its queue entry goes too
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    async def renew(self, leases: list[scheduler_pb2.Lease]) -> list[str]:
+        """Renew leases; the ids of those that had lapsed."""
+        try:
+            response = await self._stub.Renew(
+                scheduler_pb2.RenewRequest(leases=leases), timeout=self.control_timeout
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+        return list(response.lapsed)
+
+    async def release(self, request: scheduler_pb2.ReleaseRequest) -> None:
+        try:
+            await self._stub.Release(request, timeout=self.control_timeout)
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+
+    async def queue_status(self) -> list[scheduler_pb2.ModelQueue]:
+        try:
+            response = await self._stub.QueueStatus(
+                scheduler_pb2.QueueStatusRequest(), timeout=self.control_timeout
+            )
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+        return list(response.models)
 
     async def embed(
         self, request: worker_pb2.EmbedRequest, timeout: float, engine: str = ""

@@ -6,6 +6,8 @@ class GatewaySettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 11434
+    # One scheduler replica (host:port), several (host:port,host:port) or dns:///name:port (all the
+    # addresses a name resolves to); calls go round robin to the replicas that answer.
     scheduler_address: str = "127.0.0.1:50051"
     # Largest request body accepted; bigger ones get 413 before they are read.
     max_body_bytes: int = 4 * 1024 * 1024
@@ -13,6 +15,8 @@ class GatewaySettings(BaseSettings):
     request_timeout_seconds: float = 600.0
     # How long to keep retrying while the scheduler restarts (requests keep their place in the queue).
     scheduler_retry_seconds: float = 10.0
+    # How often a request whose worker failed before its first token is placed on another.
+    max_redispatch: int = 2
     # Timeout of the scheduler's quick calls (model lists, readiness).
     control_timeout_seconds: float = 3.0
     log_level: str = "INFO"

@@ -1,106 +1,130 @@
-"""Matching queued requests to free worker slots.
+"""Matching queued requests to free worker slots, across every scheduler replica.
 
-Each scheduler process owns the requests whose callers are connected to it (their waiters). A dispatch
-pass for a model walks the head of the model's Redis queue in order and hands each waiting request a
-slot on the live worker with the most free slots. Passes are triggered by admissions, released slots
-and heartbeats, and by every waiter's periodic lease renewal, so a missed wake-up only costs a second.
+All of it lives in Redis: the queue, what each waiting request needs, the slot leases and the grants.
+A dispatch pass for a model, run by any replica, walks the head of the model's queue in order and
+grants each request it can place a lease on the best worker (placement.choose), whichever replica
+holds the request's Acquire call; the grant is published on keys.GRANTS_CHANNEL and the replica that
+holds the call hands it over. Passes run on admissions, releases and heartbeats, and on every
+waiter's periodic renewal, so a missed wake-up (a replica that died mid-pass) costs at most a tick.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TypeVar
 
-from hyperllama.worker.v1 import worker_pb2
-from hyperllama_common.errors import DeadlineExceeded, HyperLlamaError, Unavailable
+import redis.asyncio as redis
+from hyperllama.scheduler.v1 import scheduler_pb2
+from hyperllama_common.errors import Cancelled, DeadlineExceeded, HyperLlamaError, Unavailable
+from redis.exceptions import RedisError
 
-from hyperllama_scheduler.queue import RequestQueue
+from hyperllama_scheduler import keys, placement
+from hyperllama_scheduler.leases import GONE, GRANTED, GRANTED_BEFORE, SOMEONE_WAITS, SlotLeases, capacity
+from hyperllama_scheduler.queue import GRANTED as QUEUE_GRANTED
+from hyperllama_scheduler.queue import SUPERSEDED, RequestQueue
 from hyperllama_scheduler.registry import WorkerRegistry
+from hyperllama_scheduler.routing import Requirements
 
 log = logging.getLogger(__name__)
 
 
-Accepts = Callable[[worker_pb2.WorkerInfo], bool]
-
-
-Renew = Callable[[], Awaitable[None]]
-K = TypeVar("K")
-
-
-def _decrement(counter: Counter[K], key: K) -> None:
-    counter[key] -= 1
-    if counter[key] <= 0:
-        del counter[key]
-
-
 @dataclass(frozen=True)
-class Slot:
-    worker_id: str
-    address: str
-    model: str
+class Needs:
+    """What a request needs of a worker, as stored with it in the queue for any replica to read."""
+
+    requirements: Requirements
+    prefixes: tuple[str, ...] = ()
+
+    def encode(self) -> bytes:
+        r = self.requirements
+        return json.dumps(
+            {"capabilities": list(r.capabilities), "engine": r.engine, "prefixes": list(self.prefixes)}
+        ).encode()
+
+    @staticmethod
+    def decode(raw: bytes) -> Needs:
+        d = json.loads(raw)
+        return Needs(Requirements(tuple(d["capabilities"]), d["engine"]), tuple(d["prefixes"]))
 
 
 class Dispatcher:
-    def __init__(self, queue: RequestQueue, registry: WorkerRegistry, lease_seconds: float):
+    def __init__(
+        self,
+        client: redis.Redis,
+        queue: RequestQueue,
+        registry: WorkerRegistry,
+        leases: SlotLeases,
+        request_lease_seconds: float,
+        prefix_aware: bool = True,
+        tick_seconds: float = 1.0,
+    ):
+        self._redis = client
         self.queue = queue
         self.registry = registry
-        self.lease_ms = int(lease_seconds * 1000)
-        self._renew_every = lease_seconds / 3
-        # Slots this scheduler has handed out, per (worker, model) and per worker.
-        self.inflight: Counter[tuple[str, str]] = Counter()
-        self.inflight_by_worker: Counter[str] = Counter()
-        self._waiters: dict[str, asyncio.Future[Slot]] = {}
-        # Which workers each waiting request may run on (capabilities, engine pin).
-        self._accepts: dict[str, Accepts] = {}
-        self._waiting_since: dict[str, tuple[str, float]] = {}  # request id -> (model, monotonic time)
+        self.leases = leases
+        self.prefix_aware = prefix_aware
+        self.request_lease_ms = int(request_lease_seconds * 1000)
+        self.tick = min(tick_seconds, request_lease_seconds / 3)
+        self._granted: dict[str, asyncio.Event] = {}  # request id -> set when its grant is published
         self._passing: set[str] = set()
         self._again: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def free_slots(self, worker: worker_pb2.WorkerInfo, model: str) -> int:
-        """Slots of ``worker`` free for ``model``: its own slots when the worker has slots per model
-        (a two-model worker must not take twice one model's share), else the worker's shared ones."""
-        if self.registry.is_full(worker.worker_id):
-            return 0
-        own = next((m.slots_total for m in worker.models if m.name == model), 0)
-        if own > 0:
-            return own - self.inflight[(worker.worker_id, model)]
-        return worker.slots_total - self.inflight_by_worker[worker.worker_id]
+    # ---- placing one request -------------------------------------------------------------------
 
-    def _reserve(self, worker: worker_pb2.WorkerInfo, model: str) -> Slot:
-        self.inflight[(worker.worker_id, model)] += 1
-        self.inflight_by_worker[worker.worker_id] += 1
-        return Slot(worker.worker_id, worker.address, model)
-
-    async def reserve_now(self, model: str, accepts: Accepts) -> Slot | None:
-        """A slot at once when nobody is waiting for the model and a worker the request ``accepts``
-        has one free; the request then never touches the queue. None means: queue it."""
-        workers = [w for w in await self.registry.live_for(model) if accepts(w)]
-        if any(m == model for m, _ in self._waiting_since.values()):
-            return None  # keep arrival order: those already waiting go first
-        free = [(self.free_slots(w, model), w) for w in workers]
-        if not free:
+    async def _place(self, model: str, request_id: str, needs: Needs, queued: bool,
+                     in_use: dict[str, int] | None = None) -> scheduler_pb2.Lease | None:  # fmt: skip
+        """Try to lease a slot for the request on the best worker that has one; None if none has."""
+        workers = [w for w in await self.registry.live_for(model) if needs.requirements.accepts(w)]
+        if not workers:
             return None
-        n, worker = max(free, key=lambda f: f[0])
-        if n <= 0:
-            return None
-        return self._reserve(worker, model)
+        used = in_use if in_use is not None else await self.leases.in_use(workers, model)
+        cap = {w.worker_id: capacity(w, model)[0] for w in workers}
+        free = {w.worker_id: cap[w.worker_id] - used.get(w.worker_id, 0) for w in workers}
+        candidates = [w for w in workers if free[w.worker_id] > 0]
+        prefixes = list(needs.prefixes) if self.prefix_aware else []
+        matches = await self.leases.prefix_matches(candidates, model, prefixes) if prefixes else {}
+        while candidates:
+            worker = placement.choose(candidates, free, cap, matches, len(prefixes))
+            outcome = await self.leases.grant(worker, model, request_id, prefixes, queued=queued)
+            if outcome.code in (GRANTED, GRANTED_BEFORE):
+                if in_use is not None:
+                    in_use[worker.worker_id] = in_use.get(worker.worker_id, 0) + 1
+                return outcome.lease
+            if outcome.code in (GONE, SOMEONE_WAITS):  # granted by another pass, or it must queue
+                return None
+            # No slot after all (another replica leased it), or the worker is marked full/suspect.
+            candidates.remove(worker)
+            if in_use is not None:
+                in_use[worker.worker_id] = cap[worker.worker_id]
+        return None
 
-    async def wait_for_slot(
-        self, model: str, request_id: str, deadline: float, accepts: Accepts, renew: Renew
-    ) -> Slot:
-        """Wait until the dispatcher hands this queued request a slot on a worker it ``accepts``,
-        or the deadline passes. ``renew`` keeps the request's lease (and its queue entry) alive."""
-        fut: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
-        self._waiters[request_id] = fut
-        self._accepts[request_id] = accepts
-        self._waiting_since[request_id] = (model, time.monotonic())
-        got_slot = False
+    async def grant_now(self, model: str, request_id: str, needs: Needs) -> scheduler_pb2.Lease | None:
+        """A lease at once when nobody waits for the model and a worker has a free slot (the request
+        then never touches the queue), or the lease granted to this request before. None: queue it."""
+        return await self._place(model, request_id, needs, queued=False)
+
+    # ---- waiting ---------------------------------------------------------------------------------
+
+    async def wait(
+        self,
+        model: str,
+        request_id: str,
+        needs: Needs,
+        priority: int,
+        owner: str,
+        deadline: float,
+    ) -> AsyncIterator[scheduler_pb2.QueuePosition | scheduler_pb2.Lease]:
+        """Until the request (already admitted under ``owner``) is granted a lease: its place in the
+        queue whenever it changes, then the lease. Raises DeadlineExceeded at the deadline, and
+        Cancelled when a newer call for the same request took it over."""
+        event = self._granted[request_id] = asyncio.Event()
+        encoded = needs.encode()
+        last: tuple[int, int] | None = None
         try:
             self.wake(model)
             while True:
@@ -108,41 +132,58 @@ class Dispatcher:
                 if remaining <= 0:
                     raise DeadlineExceeded(f"request {request_id} waited in the queue past its deadline")
                 try:
-                    slot = await asyncio.wait_for(asyncio.shield(fut), min(remaining, self._renew_every))
-                    got_slot = True
-                    return slot
-                except TimeoutError:
-                    try:
-                        await renew()
-                    except Unavailable as err:
-                        # Redis is away: keep waiting (the deadline still holds); the next renewal
-                        # admits the request again if Redis came back without it.
-                        log.warning("cannot renew %s: %s", request_id, err.message)
+                    entry = await self.queue.renew(
+                        model, request_id, encoded, priority, owner=owner,
+                        ttl_ms=int(remaining * 1000), lease_ms=self.request_lease_ms,
+                    )  # fmt: skip
+                except Unavailable as err:
+                    # Redis is away: keep waiting (the deadline still holds); the next renewal
+                    # admits the request again if Redis came back without it.
+                    log.warning("cannot renew %s: %s", request_id, err.message)
+                    entry = None
+                if entry is not None:
+                    if entry.status == SUPERSEDED:
+                        raise Cancelled("replaced by a newer call with the same request id")
+                    if entry.status == QUEUE_GRANTED:
+                        grant = await self.queue.grant_of(request_id)
+                        if grant:
+                            yield scheduler_pb2.Lease.FromString(grant)
+                            return
+                    elif (entry.position, entry.depth) != last:
+                        last = (entry.position, entry.depth)
+                        yield scheduler_pb2.QueuePosition(position=entry.position, depth=entry.depth)
                     self.wake(model)
+                event.clear()
+                try:
+                    await asyncio.wait_for(event.wait(), min(remaining, self.tick))
+                except TimeoutError:
+                    pass
         finally:
-            self._waiters.pop(request_id, None)
-            self._waiting_since.pop(request_id, None)
-            self._accepts.pop(request_id, None)
-            if not got_slot and fut.done() and not fut.cancelled():
-                self.release(fut.result())  # reserved for us just as we gave up
-            fut.cancel()
+            self._granted.pop(request_id, None)
 
-    def oldest_wait(self) -> dict[str, float]:
-        """Per model, how long the oldest request waiting here has waited (seconds)."""
-        now = time.monotonic()
-        oldest: dict[str, float] = {}
-        for model, since in self._waiting_since.values():
-            oldest[model] = max(oldest.get(model, 0.0), now - since)
-        return oldest
+    async def listen(self) -> None:
+        """Hand grants published by any replica to the waiters held here; reconnects forever."""
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(keys.GRANTS_CHANNEL)
+                # Grants published while unsubscribed are found by the waiters' next renewal; check now.
+                for pending in self._granted.values():
+                    pending.set()
+                async for message in pubsub.listen():
+                    granted = self._granted.get(message["data"].decode())
+                    if granted is not None:
+                        granted.set()
+            except (RedisError, OSError) as err:
+                log.warning("grant notifications interrupted: %s", err)
+                await asyncio.sleep(1)
+            finally:
+                await pubsub.aclose()
 
-    def release(self, slot: Slot) -> None:
-        _decrement(self.inflight, (slot.worker_id, slot.model))
-        _decrement(self.inflight_by_worker, slot.worker_id)
-        for model in {slot.model, *self.registry.models_of(slot.worker_id)}:
-            self.wake(model)
+    # ---- dispatch passes -------------------------------------------------------------------------
 
     def wake(self, model: str) -> None:
-        """Run a dispatch pass for the model soon; coalesces with one already running."""
+        """Run a dispatch pass for the model soon; coalesces with one already running here."""
         if model in self._passing:
             self._again.add(model)
             return
@@ -164,29 +205,24 @@ class Dispatcher:
             self._passing.discard(model)
 
     async def _dispatch_pass(self, model: str) -> None:
-        free = {w.worker_id: (w, self.free_slots(w, model)) for w in await self.registry.live_for(model)}
-        total_free = sum(n for _, n in free.values() if n > 0)
+        workers = await self.registry.live_for(model)
+        if not workers:
+            return
+        in_use = await self.leases.in_use(workers, model)
+        total_free = sum(max(0, capacity(w, model)[0] - in_use.get(w.worker_id, 0)) for w in workers)
         if total_free <= 0:
             return
-        for request_id in await self.queue.head(model, max(16, total_free * 4)):
+        ids = await self.queue.head(model, max(16, total_free * 4))
+        for request_id, (raw, alive) in zip(ids, await self.queue.waiting(ids), strict=True):
             if total_free <= 0:
                 return
-            fut = self._waiters.get(request_id)
-            if fut is None:
-                # Another scheduler's caller, or a caller that is gone (its lease lapsed).
-                if not await self.queue.lease_alive(request_id):
-                    await self.queue.forget(model, request_id)
+            if not alive:
+                # Its caller is gone (no replica renews it): drop it, and give back a grant it never got.
+                stale = await self.queue.forget(model, request_id, owner="")
+                if stale:
+                    await self.leases.release(scheduler_pb2.Lease.FromString(stale))
                 continue
-            accepts = self._accepts[request_id]
-            candidates = [w for w, (info, n) in free.items() if n > 0 and accepts(info)]
-            if not candidates:
-                continue  # its workers are busy; requests behind it may still fit elsewhere
-            if fut.done() or not await self.queue.take(model, request_id):
+            if raw is None:
                 continue
-            if fut.done():  # the caller left while we took it; its own clean-up forgets it
-                continue
-            worker_id = max(candidates, key=lambda w: free[w][1])
-            info, n = free[worker_id]
-            free[worker_id] = (info, n - 1)
-            total_free -= 1
-            fut.set_result(self._reserve(info, model))
+            if await self._place(model, request_id, Needs.decode(raw), queued=True, in_use=in_use):
+                total_free -= 1

@@ -1,4 +1,8 @@
-"""Every Redis key the scheduler uses, in one place."""
+"""Every Redis key and channel the scheduler uses, in one place.
+
+Worker ids and model names in keys come from workers' registrations (or were resolved against them),
+never from a client's request.
+"""
 
 PREFIX = "hl"
 
@@ -8,20 +12,43 @@ def queue(model: str) -> str:
     return f"{PREFIX}:queue:{model}"
 
 
-# The admitted request (protobuf bytes); lives until the request ends or its deadline passes.
+# Sorted set of the same ids scored by admission time (unix ms): the oldest wait, at a glance.
+def queue_since(model: str) -> str:
+    return f"{PREFIX}:queue:{model}:since"
+
+
+# What a waiting request needs of a worker (JSON: capabilities, engine, prompt prefix hashes), so
+# that any replica's dispatch pass can place it. Lives until the request is granted or ends.
 def request(request_id: str) -> str:
     return f"{PREFIX}:req:{request_id}"
 
 
-# Renewed by the scheduler coroutine that waits for the request; its lapse means the caller is gone.
+# Renewed by whichever replica holds the request's Acquire call; the value names that call, so a
+# stale call's clean-up cannot remove a request a newer call (the caller's retry) now waits for.
+# Its lapse means the caller is gone.
 def request_lease(request_id: str) -> str:
     return f"{PREFIX}:req:{request_id}:lease"
 
 
-# Set when a dispatch pass takes the request, so a lease renewal racing the take cannot put it back
-# (a renewal re-admits a request whose entry is gone only because Redis lost it).
-def request_taken(request_id: str) -> str:
-    return f"{PREFIX}:req:{request_id}:taken"
+# The slot lease granted to a request (JSON), kept until released or lapsed, so a caller whose
+# replica died before it could deliver the grant receives it from another replica.
+def grant(request_id: str) -> str:
+    return f"{PREFIX}:req:{request_id}:grant"
+
+
+# Slot leases on a worker for a model: sorted set of lease ids scored by expiry (unix ms).
+def leases(worker_id: str, model: str) -> str:
+    return f"{PREFIX}:leases:{worker_id}:{model}"
+
+
+# Prompt-prefix block hashes recently sent to a worker for a model, scored by when (unix ms).
+def prefixes(worker_id: str, model: str) -> str:
+    return f"{PREFIX}:prefixes:{worker_id}:{model}"
+
+
+# How long a model's streams run (EWMA, ms): the queue's wait estimate.
+def model_stats(model: str) -> str:
+    return f"{PREFIX}:stats:{model}"
 
 
 # Monotonic arrival counter.
@@ -34,3 +61,19 @@ WORKERS = f"{PREFIX}:workers"
 # A worker's last heartbeat (WorkerInfo protobuf bytes), expiring with its lease.
 def worker(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}"
+
+
+# Set when a call to the worker broke, or it said its engine is not ready: no new work until its
+# next heartbeat (which deletes it).
+def worker_suspect(worker_id: str) -> str:
+    return f"{PREFIX}:worker:{worker_id}:suspect"
+
+
+# Set when the worker answered busy: its own count of slots is the truth until its next heartbeat.
+def worker_full(worker_id: str) -> str:
+    return f"{PREFIX}:worker:{worker_id}:full"
+
+
+# Published when a slot is granted to a queued request (message: the request id), so the replica
+# that holds the request's Acquire call hands it over at once.
+GRANTS_CHANNEL = f"{PREFIX}:grants"

@@ -11,15 +11,16 @@ from hyperllama_common.errors import HyperLlamaError
 from hyperllama_common.grpc_server import GrpcServer
 from hyperllama_common.logs import setup_logging
 from hyperllama_common.tracing import Tracing
+from hyperllama_common.worker_client import WorkerClients
 from prometheus_client import start_http_server
 
 from hyperllama_scheduler.dispatcher import Dispatcher
+from hyperllama_scheduler.leases import SlotLeases
 from hyperllama_scheduler.metrics import SchedulerMetrics
 from hyperllama_scheduler.queue import RequestQueue
 from hyperllama_scheduler.registry import WorkerRegistry
 from hyperllama_scheduler.service import RegistryServicer, SchedulerServicer
 from hyperllama_scheduler.settings import SchedulerSettings
-from hyperllama_scheduler.worker_client import WorkerClients
 
 log = logging.getLogger("hyperllama_scheduler")
 
@@ -33,7 +34,10 @@ async def serve(settings: SchedulerSettings) -> None:
     metrics = SchedulerMetrics()
     queue = RequestQueue(client, settings.queue_max_per_model, settings.retry_after_seconds, metrics)
     registry = WorkerRegistry(client, settings.worker_lease_seconds, metrics)
-    dispatcher = Dispatcher(queue, registry, settings.request_lease_seconds)
+    leases = SlotLeases(client, settings.slot_lease_seconds, metrics)
+    dispatcher = Dispatcher(
+        client, queue, registry, leases, settings.request_lease_seconds, settings.prefix_aware
+    )
     tracing = Tracing("scheduler", settings.trace_prompts)
     workers = WorkerClients(tracing.client_interceptors())
 
@@ -43,7 +47,7 @@ async def serve(settings: SchedulerSettings) -> None:
         settings.grace_seconds,
         tracing.server_interceptors(),
     )
-    scheduler = SchedulerServicer(settings, queue, registry, dispatcher, workers, metrics, tracing)
+    scheduler = SchedulerServicer(settings, queue, registry, leases, dispatcher, workers, metrics, tracing)
     scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(scheduler, server.server)
     scheduler_pb2_grpc.add_RegistryServiceServicer_to_server(
         RegistryServicer(registry, dispatcher), server.server
@@ -53,9 +57,10 @@ async def serve(settings: SchedulerSettings) -> None:
     if settings.metrics_port >= 0:
         start_http_server(settings.metrics_port, settings.host, registry=metrics.registry)
     log.info("scheduler serving on %s:%d, metrics on :%d", settings.host, port, settings.metrics_port)
-    gauges = asyncio.create_task(refresh_gauges(scheduler))
+    background = [asyncio.create_task(refresh_gauges(scheduler)), asyncio.create_task(dispatcher.listen())]
     await server.wait_for_stop_signal()
-    gauges.cancel()
+    for task in background:
+        task.cancel()
     await server.stop()
     await workers.close()
     await client.aclose()

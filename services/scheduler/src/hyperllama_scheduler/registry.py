@@ -27,10 +27,10 @@ class WorkerRegistry:
         self.lease_ms = int(lease_seconds * 1000)
         self._workers: dict[str, tuple[worker_pb2.WorkerInfo, int]] = {}  # id -> (info, lease expiry)
         self._read_at = 0.0
-        # Workers whose call broke (a crash, a lost connection): no new work until their next heartbeat.
+        # Workers whose call broke (a crash, a lost connection) or that said their engine is not
+        # ready: no new work until their next heartbeat. Shared through Redis (keys.worker_suspect);
+        # this copy is refreshed with the registry.
         self._suspect: set[str] = set()
-        # Workers that answered "busy": their own count of slots is the truth until they report again.
-        self._full: set[str] = set()
 
     @redis_errors_as_unavailable
     async def heartbeat(self, info: worker_pb2.WorkerInfo) -> None:
@@ -38,10 +38,10 @@ class WorkerRegistry:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.psetex(keys.worker(info.worker_id), self.lease_ms, info.SerializeToString())
             pipe.zadd(keys.WORKERS, {info.worker_id: expires})
+            pipe.delete(keys.worker_suspect(info.worker_id), keys.worker_full(info.worker_id))
             await pipe.execute()
         self._workers[info.worker_id] = (info, expires)
         self._suspect.discard(info.worker_id)
-        self._full.discard(info.worker_id)
 
     @redis_errors_as_unavailable
     async def deregister(self, worker_id: str) -> None:
@@ -51,16 +51,22 @@ class WorkerRegistry:
             await pipe.execute()
         self._workers.pop(worker_id, None)
 
-    def mark_unhealthy(self, worker_id: str) -> None:
-        """Only for a broken call (transport failure, crash), never for an error a worker answered."""
+    @redis_errors_as_unavailable
+    async def mark_unhealthy(self, worker_id: str) -> None:
+        """Only for a broken call (transport failure, crash) or a worker that says it is not ready,
+        never for an error about one request."""
         self._suspect.add(worker_id)
+        await self._redis.psetex(keys.worker_suspect(worker_id), self.lease_ms, "1")
 
-    def mark_full(self, worker_id: str) -> None:
-        """The worker answered busy: give it nothing new until its next heartbeat says what is free."""
-        self._full.add(worker_id)
+    @redis_errors_as_unavailable
+    async def mark_full(self, worker_id: str) -> None:
+        """The worker answered busy: nothing new for it until a slot there is released or its next
+        heartbeat says what is free."""
+        await self._redis.psetex(keys.worker_full(worker_id), self.lease_ms, "1")
 
-    def is_full(self, worker_id: str) -> bool:
-        return worker_id in self._full
+    @redis_errors_as_unavailable
+    async def clear_full(self, worker_id: str) -> None:
+        await self._redis.delete(keys.worker_full(worker_id))
 
     @redis_errors_as_unavailable
     async def _refresh(self) -> None:
@@ -71,11 +77,13 @@ class WorkerRegistry:
         )
         ids = [member.decode() for member, _ in ranked]
         blobs = await self._redis.mget([keys.worker(i) for i in ids]) if ids else []
+        suspect = await self._redis.mget([keys.worker_suspect(i) for i in ids]) if ids else []
         workers: dict[str, tuple[worker_pb2.WorkerInfo, int]] = {}
         for wid, (_, expires), blob in zip(ids, ranked, blobs, strict=True):
             if blob:
                 workers[wid] = (worker_pb2.WorkerInfo.FromString(blob), int(expires))
         self._workers = workers
+        self._suspect = {wid for wid, flag in zip(ids, suspect, strict=True) if flag}
         self._read_at = time.monotonic()
 
     async def live(self, fresh: bool = False) -> list[worker_pb2.WorkerInfo]:

@@ -1,19 +1,25 @@
-"""The scheduler's gRPC services: SchedulerService for the gateway, RegistryService for workers."""
+"""The scheduler's gRPC services: SchedulerService for the gateway, RegistryService for workers.
+
+The scheduler is the control plane: it admits, queues, places and leases slots; the gateway streams
+tokens straight from the worker it was granted. Every piece of state is in Redis, so any replica
+serves any call and a replica that dies loses nothing but the calls it was answering, which their
+callers repeat on another replica.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import (
     BackendFailed,
-    Cancelled,
     DeadlineExceeded,
     HyperLlamaError,
     InvalidRequest,
@@ -23,54 +29,35 @@ from hyperllama_common.errors import (
     quote,
 )
 from hyperllama_common.tracing import Tracing
-from opentelemetry import trace
+from hyperllama_common.worker_client import WorkerClients, WorkerLost, WorkerUnreachable
 
-from hyperllama_scheduler import routing
-from hyperllama_scheduler.dispatcher import Dispatcher, Slot
+from hyperllama_scheduler import placement, routing
+from hyperllama_scheduler.dispatcher import Dispatcher, Needs
+from hyperllama_scheduler.leases import SlotLeases, capacity
 from hyperllama_scheduler.metrics import SchedulerMetrics
 from hyperllama_scheduler.queue import RequestQueue
 from hyperllama_scheduler.registry import WorkerRegistry
 from hyperllama_scheduler.routing import Requirements
 from hyperllama_scheduler.settings import SchedulerSettings
-from hyperllama_scheduler.worker_client import WorkerClients, WorkerLost, WorkerUnreachable
 
 log = logging.getLogger(__name__)
 
-
-def generation_attributes(
-    req: worker_pb2.GenerateRequest, worker_id: str, tracing: Tracing
-) -> dict[str, Any]:
-    """OpenTelemetry gen_ai semantic-convention attributes of a generation (no prompt unless enabled)."""
-    s = req.sampling
-    attrs: dict[str, Any] = {
-        "gen_ai.operation.name": "chat" if req.HasField("chat") else "text_completion",
-        "gen_ai.request.model": req.model,
-        "hyperllama.request_id": req.request_id,
-        "hyperllama.worker_id": worker_id,
-    }
-    for name, field in (("max_tokens", "max_tokens"), ("temperature", "temperature"), ("top_p", "top_p")):
-        if s.HasField(field):  # type: ignore[arg-type]
-            attrs[f"gen_ai.request.{name}"] = getattr(s, field)
-    if tracing.record_prompts:
-        attrs["gen_ai.prompt"] = (
-            "\n".join(f"{m.role}: {m.content}" for m in req.chat.messages)
-            if req.HasField("chat")
-            else req.prompt
-        )
-    return attrs
-
-
-def record_usage(span: trace.Span, chunk: worker_pb2.GenerateChunk) -> None:
-    span.set_attribute("gen_ai.usage.input_tokens", chunk.usage.prompt_tokens)
-    span.set_attribute("gen_ai.usage.output_tokens", chunk.usage.completion_tokens)
-    span.set_attribute("gen_ai.response.finish_reasons", [FINISH_NAMES.get(chunk.finish_reason, "unknown")])
-
-
-# How many workers may die under one request before it is deemed the cause and fails: one, so a worker
-# killed from outside loses no request, and a request that kills workers takes down at most two.
+# How many workers may die under one embedding request before it is deemed the cause and fails.
 MAX_CRASHES = 1
+# Most leases one Renew call may carry (a gateway holds one per running stream).
+MAX_RENEW = 10_000
 
-FINISH_NAMES = {worker_pb2.FINISH_REASON_STOP: "stop", worker_pb2.FINISH_REASON_LENGTH: "length"}
+Outcome = scheduler_pb2.ReleaseOutcome
+_SUSPECT_OUTCOMES = (
+    Outcome.RELEASE_OUTCOME_NOT_READY,
+    Outcome.RELEASE_OUTCOME_UNREACHABLE,
+    Outcome.RELEASE_OUTCOME_LOST,
+)
+
+
+def _check_lease(lease: scheduler_pb2.Lease) -> None:
+    if not (lease.lease_id and lease.worker_id and lease.model):
+        raise InvalidRequest("a lease needs lease_id, worker_id and model", param="lease")
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
@@ -79,6 +66,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         settings: SchedulerSettings,
         queue: RequestQueue,
         registry: WorkerRegistry,
+        leases: SlotLeases,
         dispatcher: Dispatcher,
         workers: WorkerClients,
         metrics: SchedulerMetrics,
@@ -89,10 +77,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self.tracing = tracing
         self.queue = queue
         self.registry = registry
+        self.leases = leases
         self.dispatcher = dispatcher
         self.workers = workers
-        self._active: dict[str, asyncio.Task[object]] = {}
-        self._superseded: set[asyncio.Task[object]] = set()
         self._exported_models: set[str] = set()
         self._exported_workers: set[str] = set()
 
@@ -138,164 +125,148 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             deadline = min(deadline, time.time() + remaining)
         return deadline
 
-    async def _supersede(self, request_id: str) -> None:
-        """A second call with the id of a running one (a caller's retry over a broken connection)
-        replaces it: the first is cancelled and has cleaned up before the second starts."""
-        old = self._active.get(request_id)
-        if old is not None and old is not asyncio.current_task():
-            log.warning("request %s arrived again; cancelling the earlier call", request_id)
-            self._superseded.add(old)
-            old.cancel()
-            await asyncio.wait({old})
-            self._superseded.discard(old)  # it may have ended before the cancel reached it
-
-    async def Generate(
-        self, request: scheduler_pb2.GenerateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[worker_pb2.GenerateChunk]:
+    async def Acquire(
+        self, request: scheduler_pb2.AcquireRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[scheduler_pb2.AcquireEvent]:
         req = request.request
         if not req.request_id:
             raise InvalidRequest("request_id is required", param="request_id")
-        needs = routing.for_generate(req, request.engine)
-        model, _ = await self._resolve(req.model, needs)
-        req.model = model
+        requirements = routing.for_generate(req, request.engine)
+        model, _ = await self._resolve(req.model, requirements)
+        prefixes = placement.prefix_hashes(req) if self.dispatcher.prefix_aware else []
+        needs = Needs(requirements, tuple(prefixes))
         deadline = self._deadline(request.deadline_unix_ms, context)
-        await self._supersede(req.request_id)
-        task = asyncio.current_task()
-        if task is not None:
-            self._active[req.request_id] = task
-        payload = b""  # the stored body, serialised only if the request ever waits (not on the fast path)
-        lease_ms = self.dispatcher.lease_ms
+        if request.retry:
+            self.metrics.redispatches.labels(model).inc()
+        started = time.monotonic()
+        with self.tracing.tracer.start_as_current_span(
+            "acquire", attributes={"gen_ai.request.model": model, "hyperllama.request_id": req.request_id}
+        ) as span:
+            lease = await self.dispatcher.grant_now(model, req.request_id, needs)
+            span.set_attribute("hyperllama.queued", lease is None)
+            if lease is None:
+                async for event in self._wait_in_queue(request, model, needs, deadline):
+                    if event.HasField("lease"):
+                        lease = event.lease
+                        break
+                    yield event
+            assert lease is not None
+            span.set_attribute("hyperllama.worker_id", lease.worker_id)
+            self.metrics.queue_wait.labels(model).observe(time.monotonic() - started)
+            self.metrics.dispatches.labels(model, lease.worker_id).inc()
+            yield scheduler_pb2.AcquireEvent(lease=lease)
 
-        def ttl_ms() -> int:
-            return int((deadline - time.time()) * 1000)
-
-        async def renew() -> None:
-            if not await self.queue.renew(
-                model, req.request_id, request.priority, payload, ttl_ms(), lease_ms
-            ):
-                log.warning("request %s was missing from the queue (Redis restarted?); admitted again",
-                            req.request_id)  # fmt: skip
-                self.dispatcher.wake(model)
-
-        tracer = self.tracing.tracer
-        m = self.metrics
-        redispatches = crashes = 0
-        slot: Slot | None = None
-        phase = "queued"
-        went_through_queue = False
+    async def _wait_in_queue(
+        self, request: scheduler_pb2.AcquireRequest, model: str, needs: Needs, deadline: float
+    ) -> AsyncIterator[scheduler_pb2.AcquireEvent]:
+        """Queue the request and wait for its lease, reporting its place; the last event is the lease.
+        A request that leaves before its lease reached its caller leaves nothing behind."""
+        rid = request.request.request_id
+        owner = uuid.uuid4().hex  # this call, as opposed to a repeat of it on another replica
+        admission = await self.queue.admit(
+            model,
+            rid,
+            needs.encode(),
+            request.priority,
+            owner=owner,
+            ttl_ms=int((deadline - time.time()) * 1000),
+            lease_ms=self.dispatcher.request_lease_ms,
+            head=request.retry,
+        )
+        if admission.grant:  # granted before this call: its first call's replica died
+            yield scheduler_pb2.AcquireEvent(lease=scheduler_pb2.Lease.FromString(admission.grant))
+            return
+        delivered = False
         try:
-            with tracer.start_as_current_span("dispatch", attributes={"gen_ai.request.model": model}) as span:
-                slot = await self.dispatcher.reserve_now(model, needs.accepts)
-                span.set_attribute("hyperllama.queued", slot is None)
-                if slot is None:
-                    went_through_queue = True
-                    payload = request.SerializeToString()
-                    await self.queue.admit(
-                        model, req.request_id, payload, request.priority, ttl_ms=ttl_ms(), lease_ms=lease_ms
-                    )
-            while True:
-                queued_at = time.monotonic()
-                if slot is None:
-                    phase = "queued"
-                    with tracer.start_as_current_span(
-                        "queue.wait", attributes={"gen_ai.request.model": model}
-                    ):
-                        try:
-                            slot = await self.dispatcher.wait_for_slot(
-                                model, req.request_id, deadline, needs.accepts, renew
-                            )
-                        except DeadlineExceeded:
-                            m.deadlines_exceeded.labels(model).inc()
-                            raise
-                m.queue_wait.labels(model).observe(time.monotonic() - queued_at)
-                m.dispatches.labels(model, slot.worker_id).inc()
-                phase = "running"
-                started = finished = False
-                try:
-                    with tracer.start_as_current_span(
-                        "generate", attributes=generation_attributes(req, slot.worker_id, self.tracing)
-                    ) as span:
-                        async for chunk in self.workers.generate(slot.address, req, deadline):
-                            started = True
-                            if chunk.finish_reason:
-                                finished = True
-                                record_usage(span, chunk)
-                            yield chunk
+            async for item in self.dispatcher.wait(model, rid, needs, request.priority, owner, deadline):
+                if isinstance(item, scheduler_pb2.Lease):
+                    delivered = True
+                    yield scheduler_pb2.AcquireEvent(lease=item)
                     return
-                except (InvalidRequest, DeadlineExceeded, Cancelled):
-                    raise
-                except (Overloaded, Unavailable, WorkerUnreachable) as err:
-                    # About the worker, not this request, so never counted against it: "busy" (the
-                    # worker is the authority on its slots), "not ready" (its engine died or
-                    # restarts), or gone before the call reached it. Ask again, elsewhere or later.
-                    if started:
-                        raise BackendFailed(
-                            f"worker {slot.worker_id} failed mid-stream: {err.message}"
-                        ) from err
-                    if isinstance(err, Overloaded):
-                        self.registry.mark_full(slot.worker_id)
-                    else:
-                        self.registry.mark_unhealthy(slot.worker_id)
-                except HyperLlamaError as err:
-                    if finished:
-                        # The stream was complete; the worker went away after its final chunk.
-                        log.warning("worker %s failed after finishing %s: %s",
-                                    slot.worker_id, req.request_id, err.message)  # fmt: skip
-                        return
-                    lost = isinstance(err, WorkerLost)
-                    if lost:
-                        self.registry.mark_unhealthy(slot.worker_id)
-                    m.worker_failures.labels(
-                        slot.worker_id, "mid_stream" if started else "before_first_token"
-                    ).inc()
-                    if started:
-                        raise BackendFailed(
-                            f"worker {slot.worker_id} failed mid-stream: {err.message}"
-                        ) from err
-                    redispatches += 1
-                    crashes += lost
-                    log.warning(
-                        "worker %s failed before the first token of %s (%s); redispatch %d/%d",
-                        slot.worker_id,
-                        req.request_id,
-                        err.message,
-                        redispatches,
-                        self.settings.max_redispatch,
-                    )
-                    if crashes > MAX_CRASHES:
-                        raise BackendFailed(
-                            f"request failed: {crashes} workers died while serving it; "
-                            f"it is not sent to another (last error: {err.message})"
-                        ) from err
-                    if redispatches > self.settings.max_redispatch:
-                        raise BackendFailed(
-                            f"request failed on {redispatches} workers; last error: {err.message}"
-                        ) from err
-                    m.redispatches.labels(model).inc()
-                finally:
-                    self.dispatcher.release(slot)
-                    slot = None
-                # Back to the head of its band, then wait for another slot.
-                went_through_queue = True
-                phase = "queued"
-                payload = payload or request.SerializeToString()
-                await self.queue.requeue_first(
-                    model, req.request_id, request.priority, payload, ttl_ms(), lease_ms
-                )
+                item.eta_ms = await self._eta_ms(model, item.position)
+                yield scheduler_pb2.AcquireEvent(queued=item)
+        except DeadlineExceeded:
+            self.metrics.deadlines_exceeded.labels(model).inc()
+            raise
         except asyncio.CancelledError:
-            m.cancellations.labels(model, phase).inc()
-            if task in self._superseded:
-                # Its caller is still there: tell it why, rather than leave it to its deadline.
-                self._superseded.discard(task)
-                raise Cancelled("replaced by a newer call with the same request id") from None
+            self.metrics.cancellations.labels(model, "queued").inc()
             raise
         finally:
-            if slot is not None:  # reserved at once, then left before using it
-                self.dispatcher.release(slot)
-            if self._active.get(req.request_id) is task:
-                del self._active[req.request_id]
-            if went_through_queue:  # nothing of a queued request stays in Redis
-                await self.queue.forget(model, req.request_id)
+            if not delivered:
+                await self._forget(model, rid, owner)
+
+    async def _forget(self, model: str, request_id: str, owner: str) -> None:
+        """Best effort (it runs on the way out of failures too): what is left lapses by its TTL."""
+        try:
+            stale = await self.queue.forget(model, request_id, owner)
+            if stale:
+                await self.leases.release(scheduler_pb2.Lease.FromString(stale))
+                self.dispatcher.wake(model)
+        except HyperLlamaError as err:
+            log.warning("cannot clean up %s: %s", request_id, err.message)
+
+    async def _slots_total(self, model: str) -> tuple[list[worker_pb2.WorkerInfo], int]:
+        workers = await self.registry.live_for(model)
+        return workers, sum(capacity(w, model)[0] for w in workers)
+
+    async def _eta_ms(self, model: str, position: int) -> int:
+        """Waves of the model's slots ahead of this place, each as long as a typical stream (0: no
+        estimate yet)."""
+        _, slots = await self._slots_total(model)
+        mean = await self.leases.mean_duration_ms(model)
+        return math.ceil((position + 1) / max(1, slots)) * mean
+
+    async def Renew(
+        self, request: scheduler_pb2.RenewRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.RenewResponse:
+        if len(request.leases) > MAX_RENEW:
+            raise InvalidRequest(f"at most {MAX_RENEW} leases per call", param="leases")
+        for lease in request.leases:
+            _check_lease(lease)
+        lapsed = await self.leases.renew(list(request.leases)) if request.leases else []
+        return scheduler_pb2.RenewResponse(lapsed=lapsed)
+
+    async def Release(
+        self, request: scheduler_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ReleaseResponse:
+        lease, outcome = request.lease, request.outcome
+        _check_lease(lease)
+        done = outcome == Outcome.RELEASE_OUTCOME_DONE
+        await self.leases.release(lease, request.duration_ms if done else 0, freed=done)
+        if outcome == Outcome.RELEASE_OUTCOME_BUSY:
+            # The worker is the authority on its slots: asked again later, never deemed broken.
+            await self.registry.mark_full(lease.worker_id)
+        elif outcome in _SUSPECT_OUTCOMES:
+            await self.registry.mark_unhealthy(lease.worker_id)
+            if outcome != Outcome.RELEASE_OUTCOME_NOT_READY:
+                phase = "mid_stream" if request.streamed else "before_first_token"
+                self.metrics.worker_failures.labels(lease.worker_id, phase).inc()
+        self.dispatcher.wake(lease.model)
+        return scheduler_pb2.ReleaseResponse()
+
+    async def QueueStatus(
+        self, request: scheduler_pb2.QueueStatusRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.QueueStatusResponse:
+        names = {m.name for w in await self.registry.live() for m in w.models}
+        names |= self._exported_models  # a model whose workers died still has its queue
+        out = []
+        for model in sorted(names):
+            workers, slots = await self._slots_total(model)
+            depth = await self.queue.depth(model)
+            if not workers and not depth:
+                continue
+            leased = sum((await self.leases.in_use(workers, model)).values()) if workers else 0
+            out.append(
+                scheduler_pb2.ModelQueue(
+                    model=model,
+                    depth=depth,
+                    oldest_wait_ms=await self.queue.oldest_wait_ms(model),
+                    eta_ms=await self._eta_ms(model, depth) if depth or leased >= slots else 0,
+                    slots_total=slots,
+                    slots_leased=leased,
+                )
+            )
+        return scheduler_pb2.QueueStatusResponse(models=out)
 
     async def export_gauges(self) -> None:
         """Refresh the gauges that describe state rather than events (queue depth, workers)."""
@@ -309,10 +280,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             if w.worker_id not in self._exported_workers:
                 self.metrics.start_worker(w.worker_id, [m.name for m in w.models])
                 self._exported_workers.add(w.worker_id)
-        oldest = self.dispatcher.oldest_wait()
         for model in self._exported_models:
             self.metrics.queue_depth.labels(model).set(await self.queue.depth(model))
-            self.metrics.queue_oldest_wait.labels(model).set(oldest.get(model, 0.0))
+            self.metrics.queue_oldest_wait.labels(model).set(await self.queue.oldest_wait_ms(model) / 1000)
 
     async def Embed(
         self, request: scheduler_pb2.EmbedRequest, context: grpc.aio.ServicerContext
@@ -331,10 +301,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 busy += 1
                 last = err
             except (Unavailable, WorkerUnreachable) as err:  # not ready, or gone before the call
-                self.registry.mark_unhealthy(worker.worker_id)
+                await self.registry.mark_unhealthy(worker.worker_id)
                 last = err
             except WorkerLost as err:
-                self.registry.mark_unhealthy(worker.worker_id)
+                await self.registry.mark_unhealthy(worker.worker_id)
                 self.metrics.worker_failures.labels(worker.worker_id, "before_first_token").inc()
                 crashes += 1
                 last = err
@@ -346,14 +316,6 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 retry_after=self.settings.retry_after_seconds,
             )
         raise BackendFailed(f"embedding failed: {last.message if last else 'no worker answered'}")
-
-    async def Cancel(
-        self, request: scheduler_pb2.CancelRequest, context: grpc.aio.ServicerContext
-    ) -> scheduler_pb2.CancelResponse:
-        task = self._active.get(request.request_id)
-        if task is not None:
-            task.cancel()
-        return scheduler_pb2.CancelResponse(cancelled=task is not None)
 
     async def ListModels(
         self, request: scheduler_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -368,6 +330,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 entry.slots_total += info.slots_total or worker.slots_total
         for name, entry in entries.items():
             entry.queue_depth = await self.queue.depth(name)
+            workers = await self.registry.live_for(name)
+            entry.slots_leased = sum((await self.leases.in_use(workers, name)).values())
         return scheduler_pb2.ListModelsResponse(models=[entries[n] for n in sorted(entries)])
 
     async def ListWorkers(

@@ -13,14 +13,17 @@ class SchedulerSettings(BaseSettings):
     queue_max_per_model: int = 256
     # Seconds a client is told to wait before retrying a refused request.
     retry_after_seconds: int = 1
-    # How often a worker that died before the first token may be replaced by another.
-    max_redispatch: int = 2
     # A worker that misses heartbeats for this long gets no new work.
     worker_lease_seconds: float = 6.0
     # Longest a request may live when the caller gives no deadline.
     default_request_timeout_seconds: float = 600.0
-    # A queued request whose scheduler stops renewing this lease is dropped (its caller is gone).
+    # A queued request whose Acquire call stops renewing this lease is dropped (its caller is gone).
     request_lease_seconds: float = 10.0
+    # A running stream's slot lease lapses unless its gateway renews it within this.
+    slot_lease_seconds: float = 15.0
+    # Send a request to the worker most likely to hold its prompt's prefix in cache, balanced
+    # against load (off: least-loaded only).
+    prefix_aware: bool = True
     redis_timeout_seconds: float = 2.0
     grace_seconds: float = 15.0
     # Record prompt text on trace spans (off: prompts are user data).

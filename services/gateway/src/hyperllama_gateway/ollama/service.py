@@ -205,6 +205,10 @@ def ps_entry(entry: scheduler_pb2.ModelEntry) -> dict[str, Any]:
         "size_vram": 0,
         "context_length": info.context_length,
         "workers": list(entry.worker_ids),
+        # The same figures as /api/queue: slots leased to running streams, slots, requests waiting.
+        "slots_in_use": entry.slots_leased,
+        "slots_total": entry.slots_total,
+        "queued": entry.queue_depth,
     }
 
 

@@ -25,7 +25,7 @@ def _include_usage(body: ChatCompletionRequest | CompletionRequest) -> bool:
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, call: CallDep) -> dict[str, Any] | StreamingResponse:
     call.http.state.model = body.model
-    gen = Generation(call, service.chat_request(body, call.request_id))
+    gen = Generation(call, service.chat_request(body, call.request_id), positions=bool(body.stream))
     await gen.start()
     if body.stream:
         return StreamingResponse(
@@ -39,7 +39,7 @@ async def chat_completions(body: ChatCompletionRequest, call: CallDep) -> dict[s
 @router.post("/completions", response_model=None)
 async def completions(body: CompletionRequest, call: CallDep) -> dict[str, Any] | StreamingResponse:
     call.http.state.model = body.model
-    gen = Generation(call, service.completion_request(body, call.request_id))
+    gen = Generation(call, service.completion_request(body, call.request_id), positions=bool(body.stream))
     await gen.start()
     if body.stream:
         return StreamingResponse(

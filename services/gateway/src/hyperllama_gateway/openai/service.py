@@ -9,6 +9,7 @@ import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
+from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import HyperLlamaError, InvalidRequest, quote
 
@@ -126,6 +127,14 @@ def text_completion(gen: Generation, result: Result, request_id: str, echo: bool
     }
 
 
+def queued_comment(position: scheduler_pb2.QueuePosition) -> bytes:
+    """Where a waiting request stands, as an SSE comment line: every SSE client skips comments.
+    ``position`` counts from 1 (next in line); ``eta_ms`` is left out until the scheduler has seen
+    enough streams end to estimate it."""
+    eta = f" eta_ms={position.eta_ms}" if position.eta_ms > 0 else ""
+    return f": queued position={position.position + 1}{eta}\n\n".encode()
+
+
 def _sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
@@ -158,7 +167,10 @@ async def sse_stream(
         if echo:
             yield event(gen.request.prompt, None)
             first = False
-        async for chunk in gen.chunks():
+        async for chunk in gen.events():
+            if isinstance(chunk, scheduler_pb2.QueuePosition):
+                yield queued_comment(chunk)
+                continue
             if chunk.text or first:
                 yield event(chunk.text, None, first=first)
                 first = False

@@ -1,4 +1,5 @@
-"""gRPC calls from the scheduler to workers, one cached channel per worker address."""
+"""gRPC calls to workers (the gateway streams from them, the scheduler embeds), one cached channel
+per worker address, and what each kind of failure means."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
+
 from hyperllama_common.errors import BackendFailed, HyperLlamaError, from_rpc_error, raised_by_peer
 from hyperllama_common.grpc_server import MESSAGE_SIZE_OPTIONS
 

@@ -1,0 +1,238 @@
+"""Slot leases in Redis: which worker slots are held by running streams, shared by every replica.
+
+A lease is a member of ``keys.leases(worker, model)`` scored by its expiry; the gateway that holds
+it renews it while the stream runs and releases it when the stream ends, and one whose gateway died
+lapses by itself. A worker's capacity for a model is the model's own slots when the worker has slots
+per model, else the worker's slots shared by all its models that have none of their own. Granting
+checks that capacity and, for a queued request, takes it from the queue, in one atomic step: two
+replicas can never hand out the same slot or the same request twice.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import cast
+
+import redis.asyncio as redis
+from hyperllama.scheduler.v1 import scheduler_pb2
+from hyperllama.worker.v1 import worker_pb2
+
+from hyperllama_scheduler import keys
+from hyperllama_scheduler.metrics import SchedulerMetrics
+from hyperllama_scheduler.queue import redis_errors_as_unavailable
+
+# Prompt-prefix hashes kept per worker and model: far more than its slots can cache, so a tenant's
+# affinity to a worker outlives a few other tenants' visits; old ones go first.
+PREFIXES_KEPT = 4096
+PREFIXES_TTL_MS = 3_600_000
+
+# KEYS: 1 queue, 2 queue_since, 3 request, 4 request_lease, 5 grant, 6 worker_full, 7 worker_suspect,
+#       8 prefixes, 9 the lease set to add to, 10.. every lease set counted against the capacity
+# ARGV: 1 request id, 2 now ms, 3 lease expiry ms, 4 capacity, 5 lease (protobuf), 6 lease ttl ms,
+#       7 "queued" (take it from the queue) or "now" (only if nobody waits), 8 channel, 9.. prefix hashes
+# Answers: 1 granted; 2 granted before (the existing lease is returned); 0 the request is no longer
+# queued (another replica granted it, or it left); -1 no free slot; -2 the worker is marked full or
+# suspect; -3 somebody is waiting (fast path only).
+_GRANT = """
+local existing = redis.call('GET', KEYS[5])
+if existing then
+  if ARGV[7] == 'queued' and redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+    redis.call('ZREM', KEYS[2], ARGV[1])
+    redis.call('DEL', KEYS[3], KEYS[4])
+    redis.call('PUBLISH', ARGV[8], ARGV[1])
+  end
+  return {2, existing}
+end
+if redis.call('EXISTS', KEYS[6]) == 1 or redis.call('EXISTS', KEYS[7]) == 1 then return {-2} end
+if ARGV[7] == 'now' and redis.call('ZCARD', KEYS[1]) > 0 then return {-3} end
+local used = 0
+for i = 10, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[2])
+  used = used + redis.call('ZCARD', KEYS[i])
+end
+if used >= tonumber(ARGV[4]) then return {-1} end
+if ARGV[7] == 'queued' then
+  if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return {0} end
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('DEL', KEYS[3], KEYS[4])
+end
+redis.call('ZADD', KEYS[9], ARGV[3], ARGV[1])
+redis.call('PEXPIRE', KEYS[9], ARGV[6] * 2)
+redis.call('PSETEX', KEYS[5], ARGV[6], ARGV[5])
+if #ARGV >= 9 then
+  for i = 9, #ARGV do redis.call('ZADD', KEYS[8], ARGV[2], ARGV[i]) end
+  redis.call('ZREMRANGEBYRANK', KEYS[8], 0, -(PREFIXES_KEPT + 1))
+  redis.call('PEXPIRE', KEYS[8], PREFIXES_TTL_MS)
+end
+if ARGV[7] == 'queued' then redis.call('PUBLISH', ARGV[8], ARGV[1]) end
+return {1}
+""".replace("PREFIXES_KEPT", str(PREFIXES_KEPT)).replace("PREFIXES_TTL_MS", str(PREFIXES_TTL_MS))
+
+# KEYS: lease set, grant. ARGV: lease id, new expiry, ttl. 0 when the lease had lapsed.
+_RENEW = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3] * 2)
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
+# KEYS: stats. ARGV: duration ms. An exponentially weighted mean of how long streams run.
+_OBSERVE = """
+local mean = tonumber(redis.call('HGET', KEYS[1], 'mean_ms') or ARGV[1])
+redis.call('HSET', KEYS[1], 'mean_ms', math.floor(mean * 0.8 + tonumber(ARGV[1]) * 0.2))
+redis.call('PEXPIRE', KEYS[1], 86400000)
+"""
+
+GRANTED, GRANTED_BEFORE, GONE, NO_SLOT, MARKED, SOMEONE_WAITS = 1, 2, 0, -1, -2, -3
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def shared_models(worker: worker_pb2.WorkerInfo) -> list[str]:
+    return [m.name for m in worker.models if m.slots_total <= 0]
+
+
+def capacity(worker: worker_pb2.WorkerInfo, model: str) -> tuple[int, list[str]]:
+    """The slots ``model`` may hold on ``worker``, and the lease sets that count against them."""
+    own = next((m.slots_total for m in worker.models if m.name == model), 0)
+    if own > 0:
+        return own, [keys.leases(worker.worker_id, model)]
+    return worker.slots_total, [keys.leases(worker.worker_id, m) for m in shared_models(worker)]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: int
+    lease: scheduler_pb2.Lease | None = None
+
+
+class SlotLeases:
+    def __init__(self, client: redis.Redis, ttl_seconds: float, metrics: SchedulerMetrics):
+        self._redis = client
+        self.metrics = metrics
+        self.ttl_ms = int(ttl_seconds * 1000)
+        self._grant = client.register_script(_GRANT)
+        self._renew = client.register_script(_RENEW)
+        self._observe = client.register_script(_OBSERVE)
+
+    @redis_errors_as_unavailable
+    async def grant(
+        self,
+        worker: worker_pb2.WorkerInfo,
+        model: str,
+        request_id: str,
+        prefixes: list[str],
+        *,
+        queued: bool,
+    ) -> Outcome:
+        """A lease on ``worker`` for the request: taken from the queue (``queued``), or at once
+        only if nobody waits for the model."""
+        lease = scheduler_pb2.Lease(
+            lease_id=request_id,
+            worker_id=worker.worker_id,
+            address=worker.address,
+            model=model,
+            ttl_ms=self.ttl_ms,
+        )
+        cap, counted = capacity(worker, model)
+        now = _now_ms()
+        result = await self._grant(
+            keys=[
+                keys.queue(model),
+                keys.queue_since(model),
+                keys.request(request_id),
+                keys.request_lease(request_id),
+                keys.grant(request_id),
+                keys.worker_full(worker.worker_id),
+                keys.worker_suspect(worker.worker_id),
+                keys.prefixes(worker.worker_id, model),
+                keys.leases(worker.worker_id, model),
+                *counted,
+            ],
+            args=[
+                request_id,
+                now,
+                now + self.ttl_ms,
+                cap,
+                lease.SerializeToString(),
+                self.ttl_ms,
+                "queued" if queued else "now",
+                keys.GRANTS_CHANNEL,
+                *prefixes,
+            ],
+        )
+        code = int(result[0])
+        if code == GRANTED:
+            return Outcome(code, lease)
+        if code == GRANTED_BEFORE:
+            return Outcome(code, scheduler_pb2.Lease.FromString(result[1]))
+        return Outcome(code)
+
+    @redis_errors_as_unavailable
+    async def in_use(self, workers: list[worker_pb2.WorkerInfo], model: str) -> dict[str, int]:
+        """Leases held per worker against ``model``'s capacity (lapsed ones not counted)."""
+        now = _now_ms()
+        plan = [(w.worker_id, capacity(w, model)[1]) for w in workers]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for _, counted in plan:
+                for key in counted:
+                    pipe.zcount(key, now, "+inf")
+            counts = iter(await pipe.execute())
+        return {wid: sum(int(next(counts)) for _ in counted) for wid, counted in plan}
+
+    @redis_errors_as_unavailable
+    async def prefix_matches(
+        self, workers: list[worker_pb2.WorkerInfo], model: str, prefixes: list[str]
+    ) -> dict[str, int]:
+        """Per worker, how many leading blocks of the prompt were last sent there."""
+        if not prefixes or not workers:
+            return {w.worker_id: 0 for w in workers}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for w in workers:
+                pipe.zmscore(keys.prefixes(w.worker_id, model), prefixes)
+            found = await pipe.execute()
+        matches = {}
+        for w, scores in zip(workers, found, strict=True):
+            n = 0
+            for score in scores:
+                if score is None:
+                    break
+                n += 1
+            matches[w.worker_id] = n
+        return matches
+
+    @redis_errors_as_unavailable
+    async def renew(self, leases: list[scheduler_pb2.Lease]) -> list[str]:
+        """Push every lease's expiry out by the TTL; returns the ids of those that had lapsed."""
+        expiry = _now_ms() + self.ttl_ms
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for lease in leases:
+                await self._renew(
+                    keys=[keys.leases(lease.worker_id, lease.model), keys.grant(lease.lease_id)],
+                    args=[lease.lease_id, expiry, self.ttl_ms],
+                    client=pipe,
+                )
+            results = await pipe.execute()
+        return [lease.lease_id for lease, ok in zip(leases, results, strict=True) if not int(ok)]
+
+    @redis_errors_as_unavailable
+    async def release(self, lease: scheduler_pb2.Lease, duration_ms: int = 0, freed: bool = False) -> None:
+        """Give the slot back. ``freed``: the worker served the stream, so a "busy" it answered
+        before is over (a slot there is free now)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(keys.leases(lease.worker_id, lease.model), lease.lease_id)
+            pipe.delete(keys.grant(lease.lease_id))
+            if freed:
+                pipe.delete(keys.worker_full(lease.worker_id))
+            await pipe.execute()
+        if duration_ms > 0:
+            await self._observe(keys=[keys.model_stats(lease.model)], args=[duration_ms])
+
+    @redis_errors_as_unavailable
+    async def mean_duration_ms(self, model: str) -> int:
+        value = await self._redis.hget(keys.model_stats(model), "mean_ms")
+        return int(cast(bytes, value)) if value else 0

@@ -1,0 +1,60 @@
+"""Which worker a request goes to: the one whose cache most likely holds the longest prefix of its
+prompt, balanced against load.
+
+The scheduler does not tokenize. It cuts the prompt (a chat's messages with their roles, or a raw
+prompt) into blocks of UTF-8 bytes and hashes each block together with everything before it, so a
+block's hash names the whole prefix up to it. The hashes of every request granted to a worker are
+recorded for that worker (keys.prefixes); a new request's match on a worker is the number of its
+leading hashes found there. Only whole blocks count, so a short prompt has no prefix to match and
+goes to the least-loaded worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from hyperllama.worker.v1 import worker_pb2
+
+BLOCK_BYTES = 256
+MAX_BLOCKS = 64  # prefixes past 16 KiB are not told apart further
+# How much a full prefix match outweighs an idle worker. Above 1: a worker that holds the prompt
+# wins over an idle one as long as it has a free slot; a partial match still yields to load.
+PREFIX_WEIGHT = 2.0
+
+
+def prompt_text(req: worker_pb2.GenerateRequest) -> str:
+    if req.HasField("chat"):
+        # Separators that cannot be confused with message text keep "ab"+"c" apart from "a"+"bc".
+        return "".join(f"\x1e{m.role}\x1f{m.content}" for m in req.chat.messages)
+    return "\x1d" + req.prompt
+
+
+def prefix_hashes(req: worker_pb2.GenerateRequest) -> list[str]:
+    text = prompt_text(req).encode("utf-8", "surrogatepass")
+    running = hashlib.blake2b(digest_size=8)
+    hashes = []
+    for start in range(0, min(len(text), BLOCK_BYTES * MAX_BLOCKS), BLOCK_BYTES):
+        block = text[start : start + BLOCK_BYTES]
+        if len(block) < BLOCK_BYTES:
+            break
+        running.update(block)
+        hashes.append(running.hexdigest())
+    return hashes
+
+
+def choose(
+    candidates: list[worker_pb2.WorkerInfo],
+    free: dict[str, int],
+    capacity: dict[str, int],
+    matches: dict[str, int],
+    blocks: int,
+) -> worker_pb2.WorkerInfo:
+    """The best of ``candidates`` (each has a free slot): prefix match first, then free share,
+    then most free slots. With no blocks (or prefix awareness off) it is plain least-loaded."""
+
+    def score(w: worker_pb2.WorkerInfo) -> tuple[float, int]:
+        load = free[w.worker_id] / max(1, capacity[w.worker_id])
+        match = matches.get(w.worker_id, 0) / blocks if blocks else 0.0
+        return (PREFIX_WEIGHT * match + load, free[w.worker_id])
+
+    return max(candidates, key=score)
