@@ -13,6 +13,10 @@ import pytest
 import redis.asyncio as redis
 from cluster import LocalCluster
 from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from hyperllama.worker.v1 import worker_pb2
+from hyperllama_common.worker_client import WorkerClients
+from hyperllama_gateway.dispatch import Dispatch
+from hyperllama_gateway.scheduler_client import SchedulerClient
 
 SUPPORT = Path(__file__).parents[1] / "support"
 
@@ -26,12 +30,29 @@ async def redis_client(redis_url: str) -> AsyncIterator[redis.Redis]:
 
 
 class SchedulerHarness:
-    """A scheduler process plus scripted workers, and a gRPC stub to drive them."""
+    """Scheduler processes plus scripted workers, a gRPC stub to drive them, and the gateway's own
+    dispatch (lease from the scheduler, tokens from the worker) to run generations as it does."""
 
-    def __init__(self, cluster: LocalCluster):
+    def __init__(self, cluster: LocalCluster, retry_seconds: float = 10.0):
         self.cluster = cluster
-        self.channel = grpc.aio.insecure_channel(cluster.scheduler_address)
+        self.channel = grpc.aio.insecure_channel(cluster.scheduler_address.split(",")[0])
         self.stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channel)
+        self.scheduler = SchedulerClient(cluster.scheduler_address, 3.0, retry_seconds)
+        self.dispatch = Dispatch(self.scheduler, WorkerClients(), max_redispatch=2)
+
+    async def generate(
+        self, request: scheduler_pb2.AcquireRequest, timeout: float = 20
+    ) -> tuple[str, worker_pb2.GenerateChunk, list[scheduler_pb2.QueuePosition]]:
+        """Run a generation as the gateway does: (text, final chunk, queue positions heard)."""
+        request = scheduler_pb2.AcquireRequest.FromString(request.SerializeToString())
+        chunks: list[worker_pb2.GenerateChunk] = []
+        positions: list[scheduler_pb2.QueuePosition] = []
+        async for event in self.dispatch.generate(request, timeout):
+            if isinstance(event, scheduler_pb2.QueuePosition):
+                positions.append(event)
+            else:
+                chunks.append(event)
+        return "".join(c.text for c in chunks), chunks[-1], positions
 
     def add_worker(self, worker_id: str, **env: str) -> None:
         self.cluster.start_worker(
@@ -73,5 +94,7 @@ async def scheduler_factory(
 
     yield make
     for harness in made:
+        await harness.dispatch.close()
+        await harness.scheduler.close()
         await harness.channel.close()
         harness.cluster.stop()

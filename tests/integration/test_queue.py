@@ -1,36 +1,72 @@
-"""The Redis queue: order, idempotent admission, the bound, and clean-up."""
+"""The Redis queue and slot leases on a real Redis: order, idempotent admission, the bound, owners,
+atomic grants, lapses and clean-up. Two RequestQueue/SlotLeases objects on one Redis stand for two
+scheduler replicas."""
 
 import pytest
+from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import Overloaded
 from hyperllama_scheduler import keys
+from hyperllama_scheduler.leases import (
+    GRANTED,
+    GRANTED_BEFORE,
+    MARKED,
+    NO_SLOT,
+    SOMEONE_WAITS,
+    SlotLeases,
+)
 from hyperllama_scheduler.metrics import SchedulerMetrics
-from hyperllama_scheduler.queue import RequestQueue
+from hyperllama_scheduler.queue import ADMITTED, REJOINED, SUPERSEDED, RequestQueue
+from hyperllama_scheduler.queue import GRANTED as QUEUE_GRANTED
 
 MODEL = "m:1"
+NEEDS = b'{"capabilities": ["generate"], "engine": "", "prefixes": []}'
 
 
-async def admit(q: RequestQueue, rid: str, priority: int = 0) -> bool:
-    return await q.admit(MODEL, rid, b"payload-" + rid.encode(), priority, ttl_ms=60_000, lease_ms=10_000)
+def make_queue(redis_client, bound: int = 10, retry_after: int = 1) -> RequestQueue:
+    return RequestQueue(
+        redis_client, max_per_model=bound, retry_after=retry_after, metrics=SchedulerMetrics()
+    )
+
+
+def worker(wid: str = "w", slots: int = 2, own: int = 0) -> worker_pb2.WorkerInfo:
+    return worker_pb2.WorkerInfo(
+        worker_id=wid,
+        address="127.0.0.1:1",
+        slots_total=slots,
+        models=[worker_pb2.ModelInfo(name=MODEL, slots_total=own), worker_pb2.ModelInfo(name="other:1")],
+    )
+
+
+async def admit(q: RequestQueue, rid: str, priority: int = 0, owner: str = "o", head: bool = False):
+    return await q.admit(MODEL, rid, NEEDS, priority, owner=owner, ttl_ms=60_000, lease_ms=10_000, head=head)
 
 
 async def test_priority_first_then_arrival(redis_client):
-    q = RequestQueue(redis_client, max_per_model=10, retry_after=1, metrics=SchedulerMetrics())
+    q = make_queue(redis_client)
     for rid, prio in [("a", 0), ("b", 5), ("c", 0), ("d", 5), ("e", 9)]:
-        assert await admit(q, rid, prio)
+        await admit(q, rid, prio)
     assert await q.head(MODEL, 10) == ["e", "b", "d", "a", "c"]
 
 
-async def test_admission_is_idempotent_and_keeps_the_place(redis_client):
-    q = RequestQueue(redis_client, max_per_model=10, retry_after=1, metrics=SchedulerMetrics())
-    await admit(q, "first")
+async def test_admission_is_idempotent_keeps_the_place_and_passes_ownership(redis_client):
+    q = make_queue(redis_client)
+    await admit(q, "first", owner="call-1")
     await admit(q, "second")
-    assert await admit(q, "first") is False  # a retried call
+    await admit(q, "first", owner="call-2")  # the caller's retry, on another replica
     assert await q.head(MODEL, 10) == ["first", "second"]
     assert await q.depth(MODEL) == 2
+    # The first call learns it was replaced; the second owns the request now.
+    first = await q.renew(MODEL, "first", NEEDS, 0, owner="call-1", ttl_ms=60_000, lease_ms=10_000)
+    assert first.status == SUPERSEDED
+    second = await q.renew(MODEL, "first", NEEDS, 0, owner="call-2", ttl_ms=60_000, lease_ms=10_000)
+    assert (second.status, second.position, second.depth) == (ADMITTED, 0, 2)
+    # The replaced call's clean-up leaves the request alone.
+    await q.forget(MODEL, "first", owner="call-1")
+    assert await q.head(MODEL, 10) == ["first", "second"]
 
 
 async def test_full_queue_refuses_at_once_and_never_exceeds_its_bound(redis_client):
-    q = RequestQueue(redis_client, max_per_model=2, retry_after=3, metrics=SchedulerMetrics())
+    q = make_queue(redis_client, bound=2, retry_after=3)
     await admit(q, "a")
     await admit(q, "b")
     with pytest.raises(Overloaded) as err:
@@ -38,51 +74,113 @@ async def test_full_queue_refuses_at_once_and_never_exceeds_its_bound(redis_clie
     assert err.value.retry_after == 3
     assert await q.depth(MODEL) == 2
     assert not await redis_client.exists(keys.request("c"), keys.request_lease("c"))
+    # A request coming back after its worker failed is not refused: it had been admitted once.
+    await admit(q, "back", head=True)
+    assert await q.head(MODEL, 10) == ["back", "a", "b"]
 
 
-async def test_take_is_exclusive(redis_client):
-    q = RequestQueue(redis_client, max_per_model=5, retry_after=1, metrics=SchedulerMetrics())
+async def test_a_grant_takes_the_request_and_a_slot_in_one_step(redis_client):
+    q, leases = make_queue(redis_client), SlotLeases(redis_client, 15, SchedulerMetrics())
+    other_replica = SlotLeases(redis_client, 15, SchedulerMetrics())
     await admit(q, "a")
-    assert await q.take(MODEL, "a") is True
-    assert await q.take(MODEL, "a") is False
+    first = await leases.grant(worker(), MODEL, "a", [], queued=True)
+    assert first.code == GRANTED and first.lease.worker_id == "w"
+    # Another replica's pass for the same request finds the grant, not a second slot.
+    again = await other_replica.grant(worker(), MODEL, "a", [], queued=True)
+    assert again.code == GRANTED_BEFORE and again.lease == first.lease
+    assert await q.depth(MODEL) == 0
+    assert (await leases.in_use([worker()], MODEL)) == {"w": 1}
+    assert (
+        await q.renew(MODEL, "a", NEEDS, 0, owner="o", ttl_ms=1000, lease_ms=1000)
+    ).status == QUEUE_GRANTED
+    assert not await redis_client.exists(keys.request("a"), keys.request_lease("a"))
 
 
-async def test_requeue_first_puts_a_request_ahead_of_its_band(redis_client):
-    q = RequestQueue(redis_client, max_per_model=5, retry_after=1, metrics=SchedulerMetrics())
-    await admit(q, "a")
-    await admit(q, "b")
-    await q.take(MODEL, "b")
-    await q.requeue_first(MODEL, "b", 0, b"payload-b", ttl_ms=60_000, lease_ms=10_000)
-    assert await q.head(MODEL, 5) == ["b", "a"]
-    # A dispatch pass that reads the head before the caller waits again finds it alive, not abandoned.
-    assert await q.lease_alive("b")
-    assert await redis_client.get(keys.request("b")) == b"payload-b"
+async def test_slots_are_never_over_granted(redis_client):
+    q, leases = make_queue(redis_client), SlotLeases(redis_client, 15, SchedulerMetrics())
+    for rid in ("a", "b", "c"):
+        await admit(q, rid)
+    codes = [
+        (await leases.grant(worker(slots=2), MODEL, rid, [], queued=True)).code for rid in ("a", "b", "c")
+    ]
+    assert codes == [GRANTED, GRANTED, NO_SLOT]
+    assert await q.head(MODEL, 10) == ["c"]  # refused, so still queued
+    # Shared slots: another model of the same worker counts against them too.
+    assert (await leases.grant(worker(slots=2), "other:1", "d", [], queued=False)).code == NO_SLOT
+    # A model with slots of its own counts only those.
+    own = worker(slots=4, own=1)
+    assert (await leases.grant(own, MODEL, "c", [], queued=True)).code == NO_SLOT  # a and b hold 2 > 1
+
+
+async def test_the_fast_path_yields_to_anyone_waiting(redis_client):
+    q, leases = make_queue(redis_client), SlotLeases(redis_client, 15, SchedulerMetrics())
+    await admit(q, "waiting")
+    assert (await leases.grant(worker(), MODEL, "new", [], queued=False)).code == SOMEONE_WAITS
+    assert (await leases.grant(worker(), MODEL, "waiting", [], queued=True)).code == GRANTED
+    assert (await leases.grant(worker(), MODEL, "new", [], queued=False)).code == GRANTED
+
+
+async def test_a_worker_marked_full_or_suspect_gets_nothing(redis_client):
+    leases = SlotLeases(redis_client, 15, SchedulerMetrics())
+    await redis_client.psetex(keys.worker_full("w"), 5000, "1")
+    assert (await leases.grant(worker(), MODEL, "a", [], queued=False)).code == MARKED
+    await redis_client.delete(keys.worker_full("w"))
+    await redis_client.psetex(keys.worker_suspect("w"), 5000, "1")
+    assert (await leases.grant(worker(), MODEL, "a", [], queued=False)).code == MARKED
+
+
+async def test_leases_are_renewed_released_and_lapse(redis_client):
+    leases = SlotLeases(redis_client, 15, SchedulerMetrics())
+    kept = (await leases.grant(worker(slots=2), MODEL, "kept", [], queued=False)).lease
+    lapsing = (await leases.grant(worker(slots=2), MODEL, "lapsing", [], queued=False)).lease
+    assert await leases.in_use([worker()], MODEL) == {"w": 2}
+    await redis_client.zadd(keys.leases("w", MODEL), {"lapsing": 1})  # as if its gateway died long ago
+    assert await leases.in_use([worker()], MODEL) == {"w": 1}
+    assert await leases.renew([kept, lapsing]) == ["lapsing"]
+    # The lapsed slot is free for someone else; the renewed one is not.
+    assert (await leases.grant(worker(slots=2), MODEL, "next", [], queued=False)).code == GRANTED
+    assert (await leases.grant(worker(slots=2), MODEL, "more", [], queued=False)).code == NO_SLOT
+    await leases.release(kept, duration_ms=1000, freed=True)
+    assert await leases.in_use([worker()], MODEL) == {"w": 1}
+    assert not await redis_client.exists(keys.grant("kept"))
+    assert await leases.mean_duration_ms(MODEL) == 1000
+
+
+async def test_prefixes_are_recorded_where_a_request_went(redis_client):
+    leases = SlotLeases(redis_client, 15, SchedulerMetrics())
+    a, b = worker("a", slots=4), worker("b", slots=4)
+    await leases.grant(a, MODEL, "r1", ["p1", "p2", "p3"], queued=False)
+    assert await leases.prefix_matches([a, b], MODEL, ["p1", "p2", "x3", "p3"]) == {"a": 2, "b": 0}
 
 
 async def test_renewal_readmits_a_request_redis_lost(redis_client):
-    q = RequestQueue(redis_client, max_per_model=1, retry_after=1, metrics=SchedulerMetrics())
+    q = make_queue(redis_client, bound=1)
     await admit(q, "a")
     await redis_client.flushdb()  # Redis restarted empty
-    assert await q.renew(MODEL, "a", 0, b"payload-a", ttl_ms=60_000, lease_ms=10_000) is False
-    assert await q.head(MODEL, 5) == ["a"]
-    assert await q.lease_alive("a")
-    assert await q.renew(MODEL, "a", 0, b"payload-a", ttl_ms=60_000, lease_ms=10_000) is True
-    assert await q.depth(MODEL) == 1
+    entry = await q.renew(MODEL, "a", NEEDS, 0, owner="o", ttl_ms=60_000, lease_ms=10_000)
+    assert entry.status == REJOINED
+    assert await q.head(MODEL, 10) == ["a"]
 
 
-async def test_renewal_racing_a_take_does_not_put_the_request_back(redis_client):
-    q = RequestQueue(redis_client, max_per_model=5, retry_after=1, metrics=SchedulerMetrics())
-    await admit(q, "a")
-    assert await q.take(MODEL, "a")
-    assert await q.renew(MODEL, "a", 0, b"payload-a", ttl_ms=60_000, lease_ms=10_000) is True
-    assert await q.depth(MODEL) == 0
-    await q.forget(MODEL, "a")
+async def test_forget_leaves_nothing_behind_and_returns_an_undelivered_grant(redis_client):
+    q, leases = make_queue(redis_client), SlotLeases(redis_client, 15, SchedulerMetrics())
+    await admit(q, "gone")
+    assert await q.forget(MODEL, "gone", owner="o") == b""
+    await admit(q, "granted")
+    granted = (await leases.grant(worker(), MODEL, "granted", [], queued=True)).lease
+    stale = await q.forget(MODEL, "granted", owner="o")
+    assert stale == granted.SerializeToString()
+    await leases.release(granted)
     assert await redis_client.keys("hl:req*") == []
+    assert await redis_client.keys("hl:queue*") == []
+    assert await leases.in_use([worker()], MODEL) == {"w": 0}
 
 
-async def test_forget_leaves_nothing_behind(redis_client):
-    q = RequestQueue(redis_client, max_per_model=5, retry_after=1, metrics=SchedulerMetrics())
-    await admit(q, "a")
-    await q.forget(MODEL, "a")
-    assert await redis_client.keys("hl:req*") == []
-    assert await q.depth(MODEL) == 0
+async def test_an_abandoned_request_is_dropped_only_once_nobody_owns_it(redis_client):
+    q = make_queue(redis_client)
+    await admit(q, "a", owner="o")
+    await q.forget(MODEL, "a", owner="")  # its owner still renews: kept
+    assert await q.head(MODEL, 10) == ["a"]
+    await redis_client.delete(keys.request_lease("a"))  # the owner stopped renewing
+    await q.forget(MODEL, "a", owner="")
+    assert await q.head(MODEL, 10) == []

@@ -18,6 +18,8 @@ inputs work the same way for crash-before-first-token, answer-busy and stall; "d
 
 HYPERLLAMA_SCRIPTED_MODELS (comma-separated) serves several models, each with
 HYPERLLAMA_SCRIPTED_SLOTS slots of its own; HYPERLLAMA_SCRIPTED_HEARTBEAT_SECONDS sets the heartbeat.
+Like a real worker it answers "busy" when its slots are all taken. HYPERLLAMA_SCRIPTED_SERVED_LOG
+names a file it appends every request id it starts serving to (one line each).
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ def misbehaves(text: str, what: str, me: str) -> bool:
 
 
 class ScriptedWorker(worker_pb2_grpc.WorkerServiceServicer):
-    def __init__(self, info: worker_pb2.WorkerInfo, delay: float):
+    def __init__(self, info: worker_pb2.WorkerInfo, delay: float, served_log: str = ""):
         self.info = info
         self.delay = delay
+        self.served_log = served_log
         self.running: set[str] = set()
         self.per_model: Counter[str] = Counter()
 
@@ -67,6 +70,12 @@ class ScriptedWorker(worker_pb2_grpc.WorkerServiceServicer):
             raise BackendFailed(f"{me}'s engine failed on this request")
         if misbehaves(text, "answer-not-ready", me):
             raise Unavailable(f"{me}'s engine is not ready")
+        own = next(m.slots_total for m in self.info.models if m.name == request.model)
+        if (own and self.per_model[request.model] >= own) or len(self.running) >= self.info.slots_total:
+            raise Overloaded(f"{me} is busy: all its slots are taken")
+        if self.served_log:
+            with open(self.served_log, "a") as log:
+                log.write(request.request_id + "\n")
         self.running.add(request.request_id)
         self.per_model[request.model] += 1
         try:
@@ -141,7 +150,11 @@ async def main() -> None:
         ],
         capabilities=["generate", "chat", "embed"],
     )
-    worker = ScriptedWorker(info, float(os.environ.get("HYPERLLAMA_SCRIPTED_TOKEN_DELAY", "0")))
+    worker = ScriptedWorker(
+        info,
+        float(os.environ.get("HYPERLLAMA_SCRIPTED_TOKEN_DELAY", "0")),
+        os.environ.get("HYPERLLAMA_SCRIPTED_SERVED_LOG", ""),
+    )
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(worker, server.server)
     port = await server.start()
     info.address = f"127.0.0.1:{port}"

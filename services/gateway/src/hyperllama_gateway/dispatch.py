@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TypeAlias
 
+import grpc
 from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import (
@@ -158,6 +159,8 @@ class Dispatch:
             try:
                 await self.scheduler.release(release)
                 return
+            except grpc.aio.UsageError:
+                return  # the gateway is shutting down; the lease lapses by itself
             except HyperLlamaError as err:
                 if attempt == RELEASE_TRIES - 1:
                     log.warning("cannot release slot lease %s (it lapses by itself): %s",

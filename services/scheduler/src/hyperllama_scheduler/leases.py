@@ -69,9 +69,14 @@ if ARGV[7] == 'queued' then redis.call('PUBLISH', ARGV[8], ARGV[1]) end
 return {1}
 """.replace("PREFIXES_KEPT", str(PREFIXES_KEPT)).replace("PREFIXES_TTL_MS", str(PREFIXES_TTL_MS))
 
-# KEYS: lease set, grant. ARGV: lease id, new expiry, ttl. 0 when the lease had lapsed.
+# KEYS: lease set, grant. ARGV: lease id, new expiry, ttl, now. 0 when the lease had lapsed (even if
+# no grant has swept it out of the set yet: its slot may be counted as free already).
 _RENEW = """
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not expiry or tonumber(expiry) <= tonumber(ARGV[4]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 0
+end
 redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3] * 2)
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
@@ -208,12 +213,12 @@ class SlotLeases:
     @redis_errors_as_unavailable
     async def renew(self, leases: list[scheduler_pb2.Lease]) -> list[str]:
         """Push every lease's expiry out by the TTL; returns the ids of those that had lapsed."""
-        expiry = _now_ms() + self.ttl_ms
+        now = _now_ms()
         async with self._redis.pipeline(transaction=False) as pipe:
             for lease in leases:
                 await self._renew(
                     keys=[keys.leases(lease.worker_id, lease.model), keys.grant(lease.lease_id)],
-                    args=[lease.lease_id, expiry, self.ttl_ms],
+                    args=[lease.lease_id, now + self.ttl_ms, self.ttl_ms, now],
                     client=pipe,
                 )
             results = await pipe.execute()

@@ -132,7 +132,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         if not req.request_id:
             raise InvalidRequest("request_id is required", param="request_id")
         requirements = routing.for_generate(req, request.engine)
-        model, _ = await self._resolve(req.model, requirements)
+        try:
+            model, _ = await self._resolve(req.model, requirements)
+        except (Unavailable, ModelNotFound):
+            if not request.retry:
+                raise
+            # Its worker failed and no other serves the model right now: wait in the queue for one
+            # to come back (the name was resolved when the request was first placed).
+            model = req.model
         prefixes = placement.prefix_hashes(req) if self.dispatcher.prefix_aware else []
         needs = Needs(requirements, tuple(prefixes))
         deadline = self._deadline(request.deadline_unix_ms, context)
