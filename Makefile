@@ -61,8 +61,12 @@ $(PROTO_OUT)/hyperllama/.generated: $(PROTOS) $(VENV)/.installed
 	touch $@
 
 # make run ENGINES="llamacpp vllm max" (any subset) also starts vLLM and/or MAX workers on CPU.
+# make run SCHEDULERS=2 WORKERS=2: scheduler replicas sharing one Redis, and llama.cpp workers (each
+# pinned to its own cores when there are enough).
+SCHEDULERS ?= 1
+WORKERS ?= 1
 run: proto $(addprefix engine-,$(ENGINES))
-	$(BIN)/python deploy/local/cluster.py --engines "$(ENGINES)"
+	$(BIN)/python deploy/local/cluster.py --engines "$(ENGINES)" --schedulers $(SCHEDULERS) --workers $(WORKERS)
 
 # The engine conformance suite runs every engine, so the tests need all of them.
 test: proto engines $(BIN)/promtool

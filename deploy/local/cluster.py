@@ -1,7 +1,7 @@
-"""Start the whole cluster on loopback: Redis, scheduler, engine workers and gateway.
+"""Start the whole cluster on loopback: Redis, scheduler replicas, engine workers and gateway.
 
-``make run`` runs this file; the tests import it to start the same topology on free ports.
-Every process it starts is started again when it exits, and stopped on Ctrl-C or SIGTERM.
+``make run`` runs this file; the tests and loadtests/bench.py import it to start the same topology on
+free ports. Every process it starts is started again when it exits, and stopped on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -38,12 +38,31 @@ MODEL_HF_DIR = REPO / ".cache" / "models" / "smollm2-135m-hf"
 RESTART_FIRST_DELAY = 0.5
 RESTART_MAX_DELAY = 30.0
 RESTART_RESET_SECONDS = 60.0
+# Default ports (fixed_ports): replica i of the scheduler serves gRPC on 50051+i; the first serves
+# metrics on 9101 (workers take 9102 on), the others on 9200+i (see prometheus.local.yml).
+SCHEDULER_PORT = 50051
+SCHEDULER_METRICS_PORT = 9101
+SCHEDULER_REPLICA_METRICS_PORT = 9200
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def split_cores(cores: list[int], parts: int) -> list[list[int]]:
+    """``cores`` in ``parts`` contiguous runs as even as can be (the first runs take the remainder)."""
+    if parts < 1 or len(cores) < parts:
+        raise ValueError(f"cannot split {len(cores)} cores into {parts} parts")
+    size, extra = divmod(len(cores), parts)
+    runs: list[list[int]] = []
+    start = 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        runs.append(cores[start:end])
+        start = end
+    return runs
 
 
 def redis_server_binary() -> str:
@@ -106,10 +125,17 @@ class LocalCluster:
     redis_url: str = ""
     env: dict[str, str] = field(default_factory=dict)
     processes: list[Process] = field(default_factory=list)
+    # Every scheduler replica's address, comma-joined: what the workers and the gateway are given
+    # (hyperllama_common.targets spreads their calls over the replicas).
     scheduler_address: str = ""
+    # The scheduler replicas in start order, "scheduler", "scheduler-1", ... (a test kills one).
+    schedulers: list[Process] = field(default_factory=list)
+    # HYPERLLAMA_SCHEDULER_* settings every replica gets, by setting name ("prefix_aware": "false").
+    scheduler_settings: dict[str, str] = field(default_factory=dict)
     # Prometheus endpoints of the processes started, by process name.
     metrics_urls: dict[str, str] = field(default_factory=dict)
     _redis_dir: tempfile.TemporaryDirectory[str] | None = None
+    _scheduler_ports: list[int] = field(default_factory=list)
 
     @property
     def gateway_url(self) -> str:
@@ -184,18 +210,35 @@ class LocalCluster:
         return default if self.fixed_ports else free_port()
 
     def start_scheduler(self, port: int = 0, **settings: str) -> Process:
-        port = port or self._port(50051)
-        metrics_port = self._port(9101)
-        self.scheduler_address = f"127.0.0.1:{port}"
-        self.metrics_urls["scheduler"] = f"http://127.0.0.1:{metrics_port}/metrics"
+        """A scheduler replica, on ports of its own; every call adds one, named "scheduler", then
+        "scheduler-1", "scheduler-2"... A ``port`` that is already a replica's starts that replica
+        again under its name (after a test killed it). Start every replica before the workers and
+        the gateway: they are given the address list once."""
+        if port and port in self._scheduler_ports:
+            index = self._scheduler_ports.index(port)
+        else:
+            index = len(self._scheduler_ports)
+            port = port or self._port(SCHEDULER_PORT + index)
+            self._scheduler_ports.append(port)
+        name = "scheduler" if index == 0 else f"scheduler-{index}"
+        metrics_port = self._port(
+            SCHEDULER_METRICS_PORT if index == 0 else SCHEDULER_REPLICA_METRICS_PORT + index
+        )
+        self.scheduler_address = ",".join(f"127.0.0.1:{p}" for p in self._scheduler_ports)
+        self.metrics_urls[name] = f"http://127.0.0.1:{metrics_port}/metrics"
         env = {
             "HYPERLLAMA_SCHEDULER_PORT": str(port),
             "HYPERLLAMA_SCHEDULER_METRICS_PORT": str(metrics_port),
             "HYPERLLAMA_SCHEDULER_REDIS_URL": self.redis_url,
         }
-        env.update({f"HYPERLLAMA_SCHEDULER_{k.upper()}": v for k, v in settings.items()})
-        proc = self._spawn("scheduler", [sys.executable, "-m", "hyperllama_scheduler.main"], env)
-        wait_for(lambda: _tcp_open(port), "scheduler", proc)
+        merged = {**self.scheduler_settings, **settings}
+        env.update({f"HYPERLLAMA_SCHEDULER_{k.upper()}": v for k, v in merged.items()})
+        proc = self._spawn(name, [sys.executable, "-m", "hyperllama_scheduler.main"], env)
+        if index < len(self.schedulers):
+            self.schedulers[index] = proc
+        else:
+            self.schedulers.append(proc)
+        wait_for(lambda: _tcp_open(port), name, proc)
         return proc
 
     def start_worker(
@@ -254,13 +297,37 @@ class LocalCluster:
         """Until the gateway reports ``workers`` ready workers (models loaded, heartbeats in)."""
         wait_for(lambda: len(self.ready_workers()) >= workers, f"{workers} ready worker(s)", None, timeout)
 
-    def start(self, workers: int = 1, engines: tuple[str, ...] = ("llamacpp",)) -> None:
+    def worker_cores(self, workers: int) -> list[str]:
+        """Each of ``workers`` llama.cpp workers' own cores (HYPERLLAMA_WORKER_CPUS), or nothing when
+        there are fewer cores than workers: then they all share every core."""
+        cores = sorted(os.sched_getaffinity(0))
+        if workers < 2 or len(cores) < workers:
+            return []
+        return [",".join(map(str, run)) for run in split_cores(cores, workers)]
+
+    def start(
+        self,
+        workers: int = 1,
+        engines: tuple[str, ...] = ("llamacpp",),
+        schedulers: int = 1,
+        *,
+        pin_workers: bool = True,
+        scheduler_settings: dict[str, str] | None = None,
+    ) -> None:
+        """Redis, ``schedulers`` scheduler replicas, ``workers`` llama.cpp workers (one each of the
+        other engines) and the gateway. Several llama.cpp workers are each pinned to their own share
+        of this process's cores (unless ``pin_workers`` is false), so that one worker's llama.cpp
+        threads never preempt another's."""
+        self.scheduler_settings.update(scheduler_settings or {})
         self.start_redis()
-        self.start_scheduler()
+        for _ in range(schedulers):
+            self.start_scheduler()
+        cores = self.worker_cores(workers) if pin_workers and "llamacpp" in engines else []
         started = 0
         for engine in engines:
             for i in range(workers if engine == "llamacpp" else 1):
-                self.start_engine_worker(engine, f"worker-{engine}-{i}")
+                pinned = {"cpus": cores[i]} if engine == "llamacpp" and cores else {}
+                self.start_engine_worker(engine, f"worker-{engine}-{i}", **pinned)
                 started += 1
         self.start_gateway()
         # vLLM and MAX take longer: a first MAX start compiles the model (minutes on 2 cores).
@@ -270,6 +337,8 @@ class LocalCluster:
         for proc in reversed(self.processes):
             proc.stop()
         self.processes.clear()
+        self.schedulers.clear()
+        self._scheduler_ports.clear()
         if self._redis_dir is not None:
             self._redis_dir.cleanup()
             self._redis_dir = None
@@ -312,9 +381,19 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("HYPERLLAMA_GATEWAY_PORT", "11434")))
     parser.add_argument("--workers", type=int, default=1, help="llama.cpp workers to start")
     parser.add_argument(
+        "--schedulers", type=int, default=1, help="scheduler replicas to start (they share one Redis)"
+    )
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let several llama.cpp workers share every core instead of each having its own",
+    )
+    parser.add_argument(
         "--engines", default="llamacpp", help="engines to start a worker for: any of llamacpp vllm max"
     )
     args = parser.parse_args()
+    if args.schedulers < 1 or args.workers < 0:
+        parser.error("--schedulers must be at least 1 and --workers at least 0")
     engines = tuple(args.engines.replace(",", " ").split()) or ("llamacpp",)
 
     cluster = LocalCluster(
@@ -329,7 +408,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, on_sigterm)
     try:
-        cluster.start(args.workers, engines)
+        cluster.start(args.workers, engines, args.schedulers, pin_workers=not args.no_pin)
         print(f"\nHyperLlama is serving on {cluster.gateway_url}  (Ctrl-C stops every process)", flush=True)
         print("Metrics: " + "  ".join(cluster.metrics_urls.values()) + "\n", flush=True)
         cluster.supervise(lambda: False)
