@@ -115,8 +115,8 @@ def test_replicated_workloads_have_disruption_budgets(rendered):
     name, objects = rendered
     budgets = [o["spec"]["selector"]["matchLabels"] for o in objects if o["kind"] == "PodDisruptionBudget"]
     for obj in objects:
-        if obj["kind"] != "Deployment" or obj["metadata"]["name"] == "hyperllama-scheduler":
-            continue  # the scheduler is a deliberate singleton (see scheduler.yaml)
+        if obj["kind"] != "Deployment":
+            continue
         labels = obj["spec"]["template"]["metadata"]["labels"]
         assert any(b.items() <= labels.items() for b in budgets), (
             f"{name}: {obj['metadata']['name']} has no PDB"
@@ -175,3 +175,57 @@ def test_scheduler_reads_redis_from_the_rendered_secret(rendered):
         env["HYPERLLAMA_SCHEDULER_REDIS_URL"]["valueFrom"]["secretKeyRef"]["name"]
         == secret["metadata"]["name"]
     )
+
+
+def _one(objects: list[dict], kind: str, name: str) -> dict:
+    (found,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return found
+
+
+def test_scheduler_runs_replicated_behind_a_headless_service(rendered):
+    """Several scheduler replicas serve at once: a budget keeps one through drains, they prefer
+    separate nodes, and every gateway and worker dials all of them through the headless Service."""
+    name, objects = rendered
+    scheduler = _one(objects, "Deployment", "hyperllama-scheduler")
+    assert scheduler["spec"]["replicas"] >= 2, name
+    assert scheduler["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, name
+    template = scheduler["spec"]["template"]
+    labels = template["metadata"]["labels"]
+
+    (budget,) = [
+        o
+        for o in objects
+        if o["kind"] == "PodDisruptionBudget"
+        and o["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    ]
+    assert budget["spec"].get("minAvailable") == 1 or budget["spec"].get("maxUnavailable") == 1, name
+    assert budget["spec"].get("minAvailable", 0) < scheduler["spec"]["replicas"], "a budget no drain can meet"
+
+    anti = template["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    (term,) = [t["podAffinityTerm"] for t in anti]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"].items() <= labels.items()
+
+    headless = [
+        o
+        for o in objects
+        if o["kind"] == "Service"
+        and o["spec"].get("clusterIP") == "None"
+        and o["spec"]["selector"].items() <= labels.items()
+    ]
+    (service,) = headless
+    (grpc_port,) = [p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc"]
+    address = f"dns:///{service['metadata']['name']}:{grpc_port}"
+
+    # Prometheus's pod discovery (prometheus.k8s.yml) scrapes each replica, not a Service.
+    assert template["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+
+    clients = 0
+    for obj, pod in pod_specs(objects):
+        for container in pod["containers"]:
+            for env in container.get("env", []):
+                if env["name"].endswith("_SCHEDULER_ADDRESS"):
+                    assert env["value"] == address, f"{name}: {obj['metadata']['name']} dials {env['value']}"
+                    clients += 1
+    kinds = {o["metadata"]["labels"]["app.kubernetes.io/component"] for o, _ in pod_specs(objects)}
+    assert clients >= 2 and {"gateway", "worker"} <= kinds, name
