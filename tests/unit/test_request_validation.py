@@ -238,7 +238,7 @@ def test_any_body_is_refused_cleanly_or_serialises(model, translate, bodies):
             renders(err.message, err.param)
             return
         if isinstance(request, worker_pb2.GenerateRequest):
-            request = scheduler_pb2.GenerateRequest(request=request, priority=parse_priority("5"))
+            request = scheduler_pb2.AcquireRequest(request=request, priority=parse_priority("5"))
         assert request.SerializeToString()
 
     check()

@@ -4,11 +4,13 @@ per worker address, and what each kind of failure means."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
 import grpc
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
+from opentelemetry import trace
 
 from hyperllama_common.errors import BackendFailed, HyperLlamaError, from_rpc_error, raised_by_peer
 from hyperllama_common.grpc_server import MESSAGE_SIZE_OPTIONS
@@ -58,9 +60,17 @@ class WorkerClients:
         return worker_pb2_grpc.WorkerServiceStub(channel)
 
     async def generate(
-        self, address: str, request: worker_pb2.GenerateRequest, deadline: float
+        self,
+        address: str,
+        request: worker_pb2.GenerateRequest,
+        deadline: float,
+        parent: trace.Span | None = None,
     ) -> AsyncIterator[worker_pb2.GenerateChunk]:
-        call = self._stub(address).Generate(request, timeout=max(0.001, deadline - time.time()))
+        """The worker's chunks. ``parent``: the span the worker's spans belong under; it is made
+        current only while the call is created (the tracing interceptor reads it then), never
+        across this generator's yields, which may resume in another task."""
+        with trace.use_span(parent, end_on_exit=False) if parent else contextlib.nullcontext():
+            call = self._stub(address).Generate(request, timeout=max(0.001, deadline - time.time()))
         try:
             async for chunk in call:
                 yield chunk

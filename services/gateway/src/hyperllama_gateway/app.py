@@ -24,7 +24,7 @@ from hyperllama_gateway.settings import GatewaySettings
 
 def create_app(settings: GatewaySettings) -> FastAPI:
     metrics = GatewayMetrics()
-    tracing = Tracing("gateway")
+    tracing = Tracing("gateway", settings.trace_prompts)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -37,7 +37,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             tracing.client_interceptors(),
         )
         app.state.dispatch = Dispatch(
-            app.state.scheduler, WorkerClients(tracing.client_interceptors()), settings.max_redispatch
+            app.state.scheduler,
+            WorkerClients(tracing.client_interceptors()),
+            settings.max_redispatch,
+            tracing,
         )
         yield
         await app.state.dispatch.close()

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import grpc
 from hyperllama.scheduler.v1 import scheduler_pb2
@@ -28,27 +28,64 @@ from hyperllama_common.errors import (
     Overloaded,
     Unavailable,
 )
+from hyperllama_common.tracing import Tracing
 from hyperllama_common.worker_client import WorkerClients, WorkerLost, WorkerUnreachable
+from opentelemetry import trace
 
 from hyperllama_gateway.scheduler_client import SchedulerClient
 
 log = logging.getLogger(__name__)
 
 Outcome = scheduler_pb2.ReleaseOutcome
+FINISH_NAMES = {worker_pb2.FINISH_REASON_STOP: "stop", worker_pb2.FINISH_REASON_LENGTH: "length"}
 Event: TypeAlias = worker_pb2.GenerateChunk | scheduler_pb2.QueuePosition
 
 # How many workers may die under one request before it is deemed the cause and fails: one, so a worker
 # killed from outside loses no request, and a request that kills workers takes down at most two.
 MAX_CRASHES = 1
-# Tries to give a lease back (each may reach another replica) before leaving it to lapse.
-RELEASE_TRIES = 3
+
+
+def generation_attributes(
+    req: worker_pb2.GenerateRequest, worker_id: str, record_prompts: bool
+) -> dict[str, Any]:
+    """OpenTelemetry gen_ai semantic-convention attributes of a generation (no prompt unless enabled)."""
+    s = req.sampling
+    attrs: dict[str, Any] = {
+        "gen_ai.operation.name": "chat" if req.HasField("chat") else "text_completion",
+        "gen_ai.request.model": req.model,
+        "hyperllama.request_id": req.request_id,
+        "hyperllama.worker_id": worker_id,
+    }
+    for name in ("max_tokens", "temperature", "top_p"):
+        if s.HasField(name):  # type: ignore[arg-type]
+            attrs[f"gen_ai.request.{name}"] = getattr(s, name)
+    if record_prompts:
+        attrs["gen_ai.prompt"] = (
+            "\n".join(f"{m.role}: {m.content}" for m in req.chat.messages)
+            if req.HasField("chat")
+            else req.prompt
+        )
+    return attrs
+
+
+def record_usage(span: trace.Span, chunk: worker_pb2.GenerateChunk) -> None:
+    span.set_attribute("gen_ai.usage.input_tokens", chunk.usage.prompt_tokens)
+    span.set_attribute("gen_ai.usage.output_tokens", chunk.usage.completion_tokens)
+    span.set_attribute("gen_ai.response.finish_reasons", [FINISH_NAMES.get(chunk.finish_reason, "unknown")])
 
 
 class Dispatch:
-    def __init__(self, scheduler: SchedulerClient, workers: WorkerClients, max_redispatch: int):
+    def __init__(
+        self,
+        scheduler: SchedulerClient,
+        workers: WorkerClients,
+        max_redispatch: int,
+        tracing: Tracing | None = None,
+    ):
         self.scheduler = scheduler
         self.workers = workers
         self.max_redispatch = max_redispatch
+        self.tracing = tracing or Tracing("gateway")
         self._held: dict[str, scheduler_pb2.Lease] = {}
         self._renewing: asyncio.Task[None] | None = None
         self._releasing: set[asyncio.Task[None]] = set()
@@ -71,10 +108,17 @@ class Dispatch:
             started = time.monotonic()
             outcome = Outcome.RELEASE_OUTCOME_DONE
             streamed = finished = False
+            # Started, not made current: this generator may resume in another task (see WorkerClients).
+            span = self.tracing.tracer.start_span(
+                "generate",
+                attributes=generation_attributes(req, lease.worker_id, self.tracing.record_prompts),
+            )
             try:
-                async for chunk in self.workers.generate(lease.address, req, deadline):
+                async for chunk in self.workers.generate(lease.address, req, deadline, parent=span):
                     streamed = True
                     finished = chunk.finish_reason != worker_pb2.FINISH_REASON_UNSPECIFIED
+                    if finished:
+                        record_usage(span, chunk)
                     yield chunk
                 return
             except (InvalidRequest, DeadlineExceeded, Cancelled):
@@ -118,6 +162,8 @@ class Dispatch:
                         f"request failed on {redispatches} workers; last error: {err.message}"
                     ) from err
             finally:
+                span.set_attribute("hyperllama.release_outcome", Outcome.Name(outcome))
+                span.end()
                 self._give_back(lease, outcome, streamed, time.monotonic() - started)
             request.retry = True  # back to the head of its band, for another placement
 
@@ -155,18 +201,23 @@ class Dispatch:
         task.add_done_callback(self._releasing.discard)
 
     async def _release(self, release: scheduler_pb2.ReleaseRequest) -> None:
-        for attempt in range(RELEASE_TRIES):
+        """Keep trying through a scheduler restart (the same window as for acquiring): a lease left
+        to lapse keeps its slot counted for the lease's whole TTL."""
+        give_up_at = time.monotonic() + self.scheduler.retry_seconds
+        delay = 0.1
+        while True:
             try:
                 await self.scheduler.release(release)
                 return
             except grpc.aio.UsageError:
                 return  # the gateway is shutting down; the lease lapses by itself
             except HyperLlamaError as err:
-                if attempt == RELEASE_TRIES - 1:
+                if time.monotonic() + delay > give_up_at:
                     log.warning("cannot release slot lease %s (it lapses by itself): %s",
                                 release.lease.lease_id, err.message)  # fmt: skip
                     return
-                await asyncio.sleep(0.2 * (attempt + 1))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def close(self) -> None:
         """Give back what is being released, then stop renewing."""

@@ -52,11 +52,18 @@ class SchedulerClient:
         while True:
             call = self._stub.Acquire(request, timeout=max(0.001, deadline - time.monotonic()))
             try:
+                granted = None
+                # Read to the call's end (right after the lease) rather than cancelling it: a call
+                # completes normally on both sides, and its trace span ends.
                 async for event in call:
-                    yield event
                     if event.HasField("lease"):
-                        return
-                raise BackendFailed("the scheduler ended the call without granting a slot")
+                        granted = event
+                    else:
+                        yield event
+                if granted is None:
+                    raise BackendFailed("the scheduler ended the call without granting a slot")
+                yield granted
+                return
             except grpc.aio.AioRpcError as err:
                 if give_up_at is None:
                     give_up_at = time.monotonic() + self.retry_seconds

@@ -19,5 +19,7 @@ class GatewaySettings(BaseSettings):
     max_redispatch: int = 2
     # Timeout of the scheduler's quick calls (model lists, readiness).
     control_timeout_seconds: float = 3.0
+    # Record prompt text on trace spans (off: prompts are user data).
+    trace_prompts: bool = False
     log_level: str = "INFO"
     log_json: bool = False

@@ -38,7 +38,7 @@ async def serve(settings: SchedulerSettings) -> None:
     dispatcher = Dispatcher(
         client, queue, registry, leases, settings.request_lease_seconds, settings.prefix_aware
     )
-    tracing = Tracing("scheduler", settings.trace_prompts)
+    tracing = Tracing("scheduler")
     workers = WorkerClients(tracing.client_interceptors())
 
     server = GrpcServer(

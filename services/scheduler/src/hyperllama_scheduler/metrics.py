@@ -15,13 +15,13 @@ class SchedulerMetrics:
         )
         self.queue_oldest_wait = Gauge(
             "hyperllama_scheduler_queue_oldest_wait_seconds",
-            "How long the oldest request this scheduler holds has been waiting",
+            "How long the oldest waiting request (whichever replica holds it) has been waiting",
             ["model"],
             registry=r,
         )
         self.queue_wait = Histogram(
             "hyperllama_scheduler_queue_wait_seconds",
-            "Time from admission to dispatch",
+            "Time from admission to a slot lease",
             ["model"],
             buckets=WAIT_BUCKETS,
             registry=r,
@@ -34,19 +34,20 @@ class SchedulerMetrics:
         )
         self.dispatches = Counter(
             "hyperllama_scheduler_dispatches_total",
-            "Requests handed to a worker slot",
+            "Slot leases granted, by worker",
             ["model", "worker"],
             registry=r,
         )
         self.redispatches = Counter(
             "hyperllama_scheduler_redispatches_total",
-            "Requests sent to another worker after theirs failed before the first token",
+            "Requests placed again after their worker failed before the first token",
             ["model"],
             registry=r,
         )
         self.cancellations = Counter(
             "hyperllama_scheduler_cancellations_total",
-            "Requests cancelled by their caller, by phase (queued, running)",
+            "Requests whose caller left while they waited, by phase (queued); a running stream's "
+            "cancellation is the gateway's (hyperllama_gateway_requests_total outcome=cancelled)",
             ["model", "phase"],
             registry=r,
         )
@@ -58,7 +59,8 @@ class SchedulerMetrics:
         )
         self.worker_failures = Counter(
             "hyperllama_scheduler_worker_failures_total",
-            "Worker calls that failed, by phase (before_first_token, mid_stream)",
+            "Worker calls that broke or found no worker, as gateways report them, by phase "
+            "(before_first_token, mid_stream)",
             ["worker", "phase"],
             registry=r,
         )
@@ -83,8 +85,7 @@ class SchedulerMetrics:
         the first event (labels are only known once a worker reports the model)."""
         for counter in (self.admissions, self.rejections, self.redispatches, self.deadlines_exceeded):
             counter.labels(model)
-        for phase in ("queued", "running"):
-            self.cancellations.labels(model, phase)
+        self.cancellations.labels(model, "queued")
         self.queue_wait.labels(model)
 
     def start_worker(self, worker: str, models: list[str]) -> None:

@@ -146,9 +146,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         if request.retry:
             self.metrics.redispatches.labels(model).inc()
         started = time.monotonic()
-        with self.tracing.tracer.start_as_current_span(
+        # Started, not made current: a streaming handler's context must not change across its yields.
+        span = self.tracing.tracer.start_span(
             "acquire", attributes={"gen_ai.request.model": model, "hyperllama.request_id": req.request_id}
-        ) as span:
+        )
+        try:
             lease = await self.dispatcher.grant_now(model, req.request_id, needs)
             span.set_attribute("hyperllama.queued", lease is None)
             if lease is None:
@@ -162,6 +164,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             self.metrics.queue_wait.labels(model).observe(time.monotonic() - started)
             self.metrics.dispatches.labels(model, lease.worker_id).inc()
             yield scheduler_pb2.AcquireEvent(lease=lease)
+        finally:
+            span.end()
 
     async def _wait_in_queue(
         self, request: scheduler_pb2.AcquireRequest, model: str, needs: Needs, deadline: float

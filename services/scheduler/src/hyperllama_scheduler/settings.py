@@ -26,7 +26,5 @@ class SchedulerSettings(BaseSettings):
     prefix_aware: bool = True
     redis_timeout_seconds: float = 2.0
     grace_seconds: float = 15.0
-    # Record prompt text on trace spans (off: prompts are user data).
-    trace_prompts: bool = False
     log_level: str = "INFO"
     log_json: bool = False
