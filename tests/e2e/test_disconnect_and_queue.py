@@ -74,9 +74,9 @@ async def test_full_queue_refuses_and_waiting_clients_can_leave(base_url: str, p
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
         running = [await open_stream(client, "/v1/completions", LONG) for _ in range(SLOTS)]
         assert [r.status_code for r in running] == [200] * SLOTS
-        waiting = [
-            asyncio.ensure_future(open_stream(client, "/v1/completions", LONG)) for _ in range(QUEUE_MAX)
-        ]
+        # A queued /v1 stream starts at once, with its place in the queue as an SSE comment.
+        waiting = [await open_stream(client, "/v1/completions", LONG) for _ in range(QUEUE_MAX)]
+        assert [r.status_code for r in waiting] == [200] * QUEUE_MAX
         await until(lambda: _is(queued, QUEUE_MAX))
 
         r = await client.post(
@@ -93,8 +93,8 @@ async def test_full_queue_refuses_and_waiting_clients_can_leave(base_url: str, p
         assert "full" in r.json()["error"]
         assert await queued() == QUEUE_MAX  # the bound held
 
-        for task in waiting:  # queued clients disconnect: their requests leave the queue
-            task.cancel()
+        for r in waiting:  # queued clients disconnect: their requests leave the queue
+            await r.aclose()
         await until(lambda: _is(queued, 0))
         for r in running:
             await r.aclose()
@@ -125,3 +125,51 @@ async def test_every_stream_ends_with_exactly_one_terminal_marker(base_url: str)
 
 async def _is(probe, n: int) -> bool:
     return await probe() == n
+
+
+async def test_a_queued_stream_hears_its_place_and_clients_ignore_it(base_url: str, oai, probes):
+    queued, slots_in_use = probes
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
+        running = [await open_stream(client, "/v1/completions", LONG) for _ in range(SLOTS)]
+        await until(lambda: _is(slots_in_use, SLOTS))
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "stream": True,
+            "max_tokens": 4,
+        }
+        waiting = await open_stream(client, "/v1/chat/completions", body)
+        assert waiting.status_code == 200
+        lines = waiting.aiter_lines()
+        first = await anext(lines)
+        assert first.startswith(": queued position=1"), first  # next in line
+
+        # An unmodified OpenAI client queues behind it, and reads its stream as usual.
+        def openai_stream() -> tuple[str, str | None]:
+            stream = oai.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, stream=True
+            )
+            text, finish = "", None
+            for chunk in stream:
+                if chunk.choices:
+                    text += chunk.choices[0].delta.content or ""
+                    finish = chunk.choices[0].finish_reason or finish
+            return text, finish
+
+        behind = asyncio.ensure_future(asyncio.to_thread(openai_stream))
+        await until(lambda: _is(queued, 2))
+        status = (await client.get("/api/queue")).json()
+        (entry,) = [m for m in status["models"] if m["model"] == MODEL]
+        assert entry["queued"] == 2 and entry["slots_in_use"] == SLOTS and entry["slots_total"] == SLOTS
+        assert entry["oldest_wait_ms"] >= 0
+        ps = (await client.get("/api/ps")).json()
+        (loaded,) = [m for m in ps["models"] if m["name"] == MODEL]
+        assert (loaded["queued"], loaded["slots_in_use"], loaded["slots_total"]) == (2, SLOTS, SLOTS)
+
+        for r in running:
+            await r.aclose()
+        events = [line async for line in lines if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]"
+        text, finish = await behind
+        assert text and finish == "length"
+    await until(lambda: _is(slots_in_use, 0))

@@ -135,6 +135,20 @@ def test_only_the_gateway_is_reachable_from_outside(rendered):
                 }, policy_name
 
 
+def test_gateways_may_reach_the_workers_they_stream_from(rendered):
+    name, objects = rendered
+    policies = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "NetworkPolicy"}
+    worker_port = 50061
+    sources = [
+        peer["podSelector"]["matchLabels"]
+        for rule in policies["hyperllama-worker"]["ingress"]
+        if any(p["port"] == worker_port for p in rule["ports"])
+        for peer in rule.get("from", [])
+    ]
+    assert {"app.kubernetes.io/component": "gateway"} in sources
+    assert {"app.kubernetes.io/component": "scheduler"} in sources
+
+
 def test_scraped_pods_name_a_declared_metrics_port(rendered):
     name, objects = rendered
     for obj, pod in pod_specs(objects):
