@@ -14,8 +14,8 @@ Sections (--only picks one; the default runs all):
           reported, with every process's CPU time and context switches per generated token. Then the
           path alone: long streams through the instant peer.
   prefix  two pinned llama.cpp workers (one core each) and 2 x slots tenants, each with its own long
-          system prompt, once with prefix-aware placement and once with least-loaded placement
-          (HYPERLLAMA_SCHEDULER_PREFIX_AWARE=false), alternated.
+          system prompt, sent to a cluster with prefix-aware placement and to one with least-loaded
+          placement (HYPERLLAMA_SCHEDULER_PREFIX_AWARE=false), alternated, three times each.
 
 The report (markdown and JSON) goes to loadtests/results/.
 """
@@ -372,9 +372,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["all", "ratios", "prefix"], default="all")
     parser.add_argument("--llama-server", default=str(ROOT / "build" / "llama-server" / "llama-server"))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="alternating runs per peer (and per prefix mode)"
-    )
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per peer and concurrency")
     parser.add_argument("--waves", type=int, default=2, help="requests per run = concurrency x waves")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--path-tokens", type=int, default=512)
