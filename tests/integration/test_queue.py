@@ -19,7 +19,7 @@ from hyperllama_scheduler.queue import ADMITTED, REJOINED, SUPERSEDED, RequestQu
 from hyperllama_scheduler.queue import GRANTED as QUEUE_GRANTED
 
 MODEL = "m:1"
-NEEDS = b'{"capabilities": ["generate"], "engine": "", "prefixes": []}'
+NEEDS = b'{"model": "m:1", "capabilities": ["generate"], "engine": "", "prefixes": []}'
 
 
 def make_queue(redis_client, bound: int = 10, retry_after: int = 1) -> RequestQueue:

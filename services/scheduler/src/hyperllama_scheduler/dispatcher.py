@@ -34,21 +34,28 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Needs:
-    """What a request needs of a worker, as stored with it in the queue for any replica to read."""
+    """What a waiting request needs of a worker, stored with it in the queue for any replica to read;
+    ``model`` is the name it was queued under (name:tag)."""
 
+    model: str
     requirements: Requirements
     prefixes: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
         r = self.requirements
         return json.dumps(
-            {"capabilities": list(r.capabilities), "engine": r.engine, "prefixes": list(self.prefixes)}
+            {
+                "model": self.model,
+                "capabilities": list(r.capabilities),
+                "engine": r.engine,
+                "prefixes": list(self.prefixes),
+            }
         ).encode()
 
     @staticmethod
     def decode(raw: bytes) -> Needs:
         d = json.loads(raw)
-        return Needs(Requirements(tuple(d["capabilities"]), d["engine"]), tuple(d["prefixes"]))
+        return Needs(d["model"], Requirements(tuple(d["capabilities"]), d["engine"]), tuple(d["prefixes"]))
 
 
 class Dispatcher:
@@ -82,12 +89,21 @@ class Dispatcher:
         workers = [w for w in await self.registry.live_for(model) if needs.requirements.accepts(w)]
         if not workers:
             return None
-        used = in_use if in_use is not None else await self.leases.in_use(workers, model)
+        prefixes = list(needs.prefixes) if self.prefix_aware else []
         cap = {w.worker_id: capacity(w, model)[0] for w in workers}
+        if in_use is not None:
+            used = in_use
+        elif len(workers) == 1:
+            used = {}  # nothing to choose between: the grant itself checks the slots
+        else:
+            used = await self.leases.in_use(workers, model)
         free = {w.worker_id: cap[w.worker_id] - used.get(w.worker_id, 0) for w in workers}
         candidates = [w for w in workers if free[w.worker_id] > 0]
-        prefixes = list(needs.prefixes) if self.prefix_aware else []
-        matches = await self.leases.prefix_matches(candidates, model, prefixes) if prefixes else {}
+        matches = (
+            await self.leases.prefix_matches(candidates, model, prefixes)
+            if prefixes and len(candidates) > 1
+            else {}
+        )
         while candidates:
             worker = placement.choose(candidates, free, cap, matches, len(prefixes))
             outcome = await self.leases.grant(worker, model, request_id, prefixes, queued=queued)

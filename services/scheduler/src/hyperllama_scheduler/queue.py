@@ -214,6 +214,11 @@ class RequestQueue:
         return cast(bytes, await self._redis.get(keys.grant(request_id))) or b""
 
     @redis_errors_as_unavailable
+    async def needs_of(self, request_id: str) -> bytes:
+        """What a waiting request was stored with ("" if it is not waiting)."""
+        return cast(bytes, await self._redis.get(keys.request(request_id))) or b""
+
+    @redis_errors_as_unavailable
     async def head(self, model: str, count: int) -> list[str]:
         ids = cast(list[bytes], await self._redis.zrange(keys.queue(model), 0, count - 1))
         return [i.decode() for i in ids]

@@ -135,13 +135,18 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         try:
             model, _ = await self._resolve(req.model, requirements)
         except (Unavailable, ModelNotFound):
-            if not request.retry:
+            # No live worker serves the model right now. A request that had been placed (its worker
+            # failed) or queued (its replica died) before waits for one to come back, under the name
+            # it was resolved to then; a new one is refused.
+            stored = await self.queue.needs_of(req.request_id)
+            if stored:
+                model = Needs.decode(stored).model
+            elif request.retry:
+                model = req.model  # the gateway sends the name its lease carried
+            else:
                 raise
-            # Its worker failed and no other serves the model right now: wait in the queue for one
-            # to come back (the name was resolved when the request was first placed).
-            model = req.model
         prefixes = placement.prefix_hashes(req) if self.dispatcher.prefix_aware else []
-        needs = Needs(requirements, tuple(prefixes))
+        needs = Needs(model, requirements, tuple(prefixes))
         deadline = self._deadline(request.deadline_unix_ms, context)
         if request.retry:
             self.metrics.redispatches.labels(model).inc()
