@@ -103,6 +103,10 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
     ):
         self.engine = engine
         self.metrics = metrics
+        # Generations streaming from the engine now. The engine runs at most slots_total sequences
+        # (its --max-num-seqs / --max-batch-size) and queues the rest where nobody can see them:
+        # past that the worker answers busy, so the scheduler can ask another worker.
+        self._admitted = 0
         metrics.slots_total.set(info.slots_total)
         metrics.slots_in_use.set_function(lambda: self._admitted)
         self.client = client
@@ -110,10 +114,6 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
         self.info = info
         self.model_id = model_id  # the name the engine's server knows the model by
         self._running: dict[str, Running] = {}
-        # Generations streaming from the engine now. The engine runs at most slots_total sequences
-        # (its --max-num-seqs / --max-batch-size) and queues the rest where nobody can see them:
-        # past that the worker answers busy, so the scheduler can ask another worker.
-        self._admitted = 0
 
     def snapshot(self) -> worker_pb2.WorkerInfo:
         info = worker_pb2.WorkerInfo()
