@@ -48,14 +48,12 @@ async def _traffic(base_url: str, scheduler_metrics: str) -> None:
 
         # Fill every slot and the queue, get refused, then leave: rejections and both cancellation phases.
         running = [await open_stream(client, "/v1/completions", LONG) for _ in range(SLOTS)]
-        waiting = [
-            asyncio.ensure_future(open_stream(client, "/v1/completions", LONG)) for _ in range(QUEUE_MAX)
-        ]
+        # A queued /v1 stream starts at once (its place arrives as SSE comments).
+        waiting = [await open_stream(client, "/v1/completions", LONG) for _ in range(QUEUE_MAX)]
         await until(lambda: _at_least(scheduler("hyperllama_scheduler_queue_depth"), QUEUE_MAX), timeout=30)
         assert (await client.post("/v1/chat/completions", json=chat)).status_code == 429
-        for task in waiting:
-            task.cancel()
-        await asyncio.gather(*waiting, return_exceptions=True)
+        for r in waiting:
+            await r.aclose()
         for r in running:
             await r.aclose()
         # Leave the shared cluster idle for the tests after this one.
