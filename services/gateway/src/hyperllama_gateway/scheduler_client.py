@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -75,55 +76,35 @@ class SchedulerClient:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    async def renew(self, leases: list[scheduler_pb2.Lease]) -> list[str]:
-        """Renew leases; the ids of those that had lapsed."""
+    async def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         try:
-            response = await self._stub.Renew(
-                scheduler_pb2.RenewRequest(leases=leases), timeout=self.control_timeout
-            )
+            return await method(request, timeout=timeout or self.control_timeout)
         except grpc.aio.AioRpcError as err:
             raise from_rpc_error(err) from None
+
+    async def renew(self, leases: list[scheduler_pb2.Lease]) -> list[str]:
+        """Renew leases; the ids of those that had lapsed."""
+        response = await self._unary(self._stub.Renew, scheduler_pb2.RenewRequest(leases=leases))
         return list(response.lapsed)
 
     async def release(self, request: scheduler_pb2.ReleaseRequest) -> None:
-        try:
-            await self._stub.Release(request, timeout=self.control_timeout)
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+        await self._unary(self._stub.Release, request)
 
     async def queue_status(self) -> list[scheduler_pb2.ModelQueue]:
-        try:
-            response = await self._stub.QueueStatus(
-                scheduler_pb2.QueueStatusRequest(), timeout=self.control_timeout
-            )
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+        response = await self._unary(self._stub.QueueStatus, scheduler_pb2.QueueStatusRequest())
         return list(response.models)
 
     async def embed(
         self, request: worker_pb2.EmbedRequest, timeout: float, engine: str = ""
     ) -> worker_pb2.EmbedResponse:
-        try:
-            return await self._stub.Embed(
-                scheduler_pb2.EmbedRequest(request=request, engine=engine), timeout=timeout
-            )
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+        embed = scheduler_pb2.EmbedRequest(request=request, engine=engine)
+        response: worker_pb2.EmbedResponse = await self._unary(self._stub.Embed, embed, timeout)
+        return response
 
     async def list_models(self) -> list[scheduler_pb2.ModelEntry]:
-        try:
-            response = await self._stub.ListModels(
-                scheduler_pb2.ListModelsRequest(), timeout=self.control_timeout
-            )
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+        response = await self._unary(self._stub.ListModels, scheduler_pb2.ListModelsRequest())
         return list(response.models)
 
     async def list_workers(self) -> list[worker_pb2.WorkerInfo]:
-        try:
-            response = await self._stub.ListWorkers(
-                scheduler_pb2.ListWorkersRequest(), timeout=self.control_timeout
-            )
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err) from None
+        response = await self._unary(self._stub.ListWorkers, scheduler_pb2.ListWorkersRequest())
         return list(response.workers)

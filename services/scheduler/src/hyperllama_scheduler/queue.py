@@ -25,6 +25,8 @@ T = TypeVar("T")
 PRIORITY_MAX = 9
 
 # Keys of the scripts below, in this order: queue, queue_since, request, request_lease, seq, grant.
+# ARGV of _ADMIT and _RENEW (RequestQueue._args): request id, priority rank, the bound, the request
+# lease's ms, needs, owner token, now (unix ms), head ('1' or '0'), time to live (ms).
 # Score = priority band * 2^40 + arrival counter; the head of a band is its score alone.
 
 # Admit atomically. A request already granted gets its grant; one already queued keeps its place
@@ -147,6 +149,23 @@ class RequestQueue:
         """Higher priority sorts first; out-of-range priorities are clamped."""
         return PRIORITY_MAX - max(0, min(PRIORITY_MAX, priority))
 
+    def _args(
+        self, request_id: str, priority: int, needs: bytes, owner: str, ttl_ms: int, lease_ms: int,
+        head: bool = False,
+    ) -> list[str | int | bytes]:  # fmt: skip
+        """ARGV of _ADMIT and _RENEW, in their order."""
+        return [
+            request_id,
+            self.rank(priority),
+            self.max_per_model,
+            lease_ms,
+            needs,
+            owner,
+            _now_ms(),
+            "1" if head else "0",
+            max(1, ttl_ms),
+        ]
+
     @redis_errors_as_unavailable
     async def admit(
         self,
@@ -164,17 +183,7 @@ class RequestQueue:
         when the queue is full."""
         result = await self._admit(
             keys=_keys(model, request_id),
-            args=[
-                request_id,
-                self.rank(priority),
-                self.max_per_model,
-                lease_ms,
-                needs,
-                owner,
-                _now_ms(),
-                "1" if head else "0",
-                max(1, ttl_ms),
-            ],
+            args=self._args(request_id, priority, needs, owner, ttl_ms, lease_ms, head),
         )
         status = int(result[0])
         if status < 0:
@@ -202,7 +211,7 @@ class RequestQueue:
         """Renew a waiting request's lease and learn its place (or that it was granted, or taken over)."""
         result = await self._renew(
             keys=_keys(model, request_id),
-            args=[request_id, self.rank(priority), "", lease_ms, needs, owner, _now_ms(), "", max(1, ttl_ms)],
+            args=self._args(request_id, priority, needs, owner, ttl_ms, lease_ms),
         )
         status = int(result[0])
         if status in (ADMITTED, REJOINED):
