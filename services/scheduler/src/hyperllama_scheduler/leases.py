@@ -225,17 +225,20 @@ class SlotLeases:
         return [lease.lease_id for lease, ok in zip(leases, results, strict=True) if not int(ok)]
 
     @redis_errors_as_unavailable
-    async def release(self, lease: scheduler_pb2.Lease, duration_ms: int = 0, freed: bool = False) -> None:
-        """Give the slot back. ``freed``: the worker served the stream, so a "busy" it answered
-        before is over (a slot there is free now)."""
+    async def release(self, lease: scheduler_pb2.Lease, duration_ms: int = 0, freed: bool = False) -> int:
+        """Give the slot back, in one round trip; returns how many requests wait for the model (a
+        dispatch pass is worth running only then). ``freed``: the worker served the stream, so a
+        "busy" it answered before is over (a slot there is free now)."""
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zrem(keys.leases(lease.worker_id, lease.model), lease.lease_id)
             pipe.delete(keys.grant(lease.lease_id))
             if freed:
                 pipe.delete(keys.worker_full(lease.worker_id))
-            await pipe.execute()
-        if duration_ms > 0:
-            await self._observe(keys=[keys.model_stats(lease.model)], args=[duration_ms])
+            if duration_ms > 0:
+                await self._observe(keys=[keys.model_stats(lease.model)], args=[duration_ms], client=pipe)
+            pipe.zcard(keys.queue(lease.model))
+            *_, waiting = await pipe.execute()
+        return int(waiting)
 
     @redis_errors_as_unavailable
     async def mean_duration_ms(self, model: str) -> int:

@@ -248,7 +248,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         lease, outcome = request.lease, request.outcome
         _check_lease(lease)
         done = outcome == Outcome.RELEASE_OUTCOME_DONE
-        await self.leases.release(lease, request.duration_ms if done else 0, freed=done)
+        waiting = await self.leases.release(lease, request.duration_ms if done else 0, freed=done)
         if outcome == Outcome.RELEASE_OUTCOME_BUSY:
             # The worker is the authority on its slots: asked again later, never deemed broken.
             await self.registry.mark_full(lease.worker_id)
@@ -257,7 +257,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             if outcome != Outcome.RELEASE_OUTCOME_NOT_READY:
                 phase = "mid_stream" if request.streamed else "before_first_token"
                 self.metrics.worker_failures.labels(lease.worker_id, phase).inc()
-        self.dispatcher.wake(lease.model)
+        if waiting:
+            self.dispatcher.wake(lease.model)
         return scheduler_pb2.ReleaseResponse()
 
     async def QueueStatus(
