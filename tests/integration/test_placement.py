@@ -11,20 +11,26 @@ import asyncio
 
 import pytest
 from hyperllama.scheduler.v1 import scheduler_pb2
-from test_scheduler import collect, request, until
+from hyperllama_scheduler import keys
+from test_scheduler import MODEL, collect, request, until
 
 # Long enough for several whole blocks of the scheduler's prefix hashing (256 bytes each).
 SYSTEM = "You are the assistant of tenant seven. " * 40
 
 
 @pytest.mark.parametrize("prefix_aware", ["true", "false"])
-async def test_a_shared_prefix_goes_where_it_went_before(scheduler_factory, prefix_aware):
+async def test_a_shared_prefix_goes_where_it_went_before(scheduler_factory, redis_client, prefix_aware):
     h = scheduler_factory(prefix_aware=prefix_aware)
     h.add_worker("a", HYPERLLAMA_SCRIPTED_SLOTS="4")
     h.add_worker("b", HYPERLLAMA_SCRIPTED_SLOTS="4")
     await h.wait_workers(2)
     first, _ = await collect(h, request(SYSTEM + "first question", max_tokens=2))
     home = first.split()[0]
+
+    async def released() -> bool:  # leases go back in the background
+        return await redis_client.zcard(keys.leases(home, MODEL)) == 0
+
+    await until(released)
     # A long request with the same prefix keeps one slot busy: of its home, if placement knows.
     stall = asyncio.ensure_future(collect(h, request(SYSTEM + "stall", max_tokens=2), timeout=30))
     busy: list[str] = []
@@ -42,7 +48,49 @@ async def test_a_shared_prefix_goes_where_it_went_before(scheduler_factory, pref
         assert again.split()[0] == home  # its cache likely holds the prefix: worth more than idleness
     else:
         assert again.split()[0] == idle  # least loaded
+
     # A prompt without a whole block in common goes by load alone.
+    async def idle_again() -> bool:
+        return await redis_client.zcard(keys.leases(idle, MODEL)) == 0
+
+    await until(idle_again)
     fresh, _ = await collect(h, request("A short unrelated prompt.", max_tokens=2))
     assert fresh.split()[0] == idle
+    stall.cancel()
+
+
+@pytest.mark.parametrize("patience", ["30", "0"])
+async def test_a_request_waits_a_little_for_the_busy_worker_that_holds_its_prefix(
+    scheduler_factory, redis_client, patience
+):
+    h = scheduler_factory(prefix_patience_seconds=patience)
+    h.add_worker("a")  # one slot each
+    h.add_worker("b")
+    await h.wait_workers(2)
+    first, _ = await collect(h, request(SYSTEM + "first question", max_tokens=2))
+    home = first.split()[0]
+
+    async def released() -> bool:  # leases go back in the background
+        return await redis_client.zcard(keys.leases(home, MODEL)) == 0
+
+    await until(released)
+    stall = asyncio.ensure_future(collect(h, request(SYSTEM + "stall", max_tokens=2), timeout=30))
+    busy: list[str] = []
+
+    async def home_full() -> bool:
+        listed = await h.stub.ListWorkers(scheduler_pb2.ListWorkersRequest(), timeout=2)
+        busy[:] = [w.worker_id for w in listed.workers if w.slots_in_use == 1]
+        return busy == [home]
+
+    await until(home_full)
+    again = asyncio.ensure_future(collect(h, request(SYSTEM + "second question", max_tokens=2)))
+    if patience == "0":
+        text, _ = await again  # no patience: the idle worker, at once
+        assert text.split()[0] != home
+    else:
+        await asyncio.sleep(1.5)  # not a synchronisation: the request must still be waiting then
+        assert not again.done()
+        stall.cancel()
+        text, _ = await again
+        assert text.split()[0] == home  # it waited for its home's slot
     stall.cancel()

@@ -67,6 +67,7 @@ class Dispatcher:
         leases: SlotLeases,
         request_lease_seconds: float,
         prefix_aware: bool = True,
+        prefix_patience_seconds: float = 2.0,
         tick_seconds: float = 1.0,
     ):
         self._redis = client
@@ -74,6 +75,7 @@ class Dispatcher:
         self.registry = registry
         self.leases = leases
         self.prefix_aware = prefix_aware
+        self.prefix_patience = prefix_patience_seconds
         self.request_lease_ms = int(request_lease_seconds * 1000)
         self.tick = min(tick_seconds, request_lease_seconds / 3)
         self._granted: dict[str, asyncio.Event] = {}  # request id -> set when its grant is published
@@ -84,8 +86,10 @@ class Dispatcher:
     # ---- placing one request -------------------------------------------------------------------
 
     async def _place(self, model: str, request_id: str, needs: Needs, queued: bool,
-                     in_use: dict[str, int] | None = None) -> scheduler_pb2.Lease | None:  # fmt: skip
-        """Try to lease a slot for the request on the best worker that has one; None if none has."""
+                     in_use: dict[str, int] | None = None,
+                     waited: float = 0.0) -> scheduler_pb2.Lease | None:  # fmt: skip
+        """Try to lease a slot for the request on the best worker that has one; None if none has,
+        or if its prefix's home is full and it has waited less than the patience for it."""
         workers = [w for w in await self.registry.live_for(model) if needs.requirements.accepts(w)]
         if not workers:
             return None
@@ -100,10 +104,13 @@ class Dispatcher:
         free = {w.worker_id: cap[w.worker_id] - used.get(w.worker_id, 0) for w in workers}
         candidates = [w for w in workers if free[w.worker_id] > 0]
         matches = (
-            await self.leases.prefix_matches(candidates, model, prefixes)
-            if prefixes and len(candidates) > 1
+            await self.leases.prefix_matches(workers, model, prefixes)
+            if prefixes and len(workers) > 1
             else {}
         )
+        home = placement.home(workers, matches, len(prefixes))
+        if home is not None and free[home.worker_id] <= 0 and waited < self.prefix_patience:
+            return None  # its home will have a slot soon; elsewhere it would prefill from scratch
         while candidates:
             worker = placement.choose(candidates, free, cap, matches, len(prefixes))
             outcome = await self.leases.grant(worker, model, request_id, prefixes, queued=queued)
@@ -229,7 +236,8 @@ class Dispatcher:
         if total_free <= 0:
             return
         ids = await self.queue.head(model, max(16, total_free * 4))
-        for request_id, (raw, alive) in zip(ids, await self.queue.waiting(ids), strict=True):
+        now_ms = time.time() * 1000
+        for request_id, (raw, alive, since_ms) in zip(ids, await self.queue.waiting(model, ids), strict=True):
             if total_free <= 0:
                 return
             if not alive:
@@ -240,5 +248,8 @@ class Dispatcher:
                 continue
             if raw is None:
                 continue
-            if await self._place(model, request_id, Needs.decode(raw), queued=True, in_use=in_use):
+            waited = (now_ms - since_ms) / 1000 if since_ms else 0.0
+            if await self._place(
+                model, request_id, Needs.decode(raw), queued=True, in_use=in_use, waited=waited
+            ):
                 total_free -= 1

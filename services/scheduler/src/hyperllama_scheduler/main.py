@@ -36,7 +36,13 @@ async def serve(settings: SchedulerSettings) -> None:
     registry = WorkerRegistry(client, settings.worker_lease_seconds, metrics)
     leases = SlotLeases(client, settings.slot_lease_seconds, metrics)
     dispatcher = Dispatcher(
-        client, queue, registry, leases, settings.request_lease_seconds, settings.prefix_aware
+        client,
+        queue,
+        registry,
+        leases,
+        settings.request_lease_seconds,
+        settings.prefix_aware,
+        settings.prefix_patience_seconds,
     )
     tracing = Tracing("scheduler")
     workers = WorkerClients(tracing.client_interceptors())

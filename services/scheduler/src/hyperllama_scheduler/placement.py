@@ -20,6 +20,10 @@ MAX_BLOCKS = 64  # prefixes past 16 KiB are not told apart further
 # How much a full prefix match outweighs an idle worker. Above 1: a worker that holds the prompt
 # wins over an idle one as long as it has a free slot; a partial match still yields to load.
 PREFIX_WEIGHT = 2.0
+# A worker that was sent at least this share of a prompt's blocks is its home: while the home is full
+# the request waits for it a little (the scheduler's prefix_patience_seconds) rather than go to a
+# worker that would compute the whole prefix again, and that would then compete for it.
+HOME_MATCH = 0.5
 
 
 def prompt_text(req: worker_pb2.GenerateRequest) -> str:
@@ -58,3 +62,13 @@ def choose(
         return (PREFIX_WEIGHT * match + load, free[w.worker_id])
 
     return max(candidates, key=score)
+
+
+def home(
+    workers: list[worker_pb2.WorkerInfo], matches: dict[str, int], blocks: int
+) -> worker_pb2.WorkerInfo | None:
+    """The worker most of the prompt's prefix was sent to, if any was sent at least HOME_MATCH."""
+    if not blocks or not workers:
+        return None
+    best = max(workers, key=lambda w: matches.get(w.worker_id, 0))
+    return best if matches.get(best.worker_id, 0) / blocks >= HOME_MATCH else None

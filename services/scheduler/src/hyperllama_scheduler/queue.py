@@ -233,13 +233,22 @@ class RequestQueue:
         return [i.decode() for i in ids]
 
     @redis_errors_as_unavailable
-    async def waiting(self, request_ids: list[str]) -> list[tuple[bytes | None, bool]]:
-        """For each request: what it needs (None if gone) and whether its owner's lease holds."""
+    async def waiting(
+        self, model: str, request_ids: list[str]
+    ) -> list[tuple[bytes | None, bool, float | None]]:
+        """For each request: what it needs (None if gone), whether its owner's lease holds, and when
+        it was admitted (unix ms)."""
         if not request_ids:
             return []
-        needs = await self._redis.mget([keys.request(r) for r in request_ids])
-        leases = await self._redis.mget([keys.request_lease(r) for r in request_ids])
-        return [(cast(bytes | None, n), lease is not None) for n, lease in zip(needs, leases, strict=True)]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.mget([keys.request(r) for r in request_ids])
+            pipe.mget([keys.request_lease(r) for r in request_ids])
+            pipe.zmscore(keys.queue_since(model), request_ids)
+            needs, leases, since = await pipe.execute()
+        return [
+            (cast(bytes | None, n), lease is not None, s)
+            for n, lease, s in zip(needs, leases, since, strict=True)
+        ]
 
     @redis_errors_as_unavailable
     async def depth(self, model: str) -> int:

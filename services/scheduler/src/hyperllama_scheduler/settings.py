@@ -24,6 +24,9 @@ class SchedulerSettings(BaseSettings):
     # Send a request to the worker most likely to hold its prompt's prefix in cache, balanced
     # against load (off: least-loaded only).
     prefix_aware: bool = True
+    # How long a request waits for the busy worker that holds most of its prompt's prefix before it
+    # goes to another worker (which would compute the prefix again).
+    prefix_patience_seconds: float = 2.0
     redis_timeout_seconds: float = 2.0
     grace_seconds: float = 15.0
     log_level: str = "INFO"
