@@ -22,7 +22,8 @@ from hyperllama.worker.v1 import worker_pb2
 from hyperllama_scheduler import keys
 from test_scheduler import MODEL, until
 
-RUNNING_TOKENS = 40
+# Long enough (15 s) that the queue fills and a replica dies while they run, however slow the machine.
+RUNNING_TOKENS = 300
 TOKEN_DELAY = 0.05
 
 
