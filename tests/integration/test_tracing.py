@@ -106,15 +106,26 @@ def test_one_trace_across_the_three_services(traced_cluster):
     )
     assert r.status_code == 200
     spans = wait_for_trace(receiver, {"gateway", "scheduler", "worker-llamacpp"})
-    by_id = {s["id"]: s for s in spans}
+
+    def chain_up(span: dict) -> list[dict]:
+        """The span and its ancestors, as far as they have been exported."""
+        with receiver.lock:
+            every = {s["id"]: s for s in receiver.spans}
+        chain = [span]
+        while chain[-1]["parent"] in every:
+            chain.append(every[chain[-1]["parent"]])
+        return chain
+
+    def rooted(span: dict) -> list[dict]:
+        # Each service exports its spans in batches of its own: wait until the whole chain is in.
+        deadline = time.monotonic() + 10
+        while chain_up(span)[-1]["parent"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return chain_up(span)
 
     # Walk from the engine's span up to the root: the worker's span, then the gateway's "generate"
     # (tokens flow worker -> gateway), then the gateway's HTTP server span.
-    chain = []
-    span = next(s for s in spans if s["name"] == "llama.generate")
-    while span is not None:
-        chain.append(span)
-        span = by_id.get(span["parent"])
+    chain = rooted(next(s for s in spans if s["name"] == "llama.generate"))
     services = [s["service"] for s in chain]
     assert services[0] == "worker-llamacpp" and services[-1] == "gateway"
     assert "scheduler" not in services  # no token passes through the scheduler
@@ -127,19 +138,7 @@ def test_one_trace_across_the_three_services(traced_cluster):
     # The scheduler's part, placing the request, is in the same trace under the same root.
     acquire = next(s for s in spans if s["service"] == "scheduler" and s["name"] == "acquire")
     assert acquire["attrs"]["hyperllama.queued"].bool_value is False  # an idle worker: no queue
-
-    def root_of(span: dict) -> dict:
-        with receiver.lock:
-            every = {s["id"]: s for s in receiver.spans}
-        while span["parent"] in every:
-            span = every[span["parent"]]
-        return span
-
-    # The gateway's client span of the Acquire call is exported when that call ends: wait for it.
-    deadline = time.monotonic() + 10
-    while root_of(acquire)["id"] != chain[-1]["id"] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert root_of(acquire)["id"] == chain[-1]["id"]
+    assert rooted(acquire)[-1]["id"] == chain[-1]["id"]
     # Prompts are user data: not recorded unless enabled.
     for s in spans:
         for value in s["attrs"].values():
