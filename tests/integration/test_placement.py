@@ -18,12 +18,9 @@ from test_scheduler import MODEL, collect, request, until
 SYSTEM = "You are the assistant of tenant seven. " * 40
 
 
-@pytest.mark.parametrize("prefix_aware", ["true", "false"])
-async def test_a_shared_prefix_goes_where_it_went_before(scheduler_factory, redis_client, prefix_aware):
-    h = scheduler_factory(prefix_aware=prefix_aware)
-    h.add_worker("a", HYPERLLAMA_SCRIPTED_SLOTS="4")
-    h.add_worker("b", HYPERLLAMA_SCRIPTED_SLOTS="4")
-    await h.wait_workers(2)
+async def first_then_stall(h, redis_client):  # type: ignore[no-untyped-def]
+    """Send the prefix once (its worker is its home), then a stalling request with the same prefix;
+    returns (home, the worker the stall holds a slot of, the stall's task)."""
     first, _ = await collect(h, request(SYSTEM + "first question", max_tokens=2))
     home = first.split()[0]
 
@@ -31,7 +28,6 @@ async def test_a_shared_prefix_goes_where_it_went_before(scheduler_factory, redi
         return await redis_client.zcard(keys.leases(home, MODEL)) == 0
 
     await until(released)
-    # A long request with the same prefix keeps one slot busy: of its home, if placement knows.
     stall = asyncio.ensure_future(collect(h, request(SYSTEM + "stall", max_tokens=2), timeout=30))
     busy: list[str] = []
 
@@ -41,10 +37,21 @@ async def test_a_shared_prefix_goes_where_it_went_before(scheduler_factory, redi
         return len(busy) == 1
 
     await until(one_busy)
-    idle = "b" if busy[0] == "a" else "a"
+    return home, busy[0], stall
+
+
+@pytest.mark.parametrize("prefix_aware", ["true", "false"])
+async def test_a_shared_prefix_goes_where_it_went_before(scheduler_factory, redis_client, prefix_aware):
+    h = scheduler_factory(prefix_aware=prefix_aware)
+    h.add_worker("a", HYPERLLAMA_SCRIPTED_SLOTS="4")
+    h.add_worker("b", HYPERLLAMA_SCRIPTED_SLOTS="4")
+    await h.wait_workers(2)
+    # A long request with the same prefix keeps one slot busy: of its home, if placement knows.
+    home, busy, stall = await first_then_stall(h, redis_client)
+    idle = "b" if busy == "a" else "a"
     again, _ = await collect(h, request(SYSTEM + "second question", max_tokens=2))
     if prefix_aware == "true":
-        assert busy[0] == home
+        assert busy == home
         assert again.split()[0] == home  # its cache likely holds the prefix: worth more than idleness
     else:
         assert again.split()[0] == idle  # least loaded
@@ -67,22 +74,8 @@ async def test_a_request_waits_a_little_for_the_busy_worker_that_holds_its_prefi
     h.add_worker("a")  # one slot each
     h.add_worker("b")
     await h.wait_workers(2)
-    first, _ = await collect(h, request(SYSTEM + "first question", max_tokens=2))
-    home = first.split()[0]
-
-    async def released() -> bool:  # leases go back in the background
-        return await redis_client.zcard(keys.leases(home, MODEL)) == 0
-
-    await until(released)
-    stall = asyncio.ensure_future(collect(h, request(SYSTEM + "stall", max_tokens=2), timeout=30))
-    busy: list[str] = []
-
-    async def home_full() -> bool:
-        listed = await h.stub.ListWorkers(scheduler_pb2.ListWorkersRequest(), timeout=2)
-        busy[:] = [w.worker_id for w in listed.workers if w.slots_in_use == 1]
-        return busy == [home]
-
-    await until(home_full)
+    home, busy, stall = await first_then_stall(h, redis_client)
+    assert busy == home  # its home had a free slot
     again = asyncio.ensure_future(collect(h, request(SYSTEM + "second question", max_tokens=2)))
     if patience == "0":
         text, _ = await again  # no patience: the idle worker, at once
