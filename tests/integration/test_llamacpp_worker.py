@@ -8,20 +8,23 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import pytest_asyncio
 from cluster import LocalCluster, free_port, wait_for
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
 from hyperllama_common.healthcheck import serving
+from prometheus_client.parser import text_string_to_metric_families
 
 MODEL = "smollm2:135m"
 SLOTS = 8
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def worker(
+async def worker_process(
     tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[worker_pb2_grpc.WorkerServiceStub]:
+) -> AsyncIterator[tuple[worker_pb2_grpc.WorkerServiceStub, str]]:
+    """The worker's stub and its metrics URL."""
     cluster = LocalCluster(log_dir=Path(tmp_path_factory.mktemp("worker")))
     port = free_port()
     # No scheduler is needed to talk to a worker directly; its heartbeats just fail.
@@ -29,9 +32,24 @@ async def worker(
                                 scheduler_address=f"127.0.0.1:{free_port()}")  # fmt: skip
     await asyncio.to_thread(wait_for, lambda: serving(f"127.0.0.1:{port}", 2), "the worker", proc, 120)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield worker_pb2_grpc.WorkerServiceStub(channel)
+    yield worker_pb2_grpc.WorkerServiceStub(channel), cluster.metrics_urls["batch-worker"]
     await channel.close()
     cluster.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def worker(worker_process) -> worker_pb2_grpc.WorkerServiceStub:
+    return worker_process[0]
+
+
+def prefix_copies(metrics_url: str) -> float:
+    text = httpx.get(metrics_url, timeout=5).text
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "hyperllama_worker_prefix_copies_total"
+    )
 
 
 def chat(rid: str, text: str, max_tokens: int, **sampling) -> worker_pb2.GenerateRequest:
@@ -119,3 +137,41 @@ async def test_shared_prefix_gives_the_same_answer(worker):
     assert first == second and f1.usage.prompt_tokens == f2.usage.prompt_tokens
     # The second request found the whole prompt but its last token in the slot's cache.
     assert f2.usage.cached_prompt_tokens == f2.usage.prompt_tokens - 1
+
+
+async def test_a_prefix_in_a_busy_slot_is_copied_and_gives_the_same_answer(worker_process):
+    """While one request of a conversation runs, a second one with the same long system prompt reuses
+    it from the busy slot's KV cells (copied into its own slot), and answers exactly as a fresh
+    prefill of the same prompt does."""
+    worker, metrics_url = worker_process
+    system = "You answer questions about the river, the mill and the bridge in one sentence. " * 12
+
+    def ask(rid: str, question: str, max_tokens: int, **sampling) -> worker_pb2.GenerateRequest:
+        return worker_pb2.GenerateRequest(
+            request_id=rid,
+            model=MODEL,
+            chat=worker_pb2.ChatConversation(
+                messages=[
+                    worker_pb2.ChatMessage(role="system", content=system),
+                    worker_pb2.ChatMessage(role="user", content=question),
+                ]
+            ),
+            sampling=worker_pb2.SamplingParams(max_tokens=max_tokens, **sampling),
+        )
+
+    # Fill every slot's cache with other prompts first, so nothing but the busy slot holds the system.
+    await asyncio.gather(*(generate(worker, chat(f"fill-{i}", f"Say {i}.", 2)) for i in range(SLOTS)))
+    fresh, fresh_last = await generate(worker, ask("fresh", "Where is the mill?", 16, temperature=0))
+    assert fresh_last.usage.cached_prompt_tokens < 20  # prefilled: nothing cached it before
+    await asyncio.gather(*(generate(worker, chat(f"evict-{i}", f"Say {i}!", 2)) for i in range(SLOTS)))
+
+    copies = await asyncio.to_thread(prefix_copies, metrics_url)
+    long = worker.Generate(ask("busy", "Tell me about the river.", 400, ignore_eos=True), timeout=120)
+    assert (await long.read()).text  # its slot now holds the system prompt, and stays busy
+    copied, copied_last = await generate(worker, ask("copied", "Where is the mill?", 16, temperature=0))
+    long.cancel()
+    assert copied == fresh
+    assert copied_last.usage.prompt_tokens == fresh_last.usage.prompt_tokens
+    # Everything up to the user turn came from the busy slot.
+    assert copied_last.usage.cached_prompt_tokens > copied_last.usage.prompt_tokens - 20
+    assert await asyncio.to_thread(prefix_copies, metrics_url) == copies + 1

@@ -1,7 +1,10 @@
 """The batch planner of the llama.cpp worker: join, finish, cancel, chunked prefill, slot accounting,
 prefix reuse. No model is needed: the planner decides what each decode step feeds."""
 
-from hyperllama_worker_llamacpp.batching import BatchPlanner, Sequence
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hyperllama_worker_llamacpp.batching import COPY_MIN_GAIN, BatchPlanner, Sequence, common_prefix
 
 
 def seq(prompt, limit=10) -> Sequence:
@@ -24,11 +27,11 @@ def test_sequences_join_free_slots_in_order_and_wait_when_full():
     for s in (a, b, c):
         p.submit(s)
     seated = p.admit()
-    assert [s for s, _ in seated] == [a, b]
+    assert [st.seq for st in seated] == [a, b]
     assert p.in_use == 2 and list(p.waiting) == [c]
     p.finish(a)
     assert p.in_use == 1
-    assert [s for s, _ in p.admit()] == [c]
+    assert [st.seq for st in p.admit()] == [c]
     assert c.slot == 0  # the slot a left
 
 
@@ -72,7 +75,7 @@ def test_cancelled_waiting_sequence_never_takes_a_slot():
     b = seq([2])
     p.submit(a)
     p.submit(b)
-    assert [s for s, _ in p.admit()] == [b]
+    assert [st.seq for st in p.admit()] == [b]
 
 
 def test_finish_frees_the_slot_and_keeps_its_tokens_for_reuse():
@@ -92,8 +95,8 @@ def test_finish_frees_the_slot_and_keeps_its_tokens_for_reuse():
     assert other.slot == 1  # no shared prefix with slot 0, so the empty slot is used
     again = seq(system + [3])
     p.submit(again)
-    ((s, kept),) = p.admit()
-    assert s.slot == 0 and kept == 4 and s.reused == 4
+    ((seat,),) = [p.admit()]
+    assert seat.seq.slot == 0 and seat.kept == 4 and again.reused == 4 and seat.copy_from is None
     assert [(f.token, f.pos) for f in p.plan() if f.seq is again] == [(3, 4)]
 
 
@@ -106,8 +109,8 @@ def test_identical_prompt_still_decodes_its_last_token():
     p.finish(first)
     again = seq([5, 6, 7])
     p.submit(again)
-    ((_, kept),) = p.admit()
-    assert kept == 2
+    (seat,) = p.admit()
+    assert seat.kept == 2
     assert [(f.token, f.pos, f.logits) for f in p.plan()] == [(7, 2, True)]
 
 
@@ -123,7 +126,111 @@ def test_an_empty_prompt_keeps_the_slot_cache_and_plans_nothing():
     p.finish(first)
     empty = seq([])
     p.submit(empty)
-    [(seated, kept)] = p.admit()
-    assert seated is empty and kept == 0
+    [seat] = p.admit()
+    assert seat.seq is empty and seat.kept == 0
     assert p.slots[0].cached == []  # kept == 0: the engine drops the slot's cells from position 0
     assert empty.pending == [] and p.plan() == []
+
+
+SYSTEM_X = list(range(1000, 1100))  # two tenants' long system prompts
+SYSTEM_Y = list(range(2000, 2100))
+
+
+def run_once(p: BatchPlanner, s: Sequence) -> None:
+    """Seat ``s``, prefill it and let it finish: its slot keeps the prompt cached."""
+    p.submit(s)
+    p.admit()
+    while s.pending and s.prefilling:
+        step(p)
+    p.finish(s)
+
+
+def test_a_prefix_held_by_a_busy_slot_is_copied_rather_than_prefilled_again():
+    """A tenant's second request in flight copies the prompt from the first one's slot, into the slot
+    whose cache is worth least (here the empty one), and another tenant's cached prompt survives."""
+    p = BatchPlanner(n_slots=3, n_batch=512)
+    run_once(p, seq(SYSTEM_Y + [1]))  # slot 0 holds Y
+    first = seq(SYSTEM_X + [1])
+    p.submit(first)
+    p.admit()
+    step(p)  # X's first request runs in slot 1
+    assert first.slot == 1 and not first.prefilling
+    second = seq(SYSTEM_X + [2])
+    p.submit(second)
+    (seat,) = p.admit()
+    assert seat.copy_from == 1 and seat.kept == len(SYSTEM_X) and second.slot == 2
+    assert p.slots[2].cached == SYSTEM_X and p.slots[0].cached[: len(SYSTEM_Y)] == SYSTEM_Y
+    assert [f.pos for f in p.plan() if f.seq is second] == [len(SYSTEM_X)]
+
+
+def test_a_free_slot_holding_the_prefix_is_taken_without_a_copy():
+    p = BatchPlanner(n_slots=2, n_batch=512)
+    run_once(p, seq(SYSTEM_X + [1]))
+    again = seq(SYSTEM_X + [2])
+    p.submit(again)
+    (seat,) = p.admit()
+    assert seat.copy_from is None and again.slot == 0 and seat.kept == len(SYSTEM_X)
+
+
+def test_a_miss_gives_up_a_duplicated_cache_before_a_unique_one():
+    p = BatchPlanner(n_slots=3, n_batch=512)
+    run_once(p, seq(SYSTEM_Y + [1]))  # slot 0: Y, the only copy
+    a, b = seq(SYSTEM_X + [1]), seq(SYSTEM_X + [2])
+    for s in (a, b):
+        p.submit(s)
+    p.admit()
+    step(p)
+    p.finish(a)
+    p.finish(b)  # slots 1 and 2 both hold X
+    z = seq(list(range(3000, 3050)))
+    p.submit(z)
+    (seat,) = p.admit()
+    assert z.slot in (1, 2) and seat.copy_from is None
+    assert p.slots[0].cached[: len(SYSTEM_Y)] == SYSTEM_Y  # Y survives the miss
+
+
+def test_among_equally_worthless_caches_the_least_recently_used_slot_goes():
+    p = BatchPlanner(n_slots=2, n_batch=512)
+    run_once(p, seq([5, 1]))  # slot 0
+    run_once(p, seq([6, 1]))  # slot 1 (the empty one): now both hold two tokens nobody else has
+    other = seq([7, 7])
+    p.submit(other)
+    p.admit()
+    assert other.slot == 0  # seated longer ago than slot 1
+
+
+def test_a_short_shared_prefix_is_not_worth_a_copy():
+    p = BatchPlanner(n_slots=2, n_batch=512)
+    short = list(range(10, 10 + COPY_MIN_GAIN - 2))
+    busy = seq(short + [1])
+    p.submit(busy)
+    p.admit()
+    step(p)
+    other = seq(short + [2])
+    p.submit(other)
+    (seat,) = p.admit()
+    assert seat.copy_from is None and seat.kept == 0
+
+
+def test_a_slot_filled_by_a_copy_is_not_a_source_before_its_cells_arrive():
+    p = BatchPlanner(n_slots=3, n_batch=512)
+    first = seq(SYSTEM_X + [1])
+    p.submit(first)
+    p.admit()
+    step(p)
+    second, third = seq(SYSTEM_X + [2]), seq(SYSTEM_X + [3])
+    p.submit(second)
+    p.submit(third)
+    seats = p.admit()
+    assert [s.copy_from for s in seats] == [first.slot, first.slot]
+
+
+@given(st.lists(st.integers(0, 3), max_size=200), st.lists(st.integers(0, 3), max_size=200))
+def test_common_prefix_matches_an_element_by_element_count(a, b):
+    expected = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        expected += 1
+    assert common_prefix(a, b) == expected == common_prefix(b, a)
+    assert common_prefix(a, a + b) == len(a)

@@ -40,6 +40,12 @@ class WorkerMetrics:
             labels,
             registry=r,
         )
+        self.prefix_copies = Counter(
+            "hyperllama_worker_prefix_copies_total",
+            "Cached prompt prefixes copied from another slot's KV cells instead of prefilled again",
+            labels,
+            registry=r,
+        )
         self.output_tokens = Counter(
             "hyperllama_worker_output_tokens_total", "Tokens generated", labels, registry=r
         )
@@ -80,6 +86,7 @@ class ModelMetrics:
         self.slots_in_use = m.slots_in_use.labels(*values)
         self.prompt_tokens = m.prompt_tokens.labels(*values)
         self.cached_prompt_tokens = m.cached_prompt_tokens.labels(*values)
+        self.prefix_copies = m.prefix_copies.labels(*values)
         self.output_tokens = m.output_tokens.labels(*values)
         self.ttft = m.ttft.labels(*values)
         self.decode_step = m.decode_step.labels(*values)

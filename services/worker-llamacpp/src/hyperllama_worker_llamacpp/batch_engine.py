@@ -186,9 +186,15 @@ class BatchEngine:
                     break
                 seated = self.planner.admit()
             now = time.perf_counter_ns()
-            for seq, kept in seated:
-                llama_cpp.llama_memory_seq_rm(self.mem, seq.slot, kept, -1)
-                seq.state.started_ns = now
+            for seat in seated:
+                if seat.copy_from is not None:
+                    # Each slot is a KV stream of its own, and llama.cpp copies across streams only
+                    # whole (-1, -1); the cells past the prefix are dropped right after. The data moves
+                    # at the next decode, before that step writes anything.
+                    llama_cpp.llama_memory_seq_cp(self.mem, seat.copy_from, seat.seq.slot, -1, -1)
+                    self.metrics.prefix_copies.inc()
+                llama_cpp.llama_memory_seq_rm(self.mem, seat.seq.slot, seat.kept, -1)
+                seat.seq.state.started_ns = now
             for seq in self.planner.running:
                 if seq.cancelled:
                     self._release(seq)

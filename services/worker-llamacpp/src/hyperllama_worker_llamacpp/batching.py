@@ -5,9 +5,12 @@ Every step advances all running sequences at once: a sequence that is generating
 token, and sequences still reading their prompt share what is left of the step's token budget, so a long
 prompt is prefilled in chunks while the others keep generating. New sequences join between steps.
 
-A slot keeps the tokens its KV cells hold after its sequence finishes; a new sequence goes to the free
-slot whose cached tokens share the longest prefix with its prompt (a system prompt, a chat history), and
-only the rest of the prompt is decoded.
+A slot keeps the tokens its KV cells hold after its sequence finishes, so a new sequence whose prompt
+starts the same way (a system prompt, a chat history) decodes only the rest. The prefix can come from
+the free slot the sequence takes, or be copied from any other slot, busy or free (the engine copies the
+slot's KV cells): a tenant with two requests in flight then reuses its prompt twice instead of pushing
+another tenant's prompt out to make room. The slot given up is the one whose cache is worth least: the
+tokens it holds that no other slot also holds.
 """
 
 from __future__ import annotations
@@ -38,6 +41,17 @@ class Slot:
     index: int
     seq: Sequence | None = None
     cached: list[int] = field(default_factory=list)  # tokens whose KV cells this slot holds, in order
+    last_used: int = 0  # admission counter when it was last seated: the older, the sooner given up
+
+
+@dataclass(frozen=True)
+class Seat:
+    """A sequence seated in ``seq.slot``: the engine drops the slot's KV cells from ``kept`` on (cells
+    before it are a reused prompt prefix), after first copying the cells of slot ``copy_from`` when set."""
+
+    seq: Sequence
+    kept: int
+    copy_from: int | None = None
 
 
 @dataclass(frozen=True)
@@ -50,13 +64,31 @@ class Feed:
     logits: bool  # sample from this position (the sequence's last fed token in this step)
 
 
+# A copy moves a slot's whole KV buffer (its full context, tens of MB), so it must save at least this
+# many tokens of prefill to be worth stalling the step for.
+COPY_MIN_GAIN = 64
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
+    """Length of the shared prefix. Slice comparisons run in C: ever larger blocks are compared until
+    one differs, then that block is bisected, so the cost follows the match, not the lists' length
+    (every admission compares each slot's cache, thousands of tokens, with the others)."""
+    n = min(len(a), len(b))
+    lo, step = 0, 8
+    while True:  # invariant: a[:lo] == b[:lo]
+        hi = min(n, lo + step)
+        if lo == hi:
+            return lo
+        if a[lo:hi] != b[lo:hi]:
             break
-        n += 1
-    return n
+        lo, step = hi, step * 2
+    while hi - lo > 1:  # invariant: a[:lo] == b[:lo] and a[:hi] != b[:hi]
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 class BatchPlanner:
@@ -64,6 +96,7 @@ class BatchPlanner:
         self.slots = [Slot(i) for i in range(n_slots)]
         self.n_batch = n_batch
         self.waiting: deque[Sequence] = deque()
+        self._seated = 0
 
     @property
     def running(self) -> list[Sequence]:
@@ -76,10 +109,10 @@ class BatchPlanner:
     def submit(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 
-    def admit(self) -> list[tuple[Sequence, int]]:
-        """Seat waiting sequences in free slots. Returns (sequence, kept) pairs: the engine must drop
-        the slot's KV cells from position ``kept`` on; cells before it are a reused prompt prefix."""
-        seated = []
+    def admit(self) -> list[Seat]:
+        """Seat waiting sequences in free slots, reusing the longest cached prefix of their prompts."""
+        seated: list[Seat] = []
+        copied_into: set[int] = set()  # a copy lands at the next decode: not a source before then
         while self.waiting:
             free = [s for s in self.slots if s.seq is None]
             if not free:
@@ -87,18 +120,36 @@ class BatchPlanner:
             seq = self.waiting.popleft()
             if seq.cancelled:
                 continue
-            # Longest shared prefix wins; among equals, the slot with the least cached (least to lose).
-            slot = max(free, key=lambda s: (common_prefix(s.cached, seq.prompt), -len(s.cached)))
             # At least one prompt token must be decoded to get logits to sample from. (An empty prompt
             # has none: it is seated with nothing to feed, and the engine fails it.)
-            kept = max(0, min(common_prefix(slot.cached, seq.prompt), len(seq.prompt) - 1))
-            slot.seq = seq
-            slot.cached = slot.cached[:kept]
-            seq.slot = slot.index
+            usable = max(0, len(seq.prompt) - 1)
+            match = {s.index: min(common_prefix(s.cached, seq.prompt), usable) for s in self.slots}
+            # Taking a free slot: what its cache saves this prompt, less what the cluster of caches loses.
+            here = max(free, key=lambda s: (match[s.index] - self._unique(s, match[s.index]), -s.last_used))
+            gain = match[here.index] - self._unique(here, match[here.index])
+            sources = [s for s in self.slots if s.index not in copied_into]
+            source = max(sources, key=lambda s: match[s.index]) if sources else None
+            copy_from = None
+            if source is not None and source is not here:
+                target = min(free, key=lambda s: (self._unique(s, 0), s.last_used))
+                if match[source.index] - self._unique(target, 0) - gain >= COPY_MIN_GAIN:
+                    here, copy_from = target, source.index
+            kept = match[copy_from] if copy_from is not None else match[here.index]
+            self._seated += 1
+            here.seq, here.last_used = seq, self._seated
+            here.cached = (self.slots[copy_from].cached if copy_from is not None else here.cached)[:kept]
+            if copy_from is not None:
+                copied_into.add(here.index)
+            seq.slot = here.index
             seq.reused = kept
             seq.pending = list(seq.prompt[kept:])
-            seated.append((seq, kept))
+            seated.append(Seat(seq, kept, copy_from))
         return seated
+
+    def _unique(self, slot: Slot, kept: int) -> int:
+        """Cached tokens of ``slot`` past ``kept`` that no other slot also holds: lost if it is reused."""
+        covered = max((common_prefix(slot.cached, o.cached) for o in self.slots if o is not slot), default=0)
+        return max(0, len(slot.cached) - max(kept, covered))
 
     def plan(self) -> list[Feed]:
         """The tokens of the next decode step: generating sequences first, then prompt chunks."""
