@@ -1,10 +1,9 @@
 """The batch planner of the llama.cpp worker: join, finish, cancel, chunked prefill, slot accounting,
 prefix reuse. No model is needed: the planner decides what each decode step feeds."""
 
+from hyperllama_worker_llamacpp.batching import COPY_MIN_GAIN, BatchPlanner, Sequence, common_prefix
 from hypothesis import given
 from hypothesis import strategies as st
-
-from hyperllama_worker_llamacpp.batching import COPY_MIN_GAIN, BatchPlanner, Sequence, common_prefix
 
 
 def seq(prompt, limit=10) -> Sequence:
