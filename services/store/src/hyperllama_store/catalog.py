@@ -122,7 +122,9 @@ class Catalog:
             mtime = path.stat().st_mtime
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ModelNotFound(f"model '{quote(name.display)}' not found", param="model") from None
-        return self._entry(name, data, mtime)
+        # The name as stored, whatever case the request used.
+        stored = ModelName(*path.relative_to(self.layout.manifests).parts)
+        return self._entry(stored, data, mtime)
 
     def _entry(self, name: ModelName, data: bytes, mtime: float) -> CatalogEntry:
         digest = digest_of(data)
