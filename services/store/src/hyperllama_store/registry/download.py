@@ -89,6 +89,8 @@ class BlobDownload:
         self._fd = -1
         self._unsynced = 0
         self._lock = threading.Lock()
+        # What an earlier run left, so the first progress event of a resumed pull already shows it.
+        self.completed = sum(p.done for p in self._load_state() or ())
 
     async def run(self, client: RegistryClient) -> None:
         if self.store.has_blob(self.digest):
@@ -283,6 +285,13 @@ class Downloads:
             flight.waiters -= 1
             if flight.waiters == 0 and not flight.task.done():
                 flight.task.cancel()
+
+    async def aclose(self) -> None:
+        """Stop every download; each records what it has on disk, so a later pull resumes it."""
+        tasks = [flight.task for flight in self._flights.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _finished(self, key: Path, flight: _Flight) -> None:
         if self._flights.get(key) is flight:

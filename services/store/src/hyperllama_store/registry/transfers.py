@@ -45,6 +45,7 @@ class Transfers:
         return f"Transfers(hosts with credentials={sorted(self._credentials)})"
 
     async def aclose(self) -> None:
+        await self.downloads.aclose()
         await self.http.aclose()
 
     def client(self, name: str | ModelName, *, insecure: bool = False) -> tuple[ModelName, RegistryClient]:
