@@ -184,7 +184,8 @@ class Catalog:
             if not is_gguf(path):
                 return None
             return self.gguf.get(layer.digest, path)
-        except (OSError, ValueError) as err:
+        except Exception as err:
+            # One unreadable blob must not take the whole listing down with it.
             log.warning("cannot read GGUF metadata of %s: %s", layer.digest, err)
             return None
 

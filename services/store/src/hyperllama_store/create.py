@@ -126,16 +126,29 @@ async def plan_create(store: Store, req: CreateRequest) -> CreatePlan:
 
 def _gguf_info(store: Store, digest: str) -> GGUFInfo | None:
     path = store.layout.blob_path(digest)
-    if not is_gguf(path):
-        return None
-    return store.catalog.gguf.get(digest, path)
+    try:
+        if not is_gguf(path):
+            return None
+        return store.catalog.gguf.get(digest, path)
+    except (OSError, ValueError) as err:
+        raise InvalidRequest(f"cannot read the GGUF blob {digest}: {err}") from err
 
 
 async def run_create(store: Store, plan: CreatePlan) -> AsyncIterator[dict[str, Any]]:
     """Yield Ollama's status objects; the caller turns a raised error after the first into an error line."""
-    req = plan.request
     if plan.parsed_gguf:
         yield {"status": "parsing GGUF"}
+    # The lock is not held across a yield: a client that stops reading must not stall other writers.
+    async with store.lock:
+        statuses = _write(store, plan)
+    for status in statuses:
+        yield {"status": status}
+    yield {"status": "success"}
+
+
+def _write(store: Store, plan: CreatePlan) -> list[str]:
+    """Write the new layers, the config and the manifest; the status lines that tell what was done."""
+    req = plan.request
     layers = [b.layer for b in plan.base]
     statuses = {b.layer.digest: b.status for b in plan.base if b.status}
     config = dict(plan.config)
@@ -147,42 +160,36 @@ async def run_create(store: Store, plan: CreatePlan) -> AsyncIterator[dict[str, 
             config.setdefault("model_type", b.info.parameter_size)
             config.setdefault("file_type", b.info.file_type)
 
-    async with store.lock:
+    def add(media_type: str, data: bytes, replace: bool = True) -> None:
+        nonlocal layers
+        if replace:
+            layers = [layer for layer in layers if layer.media_type != media_type]
+        blob = store.blobs.write_small(data)
+        layer = Layer(media_type, blob.digest, blob.size)
+        layers.append(layer)
+        verb = "creating new" if blob.created else "using existing"
+        statuses[layer.digest] = f"{verb} layer {layer.digest}"
 
-        def add(media_type: str, data: bytes, replace: bool = True) -> None:
-            nonlocal layers
-            if replace:
-                layers = [layer for layer in layers if layer.media_type != media_type]
-            blob = store.blobs.write_small(data)
-            layer = Layer(media_type, blob.digest, blob.size)
-            layers.append(layer)
-            verb = "creating new" if blob.created else "using existing"
-            statuses[layer.digest] = f"{verb} layer {layer.digest}"
+    if req.template:
+        add(MEDIA_TEMPLATE, req.template.encode())
+    if req.system:
+        add(MEDIA_SYSTEM, req.system.encode())
+    licenses = [req.license] if isinstance(req.license, str) else req.license or []
+    for text in licenses:
+        if text:
+            add(MEDIA_LICENSE, text.encode(), replace=False)
+    # New parameters override the base's, which are kept otherwise (as in Ollama).
+    params = {**plan.existing_params, **(req.parameters or {})}
+    if params:
+        add(MEDIA_PARAMS, go_json(params, sort_keys=True))
+    if req.messages:
+        add(MEDIA_MESSAGES, go_json([m.model_dump() for m in req.messages]))
 
-        if req.template:
-            add(MEDIA_TEMPLATE, req.template.encode())
-        if req.system:
-            add(MEDIA_SYSTEM, req.system.encode())
-        licenses = [req.license] if isinstance(req.license, str) else req.license or []
-        for text in licenses:
-            if text:
-                add(MEDIA_LICENSE, text.encode(), replace=False)
-        # New parameters override the base's, which are kept otherwise (as in Ollama).
-        params = {**plan.existing_params, **(req.parameters or {})}
-        if params:
-            add(MEDIA_PARAMS, go_json(params, sort_keys=True))
-        if req.messages:
-            add(MEDIA_MESSAGES, go_json([m.model_dump() for m in req.messages]))
-
-        config_body = _config_json(config, [layer.digest for layer in layers])
-        config_blob = store.blobs.write_small(go_json(config_body))
-        for layer in layers:
-            if status := statuses.get(layer.digest):
-                yield {"status": status}
-        yield {"status": "writing manifest"}
-        manifest = Manifest(Layer(CONFIG_MEDIA_TYPE, config_blob.digest, config_blob.size), tuple(layers))
-        store.layout.write_manifest(plan.name, manifest.encode())
-    yield {"status": "success"}
+    config_blob = store.blobs.write_small(go_json(_config_json(config, [layer.digest for layer in layers])))
+    manifest = Manifest(Layer(CONFIG_MEDIA_TYPE, config_blob.digest, config_blob.size), tuple(layers))
+    store.layout.write_manifest(plan.name, manifest.encode())
+    done = [status for layer in layers if (status := statuses.get(layer.digest))]
+    return [*done, "writing manifest"]
 
 
 def _config_json(config: dict[str, Any], diff_ids: list[str]) -> dict[str, Any]:
