@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -182,7 +183,7 @@ class BlobDownload:
                         "download of %s at %d: %s, retrying", self.digest[:19], part.offset + part.done, err
                     )
                     await asyncio.sleep(min(8.0, self.options.backoff * 2 ** max(0, failures - 1)))
-            self._checkpoint()
+            await asyncio.to_thread(self._checkpoint)
 
     async def _fetch_range(self, client: RegistryClient, part: _Part) -> None:
         start = part.offset + part.done
@@ -260,12 +261,19 @@ class Downloads:
         """(completed, total) as the blob arrives; ends when it is in the store, raises if it failed."""
         key = store.blob_path(layer.digest)
         flight = self._flights.get(key)
+        if flight is None and store.has_blob(layer.digest):
+            yield layer.size, layer.size  # already in the store, as Ollama reports a cache hit
+            return
+        while flight is not None and not flight.task.done() and flight.task.cancelling():
+            # Its last follower left: let it record its state before a new download takes the file over.
+            await asyncio.wait({flight.task})
+            flight = self._flights.get(key)
         if flight is None or flight.task.done():
             download = BlobDownload(store, layer, self.options)
             task = asyncio.create_task(download.run(client), name=f"download {layer.digest[:19]}")
             flight = self._flights[key] = _Flight(download, task)
             self.started += 1
-            task.add_done_callback(lambda t, key=key, flight=flight: self._finished(key, flight))
+            task.add_done_callback(functools.partial(self._finished, key, flight))
         elif flight.download.total != layer.size:
             raise RegistryError(f"blob {layer.digest[:19]} has two sizes in two manifests")
         flight.waiters += 1
@@ -275,6 +283,8 @@ class Downloads:
             while True:
                 done, _ = await asyncio.wait({flight.task}, timeout=self.options.progress_interval)
                 if done:
+                    if flight.task.cancelled():
+                        raise RegistryError(f"download of {layer.digest[:19]} was stopped")
                     flight.task.result()
                     yield flight.download.total, flight.download.total
                     return
@@ -293,7 +303,7 @@ class Downloads:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _finished(self, key: Path, flight: _Flight) -> None:
+    def _finished(self, key: Path, flight: _Flight, _task: asyncio.Task[None]) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]
         if not flight.task.cancelled():
