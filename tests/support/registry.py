@@ -40,7 +40,7 @@ def registry_binary() -> Path | None:
 def require_registry() -> Path:
     binary = registry_binary()
     if binary is None:
-        pytest.skip("docker-registry is not installed (make -f Makefile -f registry.mk registry-server)")
+        pytest.skip("docker-registry is not installed (make registry-server, from registry.mk)")
     return binary
 
 
