@@ -139,10 +139,10 @@ async def test_shared_prefix_gives_the_same_answer(worker):
     assert f2.usage.cached_prompt_tokens == f2.usage.prompt_tokens - 1
 
 
-async def test_a_prefix_in_a_busy_slot_is_copied_and_gives_the_same_answer(worker_process):
-    """While one request of a conversation runs, a second one with the same long system prompt reuses
-    it from the busy slot's KV cells (copied into its own slot), and answers exactly as a fresh
-    prefill of the same prompt does."""
+async def test_a_prefix_comes_back_from_the_prompt_cache_and_from_a_busy_slot(worker_process):
+    """A long system prompt that no slot holds any more is copied back from the prompt cache; while
+    that request runs, a second one with the same system prompt copies it from the busy slot. Both
+    answer exactly as a fresh prefill of the same prompt does."""
     worker, metrics_url = worker_process
     system = "You answer questions about the river, the mill and the bridge in one sentence. " * 12
 
@@ -159,19 +159,23 @@ async def test_a_prefix_in_a_busy_slot_is_copied_and_gives_the_same_answer(worke
             sampling=worker_pb2.SamplingParams(max_tokens=max_tokens, **sampling),
         )
 
-    # Fill every slot's cache with other prompts first, so nothing but the busy slot holds the system.
-    await asyncio.gather(*(generate(worker, chat(f"fill-{i}", f"Say {i}.", 2)) for i in range(SLOTS)))
     fresh, fresh_last = await generate(worker, ask("fresh", "Where is the mill?", 16, temperature=0))
-    assert fresh_last.usage.cached_prompt_tokens < 20  # prefilled: nothing cached it before
+    assert fresh_last.usage.cached_prompt_tokens < 20  # prefilled: nothing held it before
+    # Every slot takes another prompt: the system prompt survives only in the prompt cache.
     await asyncio.gather(*(generate(worker, chat(f"evict-{i}", f"Say {i}!", 2)) for i in range(SLOTS)))
-
     copies = await asyncio.to_thread(prefix_copies, metrics_url)
+
+    again, again_last = await generate(worker, ask("again", "Where is the mill?", 16, temperature=0))
+    assert again == fresh
+    assert again_last.usage.cached_prompt_tokens > again_last.usage.prompt_tokens - 20
+    assert await asyncio.to_thread(prefix_copies, metrics_url) == copies + 1
+
     long = worker.Generate(ask("busy", "Tell me about the river.", 400, ignore_eos=True), timeout=120)
-    assert (await long.read()).text  # its slot now holds the system prompt, and stays busy
+    assert (await long.read()).text  # its slot holds the system prompt, and stays busy
     copied, copied_last = await generate(worker, ask("copied", "Where is the mill?", 16, temperature=0))
     long.cancel()
     assert copied == fresh
     assert copied_last.usage.prompt_tokens == fresh_last.usage.prompt_tokens
-    # Everything up to the user turn came from the busy slot.
     assert copied_last.usage.cached_prompt_tokens > copied_last.usage.prompt_tokens - 20
-    assert await asyncio.to_thread(prefix_copies, metrics_url) == copies + 1
+    # "again"'s slot was free and held the prompt, so "busy" took it as it was; "copied" had to copy.
+    assert await asyncio.to_thread(prefix_copies, metrics_url) == copies + 2

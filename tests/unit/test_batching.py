@@ -211,7 +211,7 @@ def test_a_short_shared_prefix_is_not_worth_a_copy():
     assert seat.copy_from is None and seat.kept == 0
 
 
-def test_a_slot_filled_by_a_copy_is_not_a_source_before_its_cells_arrive():
+def test_several_requests_copy_one_prefix_in_one_admission():
     p = BatchPlanner(n_slots=3, n_batch=512)
     first = seq(SYSTEM_X + [1])
     p.submit(first)
@@ -233,3 +233,66 @@ def test_common_prefix_matches_an_element_by_element_count(a, b):
         expected += 1
     assert common_prefix(a, b) == expected == common_prefix(b, a)
     assert common_prefix(a, a + b) == len(a)
+
+
+def test_a_slot_given_up_is_parked_and_its_prompt_comes_back_from_the_cache():
+    p = BatchPlanner(n_slots=1, n_batch=512, cache_tokens=1000)
+    run_once(p, seq(SYSTEM_X + [1]))
+    y = seq(SYSTEM_Y + [1])
+    p.submit(y)
+    (seat,) = p.admit()
+    assert seat.park is not None and seat.kept == 0  # X's cells are kept before Y takes the slot
+    assert [e.cached for e in p.parked] == [SYSTEM_X + [1]]
+    while y.prefilling:
+        step(p)
+    p.finish(y)
+    again = seq(SYSTEM_X + [2])
+    p.submit(again)
+    (seat,) = p.admit()
+    assert seat.restore == p.parked[0].key and seat.kept == len(SYSTEM_X)
+    assert seat.park is not None  # Y, in turn, goes to the cache
+    assert p.slots[0].cached == SYSTEM_X
+    assert [f.pos for f in p.plan()] == [len(SYSTEM_X)]
+
+
+def test_the_prompt_cache_drops_least_recently_used_prompts_to_stay_in_budget():
+    p = BatchPlanner(n_slots=1, n_batch=512, cache_tokens=250)
+    prompts = [list(range(base, base + 101)) for base in (10_000, 20_000, 30_000, 40_000)]
+    for prompt in prompts:
+        run_once(p, seq(prompt))
+    # Three prompts were given up; 250 tokens hold two of them: the oldest went.
+    assert [e.cached for e in p.parked] == prompts[1:3]
+    assert sum(len(e.cached) for e in p.parked) <= 250
+
+
+def test_a_prompt_larger_than_the_cache_or_a_cache_of_zero_parks_nothing():
+    for budget in (0, 50):
+        p = BatchPlanner(n_slots=1, n_batch=512, cache_tokens=budget)
+        run_once(p, seq(SYSTEM_X + [1]))
+        p.submit(seq(SYSTEM_Y + [1]))
+        (seat,) = p.admit()
+        assert seat.park is None and p.parked == []
+
+
+def test_a_grown_conversation_replaces_its_shorter_parked_self():
+    p = BatchPlanner(n_slots=1, n_batch=512, cache_tokens=10_000)
+    run_once(p, seq(SYSTEM_X + [1]))
+    run_once(p, seq(SYSTEM_Y))  # parks X
+    turn_two = SYSTEM_X + [1] + list(range(5000, 5100))
+    run_once(p, seq(turn_two))  # restores X, parks Y
+    p.submit(seq([7] * 80))
+    (seat,) = p.admit()  # parks turn two, which extends the parked X: X goes
+    assert sorted(len(e.cached) for e in p.parked) == [len(SYSTEM_Y), len(turn_two)]
+    assert len(seat.drop) == 1
+
+
+def test_the_parked_prompt_being_restored_is_never_dropped_to_make_room():
+    p = BatchPlanner(n_slots=1, n_batch=512, cache_tokens=101)
+    run_once(p, seq(SYSTEM_X + [1]))
+    run_once(p, seq(SYSTEM_Y + [1]))  # parks X (101 tokens: the whole budget)
+    back = seq(SYSTEM_X + [2])
+    p.submit(back)
+    (seat,) = p.admit()
+    # Y cannot be parked without dropping X, which is being copied in: Y is let go instead.
+    assert seat.restore is not None and seat.park is None and seat.drop == ()
+    assert [e.cached for e in p.parked] == [SYSTEM_X + [1]]

@@ -42,7 +42,13 @@ class WorkerMetrics:
         )
         self.prefix_copies = Counter(
             "hyperllama_worker_prefix_copies_total",
-            "Cached prompt prefixes copied from another slot's KV cells instead of prefilled again",
+            "Cached prompt prefixes copied from another slot or the prompt cache instead of prefilled again",
+            labels,
+            registry=r,
+        )
+        self.prompt_cache_bytes = Gauge(
+            "hyperllama_worker_prompt_cache_bytes",
+            "Host memory holding the KV cells of prompts that slots gave up",
             labels,
             registry=r,
         )
@@ -87,6 +93,7 @@ class ModelMetrics:
         self.prompt_tokens = m.prompt_tokens.labels(*values)
         self.cached_prompt_tokens = m.cached_prompt_tokens.labels(*values)
         self.prefix_copies = m.prefix_copies.labels(*values)
+        self.prompt_cache_bytes = m.prompt_cache_bytes.labels(*values)
         self.output_tokens = m.output_tokens.labels(*values)
         self.ttft = m.ttft.labels(*values)
         self.decode_step = m.decode_step.labels(*values)

@@ -14,6 +14,7 @@ exit for its supervisor to restart it: a dead loop must never look like a worker
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import threading
 import time
@@ -26,7 +27,7 @@ from hyperllama_common.errors import BackendFailed, Cancelled, InvalidRequest, U
 from hyperllama_common.textstream import StopStringFilter, Utf8Assembler
 from hyperllama_common.worker_metrics import ModelMetrics
 
-from hyperllama_worker_llamacpp.batching import BatchPlanner, Feed, Sequence
+from hyperllama_worker_llamacpp.batching import BatchPlanner, Feed, Seat, Sequence
 from hyperllama_worker_llamacpp.grammar import GrammarChecker, grammar_text
 from hyperllama_worker_llamacpp.model import LoadedModel
 from hyperllama_worker_llamacpp.sampling import SamplerChain
@@ -64,6 +65,7 @@ class BatchEngine:
         threads: int,
         metrics: ModelMetrics,
         loop: asyncio.AbstractEventLoop,
+        prompt_cache_bytes: int = 0,
     ):
         self.model = model
         self._loop = loop
@@ -85,7 +87,8 @@ class BatchEngine:
             raise RuntimeError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
-        self.planner = BatchPlanner(slots, n_batch)
+        self.planner = BatchPlanner(slots, n_batch, prompt_cache_bytes // model.kv_bytes_per_token)
+        self._parked: dict[int, ctypes.Array[ctypes.c_uint8]] = {}  # the prompt cache's KV cells
         metrics.slots_in_use.set_function(lambda: self.planner.in_use)
         self.grammars = GrammarChecker(model.vocab)
         self._wake = threading.Condition()
@@ -187,13 +190,7 @@ class BatchEngine:
                 seated = self.planner.admit()
             now = time.perf_counter_ns()
             for seat in seated:
-                if seat.copy_from is not None:
-                    # Each slot is a KV stream of its own, and llama.cpp copies across streams only
-                    # whole (-1, -1); the cells past the prefix are dropped right after. The data moves
-                    # at the next decode, before that step writes anything.
-                    llama_cpp.llama_memory_seq_cp(self.mem, seat.copy_from, seat.seq.slot, -1, -1)
-                    self.metrics.prefix_copies.inc()
-                llama_cpp.llama_memory_seq_rm(self.mem, seat.seq.slot, seat.kept, -1)
+                self._reuse_prefix(seat)
                 seat.seq.state.started_ns = now
             for seq in self.planner.running:
                 if seq.cancelled:
@@ -210,6 +207,37 @@ class BatchEngine:
                     self._release(seq)
                     self._post(seq, BackendFailed("the request had nothing to decode"))
             self._flush()
+
+    def _reuse_prefix(self, seat: Seat) -> None:
+        """Carry out a seat's cache moves (see Seat). Cells are copied as llama.cpp's per-sequence
+        state (only the cells a sequence holds, at once): seq_cp between slots would copy a slot's
+        whole KV stream, its full context, and only at the next decode."""
+        slot = seat.seq.slot
+        if seat.park is not None:
+            self._parked[seat.park] = self._save(slot)
+        for key in seat.drop:
+            del self._parked[key]
+        cells = None
+        if seat.copy_from is not None:
+            cells = self._save(seat.copy_from)
+        elif seat.restore is not None:
+            cells = self._parked[seat.restore]
+        if cells is not None:
+            if llama_cpp.llama_state_seq_set_data(self.ctx, cells, len(cells), slot) != len(cells):
+                log.warning("could not copy a cached prefix into slot %d; prefilling it", slot)
+                self.planner.forget_prefix(seat.seq)
+                llama_cpp.llama_memory_seq_rm(self.mem, slot, -1, -1)
+                return
+            self.metrics.prefix_copies.inc()
+        llama_cpp.llama_memory_seq_rm(self.mem, slot, seat.kept, -1)
+        self.metrics.prompt_cache_bytes.set(sum(len(c) for c in self._parked.values()))
+
+    def _save(self, slot: int) -> ctypes.Array[ctypes.c_uint8]:
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, slot)
+        cells = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(self.ctx, cells, size, slot) != size:
+            raise RuntimeError(f"llama.cpp could not read the KV cells of slot {slot}")
+        return cells
 
     def _fail_everything(self, reason: str) -> None:
         """The loop is dead: every sequence it held or would have seated gets an error now."""

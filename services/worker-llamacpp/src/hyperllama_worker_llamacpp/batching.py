@@ -7,14 +7,17 @@ prompt is prefilled in chunks while the others keep generating. New sequences jo
 
 A slot keeps the tokens its KV cells hold after its sequence finishes, so a new sequence whose prompt
 starts the same way (a system prompt, a chat history) decodes only the rest. The prefix can come from
-the free slot the sequence takes, or be copied from any other slot, busy or free (the engine copies the
-slot's KV cells): a tenant with two requests in flight then reuses its prompt twice instead of pushing
-another tenant's prompt out to make room. The slot given up is the one whose cache is worth least: the
-tokens it holds that no other slot also holds.
+the free slot the sequence takes, or be copied from any other slot, busy or free, or from the prompt
+cache (the engine copies the KV cells): a tenant with two requests in flight then reuses its prompt
+twice instead of pushing another tenant's prompt out to make room. The slot given up is the one whose
+cache is worth least: the tokens it holds that no other slot or cached prompt also holds. What it held
+is parked in the prompt cache (host memory, a budget of tokens, least recently used out first), so a
+worker remembers more prompts than it has slots.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,14 +47,28 @@ class Slot:
     last_used: int = 0  # admission counter when it was last seated: the older, the sooner given up
 
 
+@dataclass
+class Parked:
+    """A prompt prefix a slot gave up, in the prompt cache; the engine holds its KV cells under ``key``."""
+
+    key: int
+    cached: list[int]
+    last_used: int
+
+
 @dataclass(frozen=True)
 class Seat:
-    """A sequence seated in ``seq.slot``: the engine drops the slot's KV cells from ``kept`` on (cells
-    before it are a reused prompt prefix), after first copying the cells of slot ``copy_from`` when set."""
+    """A sequence seated in ``seq.slot``. The engine, in this order: keeps the slot's current cells in
+    the prompt cache under ``park``; forgets the parked prompts in ``drop``; replaces the slot's cells
+    with those of slot ``copy_from`` or of parked prompt ``restore``; drops the slot's cells from
+    ``kept`` on (cells before it are the reused prefix)."""
 
     seq: Sequence
     kept: int
     copy_from: int | None = None
+    restore: int | None = None
+    park: int | None = None
+    drop: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,8 +81,8 @@ class Feed:
     logits: bool  # sample from this position (the sequence's last fed token in this step)
 
 
-# A copy moves a slot's whole KV buffer (its full context, tens of MB), so it must save at least this
-# many tokens of prefill to be worth stalling the step for.
+# A copy of KV cells stalls the decode step (milliseconds per hundred tokens): a prefix is copied, or
+# parked, only when that saves at least this many tokens of prefill.
 COPY_MIN_GAIN = 64
 
 
@@ -92,10 +109,13 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class BatchPlanner:
-    def __init__(self, n_slots: int, n_batch: int):
+    def __init__(self, n_slots: int, n_batch: int, cache_tokens: int = 0):
         self.slots = [Slot(i) for i in range(n_slots)]
         self.n_batch = n_batch
         self.waiting: deque[Sequence] = deque()
+        self.cache_tokens = cache_tokens  # the prompt cache's budget
+        self.parked: list[Parked] = []
+        self._keys = itertools.count()
         self._seated = 0
 
     @property
@@ -112,7 +132,6 @@ class BatchPlanner:
     def admit(self) -> list[Seat]:
         """Seat waiting sequences in free slots, reusing the longest cached prefix of their prompts."""
         seated: list[Seat] = []
-        copied_into: set[int] = set()  # a copy lands at the next decode: not a source before then
         while self.waiting:
             free = [s for s in self.slots if s.seq is None]
             if not free:
@@ -120,36 +139,82 @@ class BatchPlanner:
             seq = self.waiting.popleft()
             if seq.cancelled:
                 continue
-            # At least one prompt token must be decoded to get logits to sample from. (An empty prompt
-            # has none: it is seated with nothing to feed, and the engine fails it.)
-            usable = max(0, len(seq.prompt) - 1)
-            match = {s.index: min(common_prefix(s.cached, seq.prompt), usable) for s in self.slots}
-            # Taking a free slot: what its cache saves this prompt, less what the cluster of caches loses.
-            here = max(free, key=lambda s: (match[s.index] - self._unique(s, match[s.index]), -s.last_used))
-            gain = match[here.index] - self._unique(here, match[here.index])
-            sources = [s for s in self.slots if s.index not in copied_into]
-            source = max(sources, key=lambda s: match[s.index]) if sources else None
-            copy_from = None
-            if source is not None and source is not here:
-                target = min(free, key=lambda s: (self._unique(s, 0), s.last_used))
-                if match[source.index] - self._unique(target, 0) - gain >= COPY_MIN_GAIN:
-                    here, copy_from = target, source.index
-            kept = match[copy_from] if copy_from is not None else match[here.index]
-            self._seated += 1
-            here.seq, here.last_used = seq, self._seated
-            here.cached = (self.slots[copy_from].cached if copy_from is not None else here.cached)[:kept]
-            if copy_from is not None:
-                copied_into.add(here.index)
-            seq.slot = here.index
-            seq.reused = kept
-            seq.pending = list(seq.prompt[kept:])
-            seated.append(Seat(seq, kept, copy_from))
+            seated.append(self._seat(seq, free))
         return seated
 
-    def _unique(self, slot: Slot, kept: int) -> int:
-        """Cached tokens of ``slot`` past ``kept`` that no other slot also holds: lost if it is reused."""
-        covered = max((common_prefix(slot.cached, o.cached) for o in self.slots if o is not slot), default=0)
-        return max(0, len(slot.cached) - max(kept, covered))
+    def _seat(self, seq: Sequence, free: list[Slot]) -> Seat:
+        # At least one prompt token must be decoded to get logits to sample from. (An empty prompt has
+        # none: it is seated with nothing to feed, and the engine fails it.)
+        usable = max(0, len(seq.prompt) - 1)
+        caches: list[Slot | Parked] = [*self.slots, *self.parked]
+        match = {id(c): min(common_prefix(c.cached, seq.prompt), usable) for c in caches}
+        # A free slot as it is: what its cache saves this prompt, less what the caches lose.
+        here = max(free, key=lambda s: (match[id(s)] - self._unique(s, match[id(s)]), -s.last_used))
+        gain = match[id(here)] - self._unique(here, match[id(here)])
+        # Or the longest prefix anywhere, copied into the free slot whose cache is worth least.
+        source: Slot | Parked | None = max(caches, key=lambda c: match[id(c)])
+        if source is not here:
+            target = min(free, key=lambda s: (self._unique(s, 0), s.last_used))
+            if match[id(source)] - self._unique(target, 0) - gain >= COPY_MIN_GAIN:
+                here = target
+            else:
+                source = None
+        else:
+            source = None
+        kept = match[id(source if source is not None else here)]
+        park, drop = self._park(here, 0 if source is not None else kept, spare=source)
+        self._seated += 1
+        if source is not None:
+            source.last_used = self._seated
+        here.cached = (source.cached if source is not None else here.cached)[:kept]
+        here.seq, here.last_used = seq, self._seated
+        seq.slot = here.index
+        seq.reused = kept
+        seq.pending = list(seq.prompt[kept:])
+        return Seat(
+            seq,
+            kept,
+            copy_from=source.index if isinstance(source, Slot) else None,
+            restore=source.key if isinstance(source, Parked) else None,
+            park=park,
+            drop=drop,
+        )
+
+    def _park(self, slot: Slot, kept: int, spare: Slot | Parked | None) -> tuple[int | None, tuple[int, ...]]:
+        """Keep the slot's cache in the prompt cache if it is about to lose enough that nothing else
+        holds, making room by dropping the least recently used parked prompts (never ``spare``, about
+        to be copied from) and those the slot's cache extends."""
+        if self._unique(slot, kept) < COPY_MIN_GAIN or len(slot.cached) > self.cache_tokens:
+            return None, ()
+        extended = [p for p in self.parked if common_prefix(p.cached, slot.cached) == len(p.cached)]
+        drop = [p for p in extended if p is not spare]
+        room = self.cache_tokens - sum(len(p.cached) for p in self.parked if p not in drop)
+        for p in sorted(self.parked, key=lambda p: p.last_used):
+            if room >= len(slot.cached):
+                break
+            if p is not spare and p not in drop:
+                drop.append(p)
+                room += len(p.cached)
+        if room < len(slot.cached):
+            return None, ()  # only ``spare`` could make room: keep it, it is wanted now
+        self.parked = [p for p in self.parked if p not in drop]
+        entry = Parked(next(self._keys), list(slot.cached), slot.last_used)
+        self.parked.append(entry)
+        return entry.key, tuple(p.key for p in drop)
+
+    def _unique(self, cache: Slot, kept: int) -> int:
+        """Cached tokens of ``cache`` past ``kept`` that no other slot or parked prompt also holds:
+        what reusing the slot loses unless it is parked."""
+        caches: list[Slot | Parked] = [*self.slots, *self.parked]
+        others = (o for o in caches if o is not cache)
+        covered = max((common_prefix(cache.cached, o.cached) for o in others), default=0)
+        return max(0, len(cache.cached) - max(kept, covered))
+
+    def forget_prefix(self, seq: Sequence) -> None:
+        """The engine could not copy the sequence's prefix in: it prefills the whole prompt."""
+        self.slots[seq.slot].cached = []
+        seq.reused = 0
+        seq.pending = list(seq.prompt)
 
     def plan(self) -> list[Feed]:
         """The tokens of the next decode step: generating sequences first, then prompt chunks."""

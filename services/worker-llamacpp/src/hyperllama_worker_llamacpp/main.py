@@ -70,6 +70,7 @@ async def serve(settings: WorkerSettings) -> int:
             threads,
             metrics.for_model(spec.name),
             asyncio.get_running_loop(),
+            settings.prompt_cache_mb * 2**20,
         )
         embedders[spec.name] = Embedder(
             model, settings.embed_num_ctx or settings.num_ctx, threads, settings.embed_queue_max

@@ -50,6 +50,13 @@ class LoadedModel:
         self.load_seconds = time.perf_counter() - started
         log.info("loaded %s from %s in %.2fs", spec.name, spec.path, self.load_seconds)
 
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """What one token's K and V take in the cache (f16), over every layer."""
+        m = self.llm.model
+        head_dim = llama_cpp.llama_model_n_embd(m) // max(1, llama_cpp.llama_model_n_head(m))
+        return 2 * 2 * llama_cpp.llama_model_n_layer(m) * llama_cpp.llama_model_n_head_kv(m) * head_dim
+
     def render_chat(self, messages: list[worker_pb2.ChatMessage]) -> str:
         for m in messages:
             if m.role not in ROLES:

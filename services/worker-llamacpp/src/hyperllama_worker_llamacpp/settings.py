@@ -13,6 +13,10 @@ class WorkerSettings(WorkerBaseSettings):
     num_ctx: int = 4096
     # Sequences decoded together per model (continuous batching).
     slots: int = 8
+    # Host memory per model for the prompt cache: the KV cells of prompts that slots gave up, copied
+    # back into a slot when a prompt starts the same way (0 = off). About 23 KB a token for the
+    # default model, so 256 MiB holds some 11,000 tokens.
+    prompt_cache_mb: int = 256
     # Most tokens one decode step feeds; long prompts are prefilled in chunks of this size.
     batch_tokens: int = 512
     # Embedding calls that may wait per model behind the one running; past it the worker answers
