@@ -21,6 +21,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 LLAMA_SERVER := build/llama-server/llama-server
 
 include engines.mk
+include registry.mk
 
 install: $(VENV)/.installed
 
@@ -69,10 +70,10 @@ run: proto $(addprefix engine-,$(ENGINES))
 	$(BIN)/python deploy/local/cluster.py --engines "$(ENGINES)" --schedulers $(SCHEDULERS) --workers $(WORKERS)
 
 # The engine conformance suite runs every engine, so the tests need all of them.
-test: proto engines $(BIN)/promtool
+test: proto engines $(BIN)/promtool $(REGISTRY_BIN)
 	$(BIN)/python -m pytest
 
-test-unit: proto $(BIN)/promtool
+test-unit: proto $(BIN)/promtool $(REGISTRY_BIN)
 	$(BIN)/python -m pytest tests/unit
 
 # Not part of `make test`: several minutes of load against the cluster and its peers.

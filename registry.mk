@@ -1,7 +1,7 @@
 # A real OCI distribution registry for the registry client's tests: the binary of Debian's docker-registry
 # package (the CNCF distribution registry), taken out of the .deb rather than installing the package, which
 # would start a registry service. The tests start it themselves on a free loopback port; without apt they skip.
-# Wire it in with `include registry.mk` and `$(REGISTRY_BIN)` as a prerequisite of the test targets.
+# `make test` depends on $(REGISTRY_BIN).
 REGISTRY_BIN := $(BIN)/docker-registry
 
 .PHONY: registry-server
