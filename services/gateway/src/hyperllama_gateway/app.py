@@ -16,10 +16,13 @@ from hyperllama_gateway.dispatch import Dispatch
 from hyperllama_gateway.edge import RequestEdge
 from hyperllama_gateway.metrics import GatewayMetrics
 from hyperllama_gateway.ollama.router import router as ollama_router
+from hyperllama_gateway.ollama.store_router import router as ollama_store_router
 from hyperllama_gateway.openai.router import router as openai_router
-from hyperllama_gateway.request_body import BodySizeLimit, JsonBodies
+from hyperllama_gateway.registry_proxy import router as registry_router
+from hyperllama_gateway.request_body import BodySizeLimit, JsonBodies, is_blob_upload
 from hyperllama_gateway.scheduler_client import SchedulerClient
 from hyperllama_gateway.settings import GatewaySettings
+from hyperllama_gateway.store_client import StoreClient
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -42,7 +45,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             settings.max_redispatch,
             tracing,
         )
+        app.state.store = StoreClient(
+            settings.store_url, settings.store_timeout_seconds, settings.store_stream_idle_seconds
+        )
         yield
+        await app.state.store.close()
         await app.state.dispatch.close()
         await app.state.scheduler.close()
         tracing.shutdown()
@@ -51,6 +58,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(openai_router)
     app.include_router(ollama_router)
+    app.include_router(ollama_store_router)
+    app.include_router(registry_router)
     errors.install(app)
 
     @app.get("/metrics", include_in_schema=False)
@@ -61,7 +70,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         # The server span of a streamed response ends when its last byte is sent.
         FastAPIInstrumentor.instrument_app(app, excluded_urls="health,ready,metrics")
     app.add_middleware(JsonBodies)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Blob uploads stream to the store, which enforces its own quota; every JSON body is bounded.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, exempt=is_blob_upload)
     # Outermost: even a refused body gets its X-Request-Id echoed.
     app.add_middleware(RequestEdge)
     return app

@@ -15,6 +15,7 @@ from hyperllama_gateway.limits import MAX_ENGINE_CHARS, PRIORITY_MAX, PRIORITY_M
 from hyperllama_gateway.metrics import GatewayMetrics
 from hyperllama_gateway.scheduler_client import SchedulerClient
 from hyperllama_gateway.settings import GatewaySettings
+from hyperllama_gateway.store_client import StoreClient
 
 PRIORITY_HEADER = "X-HyperLlama-Priority"
 ENGINE_HEADER = "X-HyperLlama-Engine"
@@ -27,6 +28,10 @@ def _scheduler(request: Request) -> SchedulerClient:
     return request.app.state.scheduler
 
 
+def _store(request: Request) -> StoreClient:
+    return request.app.state.store
+
+
 def _metrics(request: Request) -> GatewayMetrics:
     return request.app.state.metrics
 
@@ -37,6 +42,8 @@ class Call:
 
     http: Request
     scheduler: SchedulerClient
+    # Asked only when a model is not found, to say whether it is in the store but not loaded.
+    store: StoreClient
     dispatch: Dispatch
     settings: GatewaySettings
     metrics: GatewayMetrics
@@ -78,6 +85,7 @@ def _call(request: Request) -> Call:
     return Call(
         http=request,
         scheduler=request.app.state.scheduler,
+        store=request.app.state.store,
         dispatch=request.app.state.dispatch,
         settings=request.app.state.settings,
         metrics=request.app.state.metrics,
@@ -89,5 +97,6 @@ def _call(request: Request) -> Call:
 
 
 Scheduler = Annotated[SchedulerClient, Depends(_scheduler)]
+Store = Annotated[StoreClient, Depends(_store)]
 Metrics = Annotated[GatewayMetrics, Depends(_metrics)]
 CallDep = Annotated[Call, Depends(_call)]

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hyperllama_common.errors import InvalidRequest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hyperllama_gateway.errors import error_response
 
+BLOB_PREFIX = "/api/blobs/"
+
+
+def is_blob_upload(scope: Scope) -> bool:
+    """POST /api/blobs/<digest>: a model file streamed through to the store, not a JSON body."""
+    return scope["method"] == "POST" and scope["path"].startswith(BLOB_PREFIX)
+
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt: Callable[[Scope], bool] | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.exempt = exempt
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         err = InvalidRequest(f"request body exceeds the limit of {self.max_bytes} bytes")
@@ -21,7 +31,7 @@ class BodySizeLimit:
         await response(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (self.exempt is not None and self.exempt(scope)):
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")
@@ -60,7 +70,7 @@ class JsonBodies:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] == "http" and scope["method"] == "POST" and not is_blob_upload(scope):
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
             ctype = dict(scope["headers"]).get(b"content-type", b"")
             if not ctype.startswith(b"application/json"):

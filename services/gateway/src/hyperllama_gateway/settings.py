@@ -19,6 +19,12 @@ class GatewaySettings(BaseSettings):
     max_redispatch: int = 2
     # Timeout of the scheduler's quick calls (model lists, readiness).
     control_timeout_seconds: float = 3.0
+    # The model store (services/store): catalog, create/copy/delete, blobs, pull/push, the /v2 registry.
+    store_url: str = "http://127.0.0.1:11435"
+    # Timeout of the store's quick calls (list, show, copy, delete, blob checks).
+    store_timeout_seconds: float = 10.0
+    # Longest quiet spell inside a streamed store call (pull progress, a blob upload) before it is given up.
+    store_stream_idle_seconds: float = 600.0
     # Record prompt text on trace spans (off: prompts are user data).
     trace_prompts: bool = False
     log_level: str = "INFO"

@@ -105,3 +105,57 @@ class ShowRequest(RequestBody):
 
     def target(self) -> str:
         return self.model or self.name or ""
+
+
+# --- model management: the bodies are checked here and handed to the model store as they are ---------
+
+
+class _Named(RequestBody):
+    """A body naming one model as ``model``, or ``name`` (the field's older name, still sent)."""
+
+    model: str | None = Field(default=None, max_length=MAX_MODEL_NAME_CHARS)
+    name: str | None = Field(default=None, max_length=MAX_MODEL_NAME_CHARS)
+
+    def target(self) -> str:
+        return self.model or self.name or ""
+
+
+class DeleteRequest(_Named):
+    pass
+
+
+class PullRequest(_Named):
+    insecure: bool = False
+    stream: bool = True
+
+    def store_body(self) -> dict[str, Any]:
+        return {"model": self.target(), "insecure": self.insecure, "stream": self.stream}
+
+
+class PushRequest(PullRequest):
+    pass
+
+
+class CopyRequest(RequestBody):
+    source: str = Field(default="", max_length=MAX_MODEL_NAME_CHARS)
+    destination: str = Field(default="", max_length=MAX_MODEL_NAME_CHARS)
+
+
+class CreateRequest(_Named):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    from_: str | None = Field(default=None, alias="from", max_length=MAX_MODEL_NAME_CHARS)
+    files: dict[str, str] | None = None
+    adapters: dict[str, str] | None = None
+    template: str | None = None
+    system: str | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[Message] | None = None
+    license: str | list[str] | None = None
+    quantize: str | None = None
+    quantization: str | None = None
+    stream: bool = True
+
+    def store_body(self) -> dict[str, Any]:
+        body = self.model_dump(by_alias=True, exclude_none=True, exclude={"name", "model"})
+        return {**body, "model": self.target()}

@@ -8,33 +8,32 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama.worker.v1 import worker_pb2
-from hyperllama_common.errors import InvalidRequest, ModelNotFound, quote
+from hyperllama_common.errors import ModelNotFound, quote
 
 from hyperllama_gateway import __version__
 from hyperllama_gateway.deps import Call, CallDep, Scheduler
-from hyperllama_gateway.generation import Generation, embed
+from hyperllama_gateway.generation import Generation, embed, explain_not_found
 from hyperllama_gateway.ollama import service
 from hyperllama_gateway.ollama.protocol import (
     ChatRequest,
     EmbeddingsRequest,
     EmbedRequest,
     GenerateRequest,
-    ShowRequest,
 )
-from hyperllama_gateway.scheduler_client import SchedulerClient
 
 router = APIRouter(prefix="/api")
 
 _NDJSON = "application/x-ndjson"
 
 
-async def _find(scheduler: SchedulerClient, model: str) -> scheduler_pb2.ModelEntry:
-    entries = await scheduler.list_models()
+async def _find(call: Call, model: str) -> scheduler_pb2.ModelEntry:
+    entries = await call.scheduler.list_models()
     for entry in entries:
         if entry.info.name in (model, f"{model}:latest"):
             return entry
     names = ", ".join(e.info.name for e in entries)
-    raise ModelNotFound(f"model '{quote(model)}' not found; available models: {names}")
+    err = ModelNotFound(f"model '{quote(model)}' not found; available models: {names}")
+    raise await explain_not_found(call.store, model, err)
 
 
 async def _run(call: Call, request: worker_pb2.GenerateRequest, stream: bool, chat: bool) -> Any:
@@ -50,7 +49,7 @@ async def generate(body: GenerateRequest, call: CallDep) -> Any:
     call.http.state.model = body.model
     # Nothing to generate (raw or not): Ollama answers that the model is loaded.
     if not body.prompt:
-        return service.load_response((await _find(call.scheduler, body.model)).info.name, chat=False)
+        return service.load_response((await _find(call, body.model)).info.name, chat=False)
     return await _run(call, service.generate_request(body, call.request_id), body.stream, chat=False)
 
 
@@ -58,7 +57,7 @@ async def generate(body: GenerateRequest, call: CallDep) -> Any:
 async def chat(body: ChatRequest, call: CallDep) -> Any:
     call.http.state.model = body.model
     if not body.messages:
-        return service.load_response((await _find(call.scheduler, body.model)).info.name, chat=True)
+        return service.load_response((await _find(call, body.model)).info.name, chat=True)
     return await _run(call, service.chat_request(body, call.request_id), body.stream, chat=True)
 
 
@@ -82,21 +81,9 @@ async def embeddings(body: EmbeddingsRequest, call: CallDep) -> dict[str, Any]:
     return {"embedding": list(response.embeddings[0].values)}
 
 
-@router.get("/tags")
-async def tags(scheduler: Scheduler) -> dict[str, Any]:
-    return {"models": [service.tag_entry(e.info) for e in await scheduler.list_models()]}
-
-
 @router.get("/ps")
 async def ps(scheduler: Scheduler) -> dict[str, Any]:
     return {"models": [service.ps_entry(e) for e in await scheduler.list_models()]}
-
-
-@router.post("/show")
-async def show(body: ShowRequest, scheduler: Scheduler) -> dict[str, Any]:
-    if not body.target():
-        raise InvalidRequest("model is required", param="model")
-    return service.show(await _find(scheduler, body.target()))
 
 
 @router.get("/version")

@@ -8,7 +8,8 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from hyperllama_common.errors import ModelNotFound, quote
 
-from hyperllama_gateway.deps import CallDep, Scheduler
+from hyperllama_gateway import catalog
+from hyperllama_gateway.deps import CallDep, Scheduler, Store
 from hyperllama_gateway.generation import Generation, embed
 from hyperllama_gateway.openai import service
 from hyperllama_gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -56,25 +57,25 @@ async def embeddings(body: EmbeddingRequest, call: CallDep) -> dict[str, Any]:
     return service.embedding_response(body, response)
 
 
-def _model_card(entry: Any) -> dict[str, Any]:
+def _model_card(tag: dict[str, Any]) -> dict[str, Any]:
     return {
-        "id": entry.info.name,
+        "id": tag["name"],
         "object": "model",
-        "created": entry.info.modified_at_unix,
+        "created": catalog.modified_unix(tag),
         "owned_by": "hyperllama",
     }
 
 
 @router.get("/models")
-async def list_models(scheduler: Scheduler) -> dict[str, Any]:
-    return {"object": "list", "data": [_model_card(e) for e in await scheduler.list_models()]}
+async def list_models(scheduler: Scheduler, store: Store) -> dict[str, Any]:
+    return {"object": "list", "data": [_model_card(t) for t in await catalog.all_models(scheduler, store)]}
 
 
 @router.get("/models/{model:path}")
-async def get_model(model: str, scheduler: Scheduler) -> dict[str, Any]:
-    entries = await scheduler.list_models()
-    for entry in entries:
-        if entry.info.name == model:
-            return _model_card(entry)
-    names = ", ".join(e.info.name for e in entries)
+async def get_model(model: str, scheduler: Scheduler, store: Store) -> dict[str, Any]:
+    tags = await catalog.all_models(scheduler, store)
+    for tag in tags:
+        if tag["name"] == model or catalog.name_key(tag["name"]) == catalog.name_key(model):
+            return _model_card(tag)
+    names = ", ".join(t["name"] for t in tags)
     raise ModelNotFound(f"model '{quote(model)}' not found; available models: {names}", param="model")
