@@ -1,4 +1,4 @@
-"""Start the whole cluster on loopback: Redis, scheduler replicas, engine workers and gateway.
+"""Start the whole cluster on loopback: Redis, model store, scheduler replicas, engine workers, gateway.
 
 ``make run`` runs this file; the tests and loadtests/bench.py import it to start the same topology on
 free ports. Every process it starts is started again when it exits, and stopped on Ctrl-C or SIGTERM.
@@ -43,6 +43,9 @@ RESTART_RESET_SECONDS = 60.0
 SCHEDULER_PORT = 50051
 SCHEDULER_METRICS_PORT = 9101
 SCHEDULER_REPLICA_METRICS_PORT = 9200
+STORE_PORT = 11435
+# Where `make run` keeps its models (HYPERLLAMA_MODELS overrides); test clusters use a folder of their own.
+DEFAULT_MODELS_DIR = Path("~/.hyperllama/models")
 
 
 def free_port() -> int:
@@ -134,7 +137,12 @@ class LocalCluster:
     scheduler_settings: dict[str, str] = field(default_factory=dict)
     # Prometheus endpoints of the processes started, by process name.
     metrics_urls: dict[str, str] = field(default_factory=dict)
+    # The model store's root (HYPERLLAMA_MODELS): empty means ~/.hyperllama/models with fixed_ports, else a
+    # temporary folder that stop() removes.
+    models_dir: str = ""
+    store_url: str = ""
     _redis_dir: tempfile.TemporaryDirectory[str] | None = None
+    _models_tmp: tempfile.TemporaryDirectory[str] | None = None
     _scheduler_ports: list[int] = field(default_factory=list)
 
     @property
@@ -204,6 +212,27 @@ class LocalCluster:
         )  # fmt: skip
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         wait_for(lambda: _tcp_open(port), f"redis on port {port}", proc)
+        return proc
+
+    def start_store(self, port: int = 0, **settings: str) -> Process:
+        """The model store; the gateway started after it is given its URL. ``port`` brings it back on the
+        same address."""
+        if not port and self.store_url:
+            port = int(self.store_url.rsplit(":", 1)[1])
+        port = port or self._port(STORE_PORT)
+        if not self.models_dir:
+            if self.fixed_ports:
+                self.models_dir = os.environ.get("HYPERLLAMA_MODELS", str(DEFAULT_MODELS_DIR.expanduser()))
+            else:
+                self._models_tmp = tempfile.TemporaryDirectory(prefix="hyperllama-models-")
+                self.models_dir = self._models_tmp.name
+        env = {"HYPERLLAMA_STORE_PORT": str(port), "HYPERLLAMA_MODELS": self.models_dir}
+        env.update({f"HYPERLLAMA_STORE_{k.upper()}": v for k, v in settings.items()})
+        self.store_url = f"http://127.0.0.1:{port}"
+        self.metrics_urls["store"] = f"{self.store_url}/metrics"
+        proc = self._spawn("store", [sys.executable, "-m", "hyperllama_store.main"], env)
+        # Healthy once the bundled model is imported (the first start copies it into the store).
+        wait_for(lambda: _http_status(f"{self.store_url}/health") == 200, "store", proc, timeout=180.0)
         return proc
 
     def _port(self, default: int) -> int:
@@ -280,6 +309,8 @@ class LocalCluster:
             "HYPERLLAMA_GATEWAY_PORT": str(self.gateway_port),
             "HYPERLLAMA_GATEWAY_SCHEDULER_ADDRESS": self.scheduler_address,
         }
+        if self.store_url:
+            env["HYPERLLAMA_GATEWAY_STORE_URL"] = self.store_url
         env.update({f"HYPERLLAMA_GATEWAY_{k.upper()}": v for k, v in settings.items()})
         self.metrics_urls["gateway"] = f"{self.gateway_url}/metrics"
         proc = self._spawn("gateway", [sys.executable, "-m", "hyperllama_gateway.main"], env)
@@ -314,12 +345,13 @@ class LocalCluster:
         pin_workers: bool = True,
         scheduler_settings: dict[str, str] | None = None,
     ) -> None:
-        """Redis, ``schedulers`` scheduler replicas, ``workers`` llama.cpp workers (one each of the
-        other engines) and the gateway. Several llama.cpp workers are each pinned to their own share
-        of this process's cores (unless ``pin_workers`` is false), so that one worker's llama.cpp
+        """Redis, the model store, ``schedulers`` scheduler replicas, ``workers`` llama.cpp workers (one
+        each of the other engines) and the gateway. Several llama.cpp workers are each pinned to their
+        own share of this process's cores (unless ``pin_workers`` is false), so that one worker's llama.cpp
         threads never preempt another's."""
         self.scheduler_settings.update(scheduler_settings or {})
         self.start_redis()
+        self.start_store()
         for _ in range(schedulers):
             self.start_scheduler()
         cores = self.worker_cores(workers) if pin_workers and "llamacpp" in engines else []
@@ -342,6 +374,11 @@ class LocalCluster:
         if self._redis_dir is not None:
             self._redis_dir.cleanup()
             self._redis_dir = None
+        if self._models_tmp is not None:
+            self._models_tmp.cleanup()
+            self._models_tmp = None
+            self.models_dir = ""
+        self.store_url = ""
 
     def dead(self) -> list[Process]:
         return [p for p in self.processes if not p.alive()]

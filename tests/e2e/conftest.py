@@ -1,4 +1,5 @@
-"""End-to-end fixtures: the real cluster (Redis, scheduler, llama.cpp worker, gateway) and real clients."""
+"""End-to-end fixtures: the real cluster (Redis, model store, scheduler, llama.cpp worker, gateway) and real
+clients."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def cluster(redis_url: str, logs_dir: Path) -> Iterator[LocalCluster]:
     # Its own Redis database, so the integration tests' FLUSHDB never touches it.
     c = LocalCluster(gateway_port=free_port(), log_dir=logs_dir, redis_url=redis_url.rsplit("/", 1)[0] + "/1")
     try:
+        c.start_store()
         c.start_scheduler(queue_max_per_model=str(QUEUE_MAX), retry_after_seconds="2")
         c.start_worker("worker-llamacpp-0", heartbeat_seconds="0.5", slots=str(SLOTS))
         c.start_gateway(max_body_bytes=str(MAX_BODY_BYTES))
