@@ -123,7 +123,8 @@ def _prefix(p: dict[str, Any]) -> list[str]:
     ratio = p["ttft_ratio"]
     setup = " ".join(
         [
-            f"{p['workers']} llama.cpp workers pinned to one core each, {p['slots_per_worker']} slots each;",
+            f"{p['workers']} llama.cpp workers pinned to one core each, {p['slots_per_worker']} slots each",
+            f"and a {p.get('prompt_cache_mb', 0)} MiB prompt cache each;",
             f"{p['tenants']} tenants, each with its own system prompt of about",
             f"{p['system_prompt_tokens']} tokens ({p['counted_with']}) and a short user turn,",
             f"{p['max_tokens']} output tokens. A warm-up pass (every tenant once), then",

@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 from hyperllama.scheduler.v1 import scheduler_pb2
-from hyperllama_scheduler import keys
+from hyperllama_scheduler import keys, placement
 from test_scheduler import MODEL, collect, request, until
 
 # Long enough for several whole blocks of the scheduler's prefix hashing (256 bytes each).
@@ -86,4 +86,48 @@ async def test_a_request_waits_a_little_for_the_busy_worker_that_holds_its_prefi
         stall.cancel()
         text, _ = await again
         assert text.split()[0] == home  # it waited for its home's slot
+    stall.cancel()
+
+
+async def test_a_prefix_the_worker_has_likely_dropped_since_no_longer_draws_its_requests(
+    scheduler_factory, redis_client
+):
+    """A worker that reports a prompt cache of about two prompts' size is sent three other long
+    prompts after a tenant's: the tenant's next request goes by load, not to the worker that has
+    most likely pushed its prompt out of its cache."""
+    h = scheduler_factory()
+    cache_tokens = str(2 * len(SYSTEM) // 4)  # two prompts' worth at 4 bytes a token
+    h.add_worker("a", HYPERLLAMA_SCRIPTED_SLOTS="4", HYPERLLAMA_SCRIPTED_CACHE_TOKENS=cache_tokens)
+    h.add_worker("b", HYPERLLAMA_SCRIPTED_SLOTS="4", HYPERLLAMA_SCRIPTED_CACHE_TOKENS=cache_tokens)
+    await h.wait_workers(2)
+    home, busy, stall = await first_then_stall(h, redis_client)
+    assert busy == home
+    again, _ = await collect(h, request(SYSTEM + "second question", max_tokens=2))
+    assert again.split()[0] == home  # still fresh: the prefix wins over the idle worker
+    for n in range(3):  # other tenants' prompts, sent to the same worker
+        other = f"You are the assistant of tenant {n}. " * 40
+        await redis_client.zadd(  # as the scheduler records a grant: every block, scored by time
+            keys.prefixes(home, MODEL),
+            {b: 10**13 + n for b in placement.prefix_hashes(request(other + "?").request)},
+        )
+    third, _ = await collect(h, request(SYSTEM + "third question", max_tokens=2))
+    assert third.split()[0] != home  # by load: the busy home holds the stall
+    stall.cancel()
+
+
+async def test_a_request_does_not_wait_for_its_home_when_another_free_worker_holds_its_prefix(
+    scheduler_factory, redis_client
+):
+    h = scheduler_factory(prefix_patience_seconds="30")
+    h.add_worker("a")  # one slot each
+    h.add_worker("b")
+    await h.wait_workers(2)
+    home, busy, stall = await first_then_stall(h, redis_client)
+    other = "b" if home == "a" else "a"
+    hashes = placement.prefix_hashes(request(SYSTEM + "x").request)
+    assert len(hashes) == 6
+    # Most of the prefix was sent to the other worker too (less than to its home, which stays home).
+    await redis_client.zadd(keys.prefixes(other, MODEL), {b: 1 for b in hashes[:4]})
+    text, _ = await collect(h, request(SYSTEM + "second question", max_tokens=2), timeout=10)
+    assert text.split()[0] == other  # at once, not after 30 s of patience
     stall.cancel()

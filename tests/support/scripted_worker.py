@@ -20,6 +20,7 @@ HYPERLLAMA_SCRIPTED_MODELS (comma-separated) serves several models, each with
 HYPERLLAMA_SCRIPTED_SLOTS slots of its own; HYPERLLAMA_SCRIPTED_HEARTBEAT_SECONDS sets the heartbeat.
 Like a real worker it answers "busy" when its slots are all taken. HYPERLLAMA_SCRIPTED_SERVED_LOG
 names a file it appends every request id it starts serving to (one line each).
+HYPERLLAMA_SCRIPTED_CACHE_TOKENS is the prompt cache it reports (prefix_cache_tokens; 0 = unknown).
 """
 
 from __future__ import annotations
@@ -144,7 +145,11 @@ async def main() -> None:
         models=[
             # One model: the worker's slots are shared (slots_total 0); several: slots of their own.
             worker_pb2.ModelInfo(
-                name=m, family="test", format="none", slots_total=slots if len(MODELS) > 1 else 0
+                name=m,
+                family="test",
+                format="none",
+                slots_total=slots if len(MODELS) > 1 else 0,
+                prefix_cache_tokens=int(os.environ.get("HYPERLLAMA_SCRIPTED_CACHE_TOKENS", "0")),
             )
             for m in MODELS
         ],

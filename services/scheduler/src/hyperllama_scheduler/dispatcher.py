@@ -109,7 +109,12 @@ class Dispatcher:
             else {}
         )
         home = placement.home(workers, matches, len(prefixes))
-        if home is not None and free[home.worker_id] <= 0 and waited < self.prefix_patience:
+        if (
+            home is not None
+            and free[home.worker_id] <= 0
+            and waited < self.prefix_patience
+            and not any(placement.home([w], matches, len(prefixes)) for w in candidates)
+        ):
             return None  # its home will have a slot soon; elsewhere it would prefill from scratch
         while candidates:
             worker = placement.choose(candidates, free, cap, matches, len(prefixes))

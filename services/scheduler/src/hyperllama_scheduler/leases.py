@@ -18,7 +18,7 @@ import redis.asyncio as redis
 from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama.worker.v1 import worker_pb2
 
-from hyperllama_scheduler import keys
+from hyperllama_scheduler import keys, placement
 from hyperllama_scheduler.metrics import SchedulerMetrics
 from hyperllama_scheduler.queue import redis_errors_as_unavailable
 
@@ -69,6 +69,21 @@ if ARGV[7] == 'queued' then redis.call('PUBLISH', ARGV[8], ARGV[1]) end
 return {1}
 """.replace("PREFIXES_KEPT", str(PREFIXES_KEPT)).replace("PREFIXES_TTL_MS", str(PREFIXES_TTL_MS))
 
+# KEYS: each worker's prefix set. ARGV: the prompt's block hashes, in order. Per worker: how many
+# leading blocks it was sent, and how many blocks it was sent after the last of those (its rank from
+# the newest), which tells whether that prefix has likely been pushed out of the worker's cache since.
+_PREFIX_MATCHES = """
+local out = {}
+for i = 1, #KEYS do
+  local depth = 0
+  while depth < #ARGV and redis.call('ZSCORE', KEYS[i], ARGV[depth + 1]) do depth = depth + 1 end
+  local newer = 0
+  if depth > 0 then newer = redis.call('ZREVRANK', KEYS[i], ARGV[depth]) end
+  out[i] = {depth, newer}
+end
+return out
+"""
+
 # KEYS: lease set, grant. ARGV: lease id, new expiry, ttl, now. 0 when the lease had lapsed (even if
 # no grant has swept it out of the set yet: its slot may be counted as free already).
 _RENEW = """
@@ -101,6 +116,11 @@ def shared_models(worker: worker_pb2.WorkerInfo) -> list[str]:
     return [m.name for m in worker.models if m.slots_total <= 0]
 
 
+def cache_tokens(worker: worker_pb2.WorkerInfo, model: str) -> int:
+    """Prompt tokens ``worker`` can keep cached for ``model`` (0: it does not say)."""
+    return next((m.prefix_cache_tokens for m in worker.models if m.name == model), 0)
+
+
 def capacity(worker: worker_pb2.WorkerInfo, model: str) -> tuple[int, list[str]]:
     """The slots ``model`` may hold on ``worker``, and the lease sets that count against them."""
     own = next((m.slots_total for m in worker.models if m.name == model), 0)
@@ -123,6 +143,7 @@ class SlotLeases:
         self._grant = client.register_script(_GRANT)
         self._renew = client.register_script(_RENEW)
         self._observe = client.register_script(_OBSERVE)
+        self._prefix_matches = client.register_script(_PREFIX_MATCHES)
 
     @redis_errors_as_unavailable
     async def grant(
@@ -193,22 +214,17 @@ class SlotLeases:
     async def prefix_matches(
         self, workers: list[worker_pb2.WorkerInfo], model: str, prefixes: list[str]
     ) -> dict[str, int]:
-        """Per worker, how many leading blocks of the prompt were last sent there."""
+        """Per worker, how many leading blocks of the prompt were sent there and are likely still in
+        its cache (placement.still_cached)."""
         if not prefixes or not workers:
             return {w.worker_id: 0 for w in workers}
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for w in workers:
-                pipe.zmscore(keys.prefixes(w.worker_id, model), prefixes)
-            found = await pipe.execute()
-        matches = {}
-        for w, scores in zip(workers, found, strict=True):
-            n = 0
-            for score in scores:
-                if score is None:
-                    break
-                n += 1
-            matches[w.worker_id] = n
-        return matches
+        found = await self._prefix_matches(
+            keys=[keys.prefixes(w.worker_id, model) for w in workers], args=prefixes
+        )
+        return {
+            w.worker_id: depth if placement.still_cached(newer, cache_tokens(w, model)) else 0
+            for w, (depth, newer) in zip(workers, found, strict=True)
+        }
 
     @redis_errors_as_unavailable
     async def renew(self, leases: list[scheduler_pb2.Lease]) -> list[str]:

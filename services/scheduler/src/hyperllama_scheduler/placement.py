@@ -17,6 +17,9 @@ from hyperllama.worker.v1 import worker_pb2
 
 BLOCK_BYTES = 256
 MAX_BLOCKS = 64  # prefixes past 16 KiB are not told apart further
+# Prompt bytes taken as one token when comparing blocks sent to a worker with the tokens its cache
+# holds (the scheduler does not tokenize; English text runs about 4 bytes a token).
+BYTES_PER_TOKEN = 4
 # How much a full prefix match outweighs an idle worker. Above 1: a worker that holds the prompt
 # wins over an idle one as long as it has a free slot; a partial match still yields to load.
 PREFIX_WEIGHT = 2.0
@@ -44,6 +47,15 @@ def prefix_hashes(req: worker_pb2.GenerateRequest) -> list[str]:
         running.update(block)
         hashes.append(running.hexdigest())
     return hashes
+
+
+def still_cached(newer_blocks: int, cache_tokens: int) -> bool:
+    """Whether a prefix sent to a worker is likely still in its cache, given how many blocks of
+    prompts it was sent after that prefix. A worker's caches keep the prompts it used last, about
+    ``cache_tokens`` tokens of them, so a prefix followed by more than that has most likely been
+    pushed out; counting it would send its next request to a worker that prefills it again (and
+    pushes out another prompt in turn). A worker that reports no figure (0) is taken to keep all."""
+    return cache_tokens <= 0 or newer_blocks * BLOCK_BYTES < cache_tokens * BYTES_PER_TOKEN
 
 
 def choose(

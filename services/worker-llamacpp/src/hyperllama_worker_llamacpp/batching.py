@@ -126,6 +126,12 @@ class BatchPlanner:
     def in_use(self) -> int:
         return sum(1 for s in self.slots if s.seq is not None)
 
+    @property
+    def cache_capacity(self) -> int:
+        """Prompt tokens this planner can keep cached now: what its slots hold, plus the prompt cache's
+        budget. (Read from other threads: a moment's inexactness does not matter.)"""
+        return sum(len(s.cached) for s in self.slots) + self.cache_tokens
+
     def submit(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 

@@ -80,6 +80,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             engine = self.engines[model.name]
             model.slots_total = engine.slots
             model.slots_in_use = self._admitted[model.name]
+            model.prefix_cache_tokens = engine.planner.cache_capacity
         info.slots_total = sum(m.slots_total for m in info.models)
         info.slots_in_use = sum(m.slots_in_use for m in info.models)
         info.ready = self.info.ready and self.ready
