@@ -2,19 +2,21 @@
 system, parameters, messages and license layers, and the NDJSON status lines Ollama's create streams.
 
 Everything a client can get wrong is checked in ``plan_create`` before the first line is sent, so those
-errors keep their status code; only failures while writing end the stream with an error line.
+errors keep their status code; only failures while writing end the stream with an error line. A ``from``
+model that is not in the store is pulled inside the create stream, as Ollama does; its progress comes first.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hyperllama_common.errors import InvalidRequest, ModelNotFound, quote
 from pydantic import BaseModel, ConfigDict, Field
 
+from hyperllama_store.catalog import CatalogEntry
 from hyperllama_store.gguf_info import GGUFInfo, is_gguf
 from hyperllama_store.gojson import go_json
 from hyperllama_store.manifest import (
@@ -29,6 +31,7 @@ from hyperllama_store.manifest import (
     Manifest,
 )
 from hyperllama_store.names import ModelName, parse_digest
+from hyperllama_store.registry import resolve
 from hyperllama_store.store import Store
 
 
@@ -53,6 +56,8 @@ class CreateRequest(BaseModel):
     quantize: str | None = None
     quantization: str | None = None
     stream: bool | None = None
+    # For a ``from`` that has to be pulled from a plain-http registry.
+    insecure: bool = False
 
 
 @dataclass
@@ -70,6 +75,9 @@ class CreatePlan:
     config: dict[str, Any]
     parsed_gguf: bool = False
     existing_params: dict[str, Any] = field(default_factory=dict)
+    # Set when ``from`` is not in the store: pulled first, then read as the base.
+    pull_from: ModelName | None = None
+    model_file: _Base | None = None  # the uploaded GGUF that replaces the base's model layer
 
 
 async def plan_create(store: Store, req: CreateRequest) -> CreatePlan:
@@ -82,24 +90,16 @@ async def plan_create(store: Store, req: CreateRequest) -> CreatePlan:
         raise InvalidRequest("adapters are not supported yet", param="adapters")
     if not req.from_ and not req.files:
         raise InvalidRequest("neither 'from' or 'files' was specified", param="from")
-    base: list[_Base] = []
-    config: dict[str, Any] = {}
-    existing_params: dict[str, Any] = {}
+    plan = CreatePlan(name, req, [], {})
     if req.from_:
-        source = ModelName.parse(req.from_)
+        # A scheme or plain http without insecure is refused here, before the stream starts.
+        source, _ = resolve(req.from_, insecure=req.insecure)
         try:
-            entry = store.catalog.get(source)
+            entry = await asyncio.to_thread(store.catalog.get, source)
         except ModelNotFound:
-            # Pulling a missing base inside the create stream comes with the registry client.
-            raise ModelNotFound(f"model '{quote(req.from_)}' not found", param="from") from None
-        for layer in entry.manifest.layers:
-            info = None
-            if layer.media_type == MEDIA_MODEL and entry.model_blob == layer.digest:
-                info = await asyncio.to_thread(_gguf_info, store, layer.digest)
-            base.append(_Base(layer, info, f"using existing layer {layer.digest}"))
-        config = {k: v for k, v in entry.config.items() if k != "rootfs"}
-        existing_params = dict(entry.parameters)
-    parsed = False
+            plan.pull_from = source
+        else:
+            await _use_base(store, plan, entry)
     if req.files:
         if len(req.files) != 1:
             raise InvalidRequest("only one GGUF file is supported", param="files")
@@ -113,15 +113,31 @@ async def plan_create(store: Store, req: CreateRequest) -> CreatePlan:
         if not await asyncio.to_thread(is_gguf, path):
             raise InvalidRequest(f"{quote(filename)!r} is not a GGUF file", param="files")
         info = await asyncio.to_thread(_gguf_info, store, digest)
-        # A new model file replaces the base's; its metadata describes the model from now on.
-        base = [b for b in base if b.layer.media_type != MEDIA_MODEL]
-        base.insert(
-            0, _Base(Layer(MEDIA_MODEL, digest, path.stat().st_size), info, f"using existing layer {digest}")
+        plan.model_file = _Base(
+            Layer(MEDIA_MODEL, digest, path.stat().st_size), info, f"using existing layer {digest}"
         )
-        for key in ("model_format", "model_family", "model_families", "model_type", "file_type"):
-            config.pop(key, None)
-        parsed = True
-    return CreatePlan(name, req, base, config, parsed, existing_params)
+        plan.parsed_gguf = True
+    return plan
+
+
+async def _use_base(store: Store, plan: CreatePlan, entry: CatalogEntry) -> None:
+    for layer in entry.manifest.layers:
+        info = None
+        if layer.media_type == MEDIA_MODEL and entry.model_blob == layer.digest:
+            info = await asyncio.to_thread(_gguf_info, store, layer.digest)
+        plan.base.append(_Base(layer, info, f"using existing layer {layer.digest}"))
+    plan.config = {k: v for k, v in entry.config.items() if k != "rootfs"}
+    plan.existing_params = dict(entry.parameters)
+
+
+def _with_model_file(plan: CreatePlan) -> CreatePlan:
+    """An uploaded model file replaces the base's; its metadata describes the model from now on."""
+    if plan.model_file is None:
+        return plan
+    base = [plan.model_file, *(b for b in plan.base if b.layer.media_type != MEDIA_MODEL)]
+    known = ("model_format", "model_family", "model_families", "model_type", "file_type")
+    config = {k: v for k, v in plan.config.items() if k not in known}
+    return replace(plan, base=base, config=config)
 
 
 def _gguf_info(store: Store, digest: str) -> GGUFInfo | None:
@@ -134,8 +150,21 @@ def _gguf_info(store: Store, digest: str) -> GGUFInfo | None:
         raise InvalidRequest(f"cannot read the GGUF blob {digest}: {err}") from err
 
 
-async def run_create(store: Store, plan: CreatePlan) -> AsyncIterator[dict[str, Any]]:
-    """Yield Ollama's status objects; the caller turns a raised error after the first into an error line."""
+async def run_create(
+    store: Store, plan: CreatePlan, pulled: AsyncIterator[dict[str, Any]] | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """Yield Ollama's status objects; the caller turns a raised error after the first into an error line.
+    ``pulled`` is the progress of the pull of ``plan.pull_from``, passed on before the create's own."""
+    if pulled is not None:
+        async for event in pulled:
+            yield event
+    if plan.pull_from is not None:
+        try:
+            entry = await asyncio.to_thread(store.catalog.get, plan.pull_from)
+        except ModelNotFound:
+            raise ModelNotFound(f"model '{quote(plan.pull_from.display)}' not found", param="from") from None
+        await _use_base(store, plan, entry)
+    plan = _with_model_file(plan)
     if plan.parsed_gguf:
         yield {"status": "parsing GGUF"}
     # The lock is not held across a yield: a client that stops reading must not stall other writers.

@@ -4,14 +4,11 @@ answers Ollama's /api routes with it. Errors are Ollama's ``{"error": "..."}``."
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
-from hyperllama_common.errors import HyperLlamaError, InvalidRequest
+from hyperllama_common.errors import InvalidRequest
 from pydantic import BaseModel, Field
 
 from hyperllama_store import modelfile
@@ -20,6 +17,7 @@ from hyperllama_store.create import CreateRequest, plan_create, run_create
 from hyperllama_store.deps import MetricsDep, StoreDep
 from hyperllama_store.models import copy_model, delete_model
 from hyperllama_store.names import ModelName, parse_digest
+from hyperllama_store.transfer_routes import TransferDep, respond, started
 
 log = logging.getLogger(__name__)
 
@@ -67,26 +65,13 @@ async def delete(body: ModelRequest, store: StoreDep) -> dict[str, Any]:
 
 
 @router.post("/create")
-async def create(body: CreateRequest, store: StoreDep) -> Response:
+async def create(body: CreateRequest, store: StoreDep, transfer: TransferDep) -> Response:
     plan = await plan_create(store, body)
-    if body.stream is False:
-        last: dict[str, Any] = {}
-        async for event in run_create(store, plan):
-            last = event
-        return JSONResponse(last)
-    return StreamingResponse(_ndjson(run_create(store, plan)), media_type="application/x-ndjson")
-
-
-async def _ndjson(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
-    try:
-        async for event in events:
-            yield json.dumps(event).encode() + b"\n"
-    except HyperLlamaError as err:
-        yield json.dumps({"error": err.message}).encode() + b"\n"
-    except Exception as err:
-        # The status line is gone; one error line ends the stream instead.
-        log.exception("create failed")
-        yield json.dumps({"error": f"create failed: {type(err).__name__}: {err}"}).encode() + b"\n"
+    pulled = None
+    if plan.pull_from is not None:
+        # The base is pulled first; errors up to its registry's first answer keep their status.
+        pulled = await started(transfer.pull(body.from_ or str(plan.pull_from), insecure=body.insecure))
+    return await respond(run_create(store, plan, pulled), body.stream, "create")
 
 
 @router.head("/blobs/{digest}")

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -78,8 +78,15 @@ def _hash_file(path: Path) -> str:
 class BlobDownload:
     """One blob into one store. ``completed`` counts the bytes on disk, for progress."""
 
-    def __init__(self, store: BlobStore, layer: Layer, options: DownloadOptions):
+    def __init__(
+        self,
+        store: BlobStore,
+        layer: Layer,
+        options: DownloadOptions,
+        on_bytes: Callable[[int], None] | None = None,
+    ):
         self.store = store
+        self.on_bytes = on_bytes
         self.digest = layer.digest
         self.total = layer.size
         self.options = options
@@ -190,6 +197,7 @@ class BlobDownload:
         end = part.offset + part.size - 1
         headers = {"Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"}
         resp = await client.request("GET", client.url("blobs", self.digest), headers=headers, stream=True)
+        before = part.done
         try:
             if resp.status_code == 206:
                 skip = 0
@@ -216,6 +224,8 @@ class BlobDownload:
                     await asyncio.to_thread(self._checkpoint)
         finally:
             await resp.aclose()
+            if self.on_bytes is not None and part.done > before:
+                self.on_bytes(part.done - before)
         if part.done < part.size:
             raise _ShortRead(f"connection ended after {part.done} of {part.size} bytes of a part")
 
@@ -250,8 +260,9 @@ class Downloads:
     """Single flight: one download per blob file at a time in this process, however many pulls want it. Each
     caller follows its progress; when the last one leaves, the download stops (its partial state stays)."""
 
-    def __init__(self, options: DownloadOptions | None = None):
+    def __init__(self, options: DownloadOptions | None = None, on_bytes: Callable[[int], None] | None = None):
         self.options = options or DownloadOptions()
+        self.on_bytes = on_bytes  # told the bytes each response brought, for metrics
         self._flights: dict[Path, _Flight] = {}
         self.started = 0  # downloads started (not joined): for metrics and tests
 
@@ -269,7 +280,7 @@ class Downloads:
             await asyncio.wait({flight.task})
             flight = self._flights.get(key)
         if flight is None or flight.task.done():
-            download = BlobDownload(store, layer, self.options)
+            download = BlobDownload(store, layer, self.options, self.on_bytes)
             task = asyncio.create_task(download.run(client), name=f"download {layer.digest[:19]}")
             flight = self._flights[key] = _Flight(download, task)
             self.started += 1

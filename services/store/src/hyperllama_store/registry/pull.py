@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -55,8 +57,14 @@ def _digests(data: bytes | None, name: ModelName) -> set[str]:
 
 
 async def pull_model(
-    name: ModelName, layout: PullLayout, client: RegistryClient, downloads: Downloads
+    name: ModelName,
+    layout: PullLayout,
+    client: RegistryClient,
+    downloads: Downloads,
+    lock: asyncio.Lock | None = None,
 ) -> AsyncIterator[dict[str, object]]:
+    """``lock`` is the store's manifest lock: held while the manifest is written and unused blobs swept, so
+    a delete running beside the pull cannot take a blob the new manifest names."""
     previous = _digests(layout.read_manifest(name), name)
     yield progress("pulling manifest")
     manifest = await fetch_manifest(client, name.tag)
@@ -67,11 +75,15 @@ async def pull_model(
     # Each blob was checked against its digest before it got its name in the store.
     yield progress("verifying sha256 digest")
     yield progress("writing manifest")
-    layout.write_manifest(name, manifest.data)
     unused = previous - {layer.digest for layer in manifest.blobs}
+    async with lock or contextlib.nullcontext():
+        missing = [layer.digest for layer in manifest.blobs if not layout.has_blob(layer.digest)]
+        if missing:
+            raise RegistryError(f"blob {missing[0][:19]} went missing before the manifest was written")
+        layout.write_manifest(name, manifest.data)
+        # Only what the old manifest used: a blob another pull fetched but has not named yet stays.
+        removed = layout.remove_unused_blobs(unused) if unused else []
     if unused:
         yield progress("removing unused layers")
-        # Only what the old manifest used: a blob another pull fetched but has not named yet stays.
-        removed = layout.remove_unused_blobs(unused)
         log.info("pull of %s removed %d unused blobs", name, len(removed))
     yield progress("success")

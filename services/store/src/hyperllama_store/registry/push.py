@@ -103,7 +103,11 @@ async def _upload(
 
 
 async def push_blob(
-    client: RegistryClient, path: Path, layer: Layer, options: UploadOptions
+    client: RegistryClient,
+    path: Path,
+    layer: Layer,
+    options: UploadOptions,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> AsyncIterator[tuple[int, int]]:
     """(completed, total) while ``layer`` goes up; one event when the registry already has it."""
     resp = await client.request("HEAD", client.url("blobs", layer.digest), allow=(404,))
@@ -138,12 +142,18 @@ async def push_blob(
             log.info("push of %s failed (%s), starting it again", layer.digest[:19], err)
             await asyncio.sleep(0.5 * 2**attempt)
             continue
+        if on_bytes is not None:
+            on_bytes(counter.sent)
         yield layer.size, layer.size
         return
 
 
 async def push_model(
-    name: ModelName, layout: PushLayout, client: RegistryClient, options: UploadOptions
+    name: ModelName,
+    layout: PushLayout,
+    client: RegistryClient,
+    options: UploadOptions,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> AsyncIterator[dict[str, object]]:
     yield progress("retrieving manifest")
     data = layout.read_manifest(name)
@@ -153,7 +163,9 @@ async def push_model(
     manifest = parse_manifest(data)
     for layer in manifest.blobs:
         status = f"pushing {layer.digest[7:19]}"
-        async for completed, total in push_blob(client, layout.blob_path(layer.digest), layer, options):
+        async for completed, total in push_blob(
+            client, layout.blob_path(layer.digest), layer, options, on_bytes
+        ):
             yield progress(status, layer.digest, total, completed)
     yield progress("pushing manifest")
     await client.request(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import httpx
 
@@ -30,9 +31,12 @@ class Transfers:
         retry: RetryPolicy | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         user_agent: str = "hyperllama-store",
+        on_pull_bytes: Callable[[int], None] | None = None,
+        on_push_bytes: Callable[[int], None] | None = None,
     ):
         self._credentials = {k.lower(): v for k, v in (credentials or {}).items()}
-        self.downloads = Downloads(download)
+        self.downloads = Downloads(download, on_pull_bytes)
+        self.on_push_bytes = on_push_bytes
         self.upload = upload or UploadOptions()
         self.retry = retry or RetryPolicy()
         self.http = httpx.AsyncClient(
@@ -58,16 +62,21 @@ class Transfers:
         return model, client
 
     def pull(
-        self, name: str | ModelName, layout: PullLayout, *, insecure: bool = False
+        self,
+        name: str | ModelName,
+        layout: PullLayout,
+        *,
+        insecure: bool = False,
+        lock: asyncio.Lock | None = None,
     ) -> AsyncIterator[dict[str, object]]:
         """Ollama's pull progress objects, ending with ``{"status": "success"}``; errors raise. A bad name or
-        plain http without ``insecure`` raises here, before any output."""
+        plain http without ``insecure`` raises here, before any output. ``lock`` guards the manifest write."""
         model, client = self.client(name, insecure=insecure)
-        return pull_model(model, layout, client, self.downloads)
+        return pull_model(model, layout, client, self.downloads, lock)
 
     def push(
         self, name: str | ModelName, layout: PushLayout, *, insecure: bool = False
     ) -> AsyncIterator[dict[str, object]]:
         """Ollama's push progress objects, ending with ``{"status": "success"}``; errors raise."""
         model, client = self.client(name, insecure=insecure)
-        return push_model(model, layout, client, self.upload)
+        return push_model(model, layout, client, self.upload, self.on_push_bytes)
