@@ -141,6 +141,10 @@ class Jobs:
     def __len__(self) -> int:
         return len(self._running)
 
+    @property
+    def running(self) -> tuple[Job, ...]:
+        return tuple(self._running)
+
     async def aclose(self) -> None:
         """Stop every transfer; a download records its partial state first, so a later pull resumes it."""
         tasks = [job.task for job in self._running]
