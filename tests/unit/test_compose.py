@@ -137,3 +137,15 @@ def test_scheduler_runs_two_replicas_reached_by_dns(compose: dict):
     assert "static_configs" not in job
     (sd,) = job["dns_sd_configs"]
     assert sd["names"] == ["scheduler"] and sd["type"] == "A" and sd["port"] == 9101
+
+
+def test_store_keeps_models_on_a_volume_and_only_the_gateway_publishes(compose: dict):
+    services = compose["services"]
+    store = services["store"]
+    assert store["build"]["dockerfile"] == "services/store/Dockerfile"
+    assert "ports" not in store  # reached through the gateway only
+    assert "store-models:/models" in store["volumes"] and "store-models" in compose["volumes"]
+    assert "127.0.0.1:11435/health" in " ".join(store["healthcheck"]["test"])
+    gateway = services["gateway"]
+    assert gateway["depends_on"]["store"]["condition"] == "service_healthy"
+    assert gateway["environment"]["HYPERLLAMA_GATEWAY_STORE_URL"] == "http://store:11435"
