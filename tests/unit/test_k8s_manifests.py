@@ -177,7 +177,8 @@ def test_scheduler_reads_redis_from_the_rendered_secret(rendered):
     (secret,) = [o for o in objects if o["kind"] == "Secret"]
     url = base64.b64decode(secret["data"]["url"]).decode()
     if name.endswith("+external-redis"):
-        assert "StatefulSet" not in {o["kind"] for o in objects}
+        sets = {o["metadata"]["name"] for o in objects if o["kind"] == "StatefulSet"}
+        assert "hyperllama-redis" not in sets
         assert url == (K8S / "components" / "external-redis" / "redis-url.txt").read_text().strip()
     else:
         assert url == "redis://hyperllama-redis:6379/0"
@@ -243,3 +244,28 @@ def test_scheduler_runs_replicated_behind_a_headless_service(rendered):
                     clients += 1
     kinds = {o["metadata"]["labels"]["app.kubernetes.io/component"] for o, _ in pod_specs(objects)}
     assert clients >= 2 and {"gateway", "worker"} <= kinds, name
+
+
+def test_store_keeps_models_on_a_claim_and_is_reached_from_inside_only(rendered):
+    name, objects = rendered
+    by_kind = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    store = by_kind[("StatefulSet", "hyperllama-store")]
+    assert store["spec"]["serviceName"] == "hyperllama-store"
+    (claim,) = store["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"]
+    container = store["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "models", "mountPath": "/models"} in container["volumeMounts"]
+    assert {"name": "HYPERLLAMA_MODELS", "value": "/models"} in container["env"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert store["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == 65532
+    assert by_kind[("Service", "hyperllama-store")]["spec"]["ports"][0]["port"] == 11435
+
+    policy = by_kind[("NetworkPolicy", "hyperllama-store")]["spec"]
+    sources = [p.get("podSelector", {}).get("matchLabels") for r in policy["ingress"] for p in r["from"]]
+    assert {"app.kubernetes.io/component": "gateway"} in sources
+    assert {"app.kubernetes.io/component": "worker"} in sources
+
+    gateway = by_kind[("Deployment", "hyperllama-gateway")]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    assert env["HYPERLLAMA_GATEWAY_STORE_URL"] == "http://hyperllama-store:11435"
