@@ -296,3 +296,22 @@ def test_the_parked_prompt_being_restored_is_never_dropped_to_make_room():
     # Y cannot be parked without dropping X, which is being copied in: Y is let go instead.
     assert seat.restore is not None and seat.park is None and seat.drop == ()
     assert [e.cached for e in p.parked] == [SYSTEM_X + [1]]
+
+
+def test_the_same_short_prompt_reuses_its_slot_even_after_a_long_answer():
+    """The slot that holds the prompt wins over an empty one, however long the answer it also holds:
+    what a cache saves now outweighs what it might save later (and the cache parks the rest)."""
+    p = BatchPlanner(n_slots=2, n_batch=512, cache_tokens=10_000)
+    prompt = [5, 6, 7, 8, 9]
+    first = seq(prompt, limit=200)
+    p.submit(first)
+    p.admit()
+    for i in range(150):
+        step(p, {first.slot: 10_000 + i})
+    slot = first.slot
+    p.finish(first)
+    again = seq(prompt)
+    p.submit(again)
+    (seat,) = p.admit()
+    assert again.slot == slot and seat.kept == len(prompt) - 1 and seat.copy_from is None
+    assert seat.park is not None  # the long answer is kept for a follow-up turn

@@ -234,7 +234,8 @@ class BatchEngine:
 
     def _save(self, slot: int) -> ctypes.Array[ctypes.c_uint8]:
         size = llama_cpp.llama_state_seq_get_size(self.ctx, slot)
-        cells = (ctypes.c_uint8 * size)()
+        # A bytearray is calloc'd (fresh zero pages, not written twice), a ctypes array is zeroed.
+        cells = (ctypes.c_uint8 * size).from_buffer(bytearray(size))
         if llama_cpp.llama_state_seq_get_data(self.ctx, cells, size, slot) != size:
             raise RuntimeError(f"llama.cpp could not read the KV cells of slot {slot}")
         return cells

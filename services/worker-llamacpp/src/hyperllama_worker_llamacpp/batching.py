@@ -154,17 +154,20 @@ class BatchPlanner:
         usable = max(0, len(seq.prompt) - 1)
         caches: list[Slot | Parked] = [*self.slots, *self.parked]
         match = {id(c): min(common_prefix(c.cached, seq.prompt), usable) for c in caches}
-        # A free slot as it is: what its cache saves this prompt, less what the caches lose.
-        here = max(free, key=lambda s: (match[id(s)] - self._unique(s, match[id(s)]), -s.last_used))
-        gain = match[id(here)] - self._unique(here, match[id(here)])
+        # The free slot that saves most prefill now; among equals, the one whose cache is worth least,
+        # then the least recently used. A match shorter than both COPY_MIN_GAIN and half the prompt
+        # (a chat template's first tokens, shared by every prompt) saves too little to count: it
+        # must not cost another prompt its cache.
+        significant = min(COPY_MIN_GAIN, usable // 2)
+
+        def saving(s: Slot) -> int:
+            return match[id(s)] if match[id(s)] >= significant else 0
+
+        here = max(free, key=lambda s: (saving(s), -self._unique(s, match[id(s)]), -s.last_used))
         # Or the longest prefix anywhere, copied into the free slot whose cache is worth least.
         source: Slot | Parked | None = max(caches, key=lambda c: match[id(c)])
-        if source is not here:
-            target = min(free, key=lambda s: (self._unique(s, 0), s.last_used))
-            if match[id(source)] - self._unique(target, 0) - gain >= COPY_MIN_GAIN:
-                here = target
-            else:
-                source = None
+        if source is not here and match[id(source)] - match[id(here)] >= COPY_MIN_GAIN:
+            here = min(free, key=lambda s: (self._unique(s, 0), s.last_used))
         else:
             source = None
         kept = match[id(source if source is not None else here)]
