@@ -65,7 +65,12 @@ def test_every_config_scrapes_the_jobs_the_rules_name():
     """The rules and dashboards rely on these job names, whichever way Prometheus runs."""
     for name in ("prometheus.local.yml", "prometheus.compose.yml"):
         jobs = {j["job_name"] for j in yaml.safe_load((PROMETHEUS / name).read_text())["scrape_configs"]}
-        assert jobs == {"hyperllama-gateway", "hyperllama-scheduler", "hyperllama-worker"}, name
+        assert jobs == {
+            "hyperllama-gateway",
+            "hyperllama-scheduler",
+            "hyperllama-worker",
+            "hyperllama-store",
+        }, name
     (k8s,) = yaml.safe_load((PROMETHEUS / "prometheus.k8s.yml").read_text())["scrape_configs"]
     job_relabel = [r for r in k8s["relabel_configs"] if r.get("target_label") == "job"]
     assert job_relabel and job_relabel[0]["replacement"] == "hyperllama-$1"
