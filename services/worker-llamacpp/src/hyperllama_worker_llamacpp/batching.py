@@ -115,6 +115,7 @@ class BatchPlanner:
         self.waiting: deque[Sequence] = deque()
         self.cache_tokens = cache_tokens  # the prompt cache's budget
         self.parked: list[Parked] = []
+        self.max_parked = max(8, n_slots)
         self._keys = itertools.count()
         self._seated = 0
 
@@ -163,15 +164,26 @@ class BatchPlanner:
         def saving(s: Slot) -> int:
             return match[id(s)] if match[id(s)] >= significant else 0
 
-        here = max(free, key=lambda s: (saving(s), -self._unique(s, match[id(s)]), -s.last_used))
+        covered: dict[int, int] = {}  # per slot, computed once: this runs before every first token
+
+        def unique(s: Slot, kept: int) -> int:
+            """Cached tokens of ``s`` past ``kept`` that no other slot or parked prompt also holds:
+            what reusing the slot loses unless it is parked."""
+            if id(s) not in covered:
+                others = (common_prefix(s.cached, o.cached) for o in caches if o is not s)
+                covered[id(s)] = max(others, default=0)
+            return max(0, len(s.cached) - max(kept, covered[id(s)]))
+
+        here = max(free, key=lambda s: (saving(s), -unique(s, match[id(s)]), -s.last_used))
         # Or the longest prefix anywhere, copied into the free slot whose cache is worth least.
         source: Slot | Parked | None = max(caches, key=lambda c: match[id(c)])
         if source is not here and match[id(source)] - match[id(here)] >= COPY_MIN_GAIN:
-            here = min(free, key=lambda s: (self._unique(s, 0), s.last_used))
+            here = min(free, key=lambda s: (unique(s, 0), s.last_used))
         else:
             source = None
         kept = match[id(source if source is not None else here)]
-        park, drop = self._park(here, 0 if source is not None else kept, spare=source)
+        lost = unique(here, 0 if source is not None else kept)
+        park, drop = self._park(here, lost, spare=source)
         self._seated += 1
         if source is not None:
             source.last_used = self._seated
@@ -189,35 +201,28 @@ class BatchPlanner:
             drop=drop,
         )
 
-    def _park(self, slot: Slot, kept: int, spare: Slot | Parked | None) -> tuple[int | None, tuple[int, ...]]:
-        """Keep the slot's cache in the prompt cache if it is about to lose enough that nothing else
+    def _park(self, slot: Slot, lost: int, spare: Slot | Parked | None) -> tuple[int | None, tuple[int, ...]]:
+        """Keep the slot's cache in the prompt cache if it is about to lose ``lost`` tokens nothing else
         holds, making room by dropping the least recently used parked prompts (never ``spare``, about
-        to be copied from) and those the slot's cache extends."""
-        if self._unique(slot, kept) < COPY_MIN_GAIN or len(slot.cached) > self.cache_tokens:
+        to be copied from) and those the slot's cache extends. At most max_parked prompts are kept:
+        every admission compares each free slot with every cache."""
+        if lost < COPY_MIN_GAIN or len(slot.cached) > self.cache_tokens:
             return None, ()
         extended = [p for p in self.parked if common_prefix(p.cached, slot.cached) == len(p.cached)]
         drop = [p for p in extended if p is not spare]
         room = self.cache_tokens - sum(len(p.cached) for p in self.parked if p not in drop)
         for p in sorted(self.parked, key=lambda p: p.last_used):
-            if room >= len(slot.cached):
+            if room >= len(slot.cached) and len(self.parked) - len(drop) < self.max_parked:
                 break
             if p is not spare and p not in drop:
                 drop.append(p)
                 room += len(p.cached)
-        if room < len(slot.cached):
+        if room < len(slot.cached) or len(self.parked) - len(drop) >= self.max_parked:
             return None, ()  # only ``spare`` could make room: keep it, it is wanted now
         self.parked = [p for p in self.parked if p not in drop]
         entry = Parked(next(self._keys), list(slot.cached), slot.last_used)
         self.parked.append(entry)
         return entry.key, tuple(p.key for p in drop)
-
-    def _unique(self, cache: Slot, kept: int) -> int:
-        """Cached tokens of ``cache`` past ``kept`` that no other slot or parked prompt also holds:
-        what reusing the slot loses unless it is parked."""
-        caches: list[Slot | Parked] = [*self.slots, *self.parked]
-        others = (o for o in caches if o is not cache)
-        covered = max((common_prefix(cache.cached, o.cached) for o in others), default=0)
-        return max(0, len(cache.cached) - max(kept, covered))
 
     def forget_prefix(self, seq: Sequence) -> None:
         """The engine could not copy the sequence's prefix in: it prefills the whole prompt."""
