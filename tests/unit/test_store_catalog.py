@@ -14,7 +14,13 @@ from hyperllama_store.app import create_app
 from hyperllama_store.blobs import BlobWriter
 from hyperllama_store.bundled import BUNDLED_NAME, find_bundled_gguf, import_bundled
 from hyperllama_store.catalog import Catalog
-from hyperllama_store.gguf_info import GGUFCache, file_type_name, human_number
+from hyperllama_store.gguf_info import (
+    GGUFCache,
+    file_type_name,
+    human_number,
+    kv_bytes_per_token,
+    read_gguf_info,
+)
 from hyperllama_store.layout import Layout
 from hyperllama_store.manifest import MEDIA_MODEL, MEDIA_SYSTEM, MEDIA_TEMPLATE, Manifest
 from hyperllama_store.modelfile import render
@@ -52,6 +58,7 @@ def test_bundled_smollm2_entry(bundled_root: Path) -> None:
     assert entry.capabilities == ["completion"]
     assert entry.template is not None and "<|im_start|>{{ .Role }}" in entry.template
     assert entry.template_from_layer
+    assert entry.kv_bytes_per_token == 23040
     assert entry.system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
     info = entry.model_info
     assert info["general.architecture"] == "llama"
@@ -159,6 +166,61 @@ def test_file_type_names() -> None:
         "unknown",
         "unknown",
     ]
+
+
+def test_kv_bytes_per_token_of_the_real_smollm2() -> None:
+    # 30 layers, 3 KV heads of 64 (576 / 9 heads), K and V in f16.
+    assert GGUF is not None
+    info = read_gguf_info(GGUF)
+    assert info.kv_bytes_per_token == 2 * 2 * 30 * 3 * 64 == 23040
+    assert CACHE.get("smollm2", GGUF).kv_bytes_per_token == 23040
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        # head_count_kv missing: as many KV heads as query heads.
+        ({"block_count": 2, "embedding_length": 64, "attention.head_count": 4}, 2 * 2 * 2 * 4 * 16),
+        # key_length wins over embedding_length / head_count.
+        (
+            {
+                "block_count": 2,
+                "embedding_length": 64,
+                "attention.head_count": 4,
+                "attention.head_count_kv": 1,
+                "attention.key_length": 32,
+            },
+            2 * 2 * 2 * 1 * 32,
+        ),
+        # K and V of different widths: (key_length + value_length) per head.
+        (
+            {
+                "block_count": 3,
+                "attention.head_count": 8,
+                "attention.head_count_kv": 2,
+                "attention.key_length": 192,
+                "attention.value_length": 128,
+            },
+            2 * 3 * 2 * (192 + 128),
+        ),
+        # A head count per layer (0: a layer without attention) is summed over the layers.
+        (
+            {
+                "block_count": 3,
+                "embedding_length": 64,
+                "attention.head_count": [4, 4, 0],
+                "attention.head_count_kv": [2, 1, 0],
+            },
+            2 * 2 * 16 * (2 + 1 + 0),
+        ),
+        ({"embedding_length": 64, "attention.head_count": 4}, 0),
+        ({"block_count": 2, "embedding_length": 64}, 0),
+        ({"block_count": 2, "attention.head_count": 4}, 0),
+        ({}, 0),
+    ],
+)
+def test_kv_bytes_per_token(keys: dict[str, object], expected: int) -> None:
+    assert kv_bytes_per_token(keys) == expected
 
 
 def _ollama_folder(root: Path) -> dict[str, bytes]:

@@ -52,6 +52,8 @@ class CatalogEntry:
     model_info: dict[str, Any]
     capabilities: list[str]
     config: dict[str, Any] = field(default_factory=dict)
+    # f16 K and V of one token over all layers (0: not a GGUF, or its metadata does not say).
+    kv_bytes_per_token: int = 0
 
     @property
     def size(self) -> int:
@@ -173,6 +175,7 @@ class Catalog:
             model_info=info.model_info if info else {},
             capabilities=_capabilities(info),
             config=config,
+            kv_bytes_per_token=info.kv_bytes_per_token if info else 0,
         )
 
     def _gguf(self, manifest: Manifest) -> GGUFInfo | None:

@@ -30,6 +30,8 @@ class GGUFInfo:
     chat_template: str | None
     kind: str
     model_info: dict[str, Any] = field(default_factory=dict)
+    # What one token's K and V take in an f16 KV cache over all layers; 0 when the metadata does not say.
+    kv_bytes_per_token: int = 0
 
     @property
     def parameter_size(self) -> str:
@@ -72,15 +74,20 @@ def file_type_name(value: int | None) -> str:
 def read_gguf_info(path: Path) -> GGUFInfo:
     reader = gguf.GGUFReader(path, "r")
     kv: dict[str, Any] = {}
+    # Every key of the architecture in full: a per-layer head_count_kv array is longer than model_info keeps.
+    arch_kv: dict[str, Any] = {}
+    arch = _architecture(reader)
+    arch_prefix = arch + "."
     for key, fld in reader.fields.items():
         # The reader reports the file header (version, counts) as fields of its own; they are no metadata.
         if key.startswith("GGUF.") or not fld.types:
             continue
+        if key.startswith(arch_prefix):
+            arch_kv[key.removeprefix(arch_prefix)] = _plain(fld.contents())
         if fld.types[0] == gguf.GGUFValueType.ARRAY and len(fld.data) > _MAX_ARRAY_ITEMS:
             kv[key] = None
             continue
         kv[key] = _plain(fld.contents())
-    arch = str(kv.get("general.architecture") or "unknown")
     count = kv.get("general.parameter_count")
     if not isinstance(count, int):
         count = sum(int(tensor.n_elements) for tensor in reader.tensors)
@@ -96,7 +103,59 @@ def read_gguf_info(path: Path) -> GGUFInfo:
         chat_template=template if isinstance(template, str) else None,
         kind=str(kv.get("general.type") or "model"),
         model_info=dict(sorted(kv.items())),
+        kv_bytes_per_token=kv_bytes_per_token(arch_kv),
     )
+
+
+def _architecture(reader: gguf.GGUFReader) -> str:
+    fld = reader.fields.get("general.architecture")
+    value = _plain(fld.contents()) if fld is not None and fld.types else None
+    return value if isinstance(value, str) and value else "unknown"
+
+
+def kv_bytes_per_token(arch: dict[str, Any]) -> int:
+    """Bytes one token's K and V take in an f16 KV cache over all layers, from an architecture's keys
+    (``block_count``, ``attention.head_count``...; the ``<arch>.`` prefix taken off). 0 when unknown.
+
+    Sliding-window and shared-KV layers are counted as full ones: an upper bound, which is what a memory
+    estimate wants."""
+    layers = arch.get("block_count")
+    if not isinstance(layers, int) or layers <= 0:
+        return 0
+    heads = _per_layer(arch.get("attention.head_count"), layers)
+    kv_heads = _per_layer(arch.get("attention.head_count_kv"), layers) or heads
+    if not kv_heads:
+        return 0
+    key_length = arch.get("attention.key_length")
+    value_length = arch.get("attention.value_length")
+    if isinstance(key_length, int) and key_length > 0:
+        kv_width = key_length + (
+            value_length if isinstance(value_length, int) and value_length > 0 else key_length
+        )
+    else:
+        embedding = arch.get("embedding_length")
+        # head_count may vary per layer too (0 for a layer without attention): the first real one splits it.
+        first = next((h for h in heads if h > 0), 0)
+        if not isinstance(embedding, int) or not first:
+            return 0
+        kv_width = 2 * (embedding // first)
+    f16 = 2
+    return f16 * kv_width * sum(kv_heads)
+
+
+def _per_layer(value: Any, layers: int) -> list[int]:
+    """A per-layer count as one int per layer: a scalar repeats, an array is taken as it is."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value] * layers if value >= 0 else []
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        return [int(v) for v in value]
+    return []
 
 
 def _plain(value: Any) -> Any:

@@ -8,7 +8,8 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from hyperllama_common.errors import InvalidRequest
+from fastapi.responses import FileResponse
+from hyperllama_common.errors import InvalidRequest, ModelNotFound
 from pydantic import BaseModel, Field
 
 from hyperllama_store import modelfile
@@ -49,6 +50,10 @@ async def show(body: ModelRequest, store: StoreDep) -> dict[str, Any]:
         **entry.to_json(),
         "modelfile": modelfile.render(entry, store.layout),
         "model_info": entry.model_info,
+        # For workers loading the model: whether "template" is Ollama's Go syntax (from a TEMPLATE layer)
+        # or the GGUF's own Jinja, and what the KV cache costs per token of context.
+        "template_from_layer": entry.template_from_layer,
+        "kv_bytes_per_token": entry.kv_bytes_per_token,
     }
 
 
@@ -80,6 +85,19 @@ async def head_blob(digest: str, store: StoreDep) -> Response:
     if not path.is_file():
         return Response(status_code=404)
     return Response(status_code=200, headers={"Content-Length": str(path.stat().st_size)})
+
+
+@router.get("/blobs/{digest}")
+async def get_blob(digest: str, store: StoreDep) -> Response:
+    """A blob by digest, for workers filling their caches. FileResponse streams it from disk and answers
+    a Range request with 206, so an interrupted download resumes."""
+    digest = parse_digest(digest)
+    path = store.layout.blob_path(digest)
+    if not path.is_file():
+        raise ModelNotFound(f"blob {digest} not found", param="digest")
+    return FileResponse(
+        path, media_type="application/octet-stream", headers={"Docker-Content-Digest": digest}
+    )
 
 
 @router.post("/blobs/{digest}")
