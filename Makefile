@@ -22,6 +22,7 @@ LLAMA_SERVER := build/llama-server/llama-server
 
 include engines.mk
 include registry.mk
+include models.mk
 
 install: $(VENV)/.installed
 
@@ -70,7 +71,7 @@ run: proto $(addprefix engine-,$(ENGINES))
 	$(BIN)/python deploy/local/cluster.py --engines "$(ENGINES)" --schedulers $(SCHEDULERS) --workers $(WORKERS)
 
 # The engine conformance suite runs every engine, so the tests need all of them.
-test: proto engines $(BIN)/promtool $(REGISTRY_BIN)
+test: proto engines $(BIN)/promtool $(REGISTRY_BIN) $(GEMMA_GGUF)
 	$(BIN)/python -m pytest
 
 test-unit: proto $(BIN)/promtool $(REGISTRY_BIN)

@@ -143,6 +143,7 @@ class LocalCluster:
     store_url: str = ""
     _redis_dir: tempfile.TemporaryDirectory[str] | None = None
     _models_tmp: tempfile.TemporaryDirectory[str] | None = None
+    _cache_tmp: tempfile.TemporaryDirectory[str] | None = None
     _scheduler_ports: list[int] = field(default_factory=list)
 
     @property
@@ -260,6 +261,8 @@ class LocalCluster:
             "HYPERLLAMA_SCHEDULER_METRICS_PORT": str(metrics_port),
             "HYPERLLAMA_SCHEDULER_REDIS_URL": self.redis_url,
         }
+        if self.store_url:
+            env["HYPERLLAMA_SCHEDULER_STORE_URL"] = self.store_url
         merged = {**self.scheduler_settings, **settings}
         env.update({f"HYPERLLAMA_SCHEDULER_{k.upper()}": v for k, v in merged.items()})
         proc = self._spawn(name, [sys.executable, "-m", "hyperllama_scheduler.main"], env)
@@ -288,6 +291,15 @@ class LocalCluster:
             "HYPERLLAMA_WORKER_SCHEDULER_ADDRESS": self.scheduler_address,
             "HYPERLLAMA_WORKER_WORKER_ID": name,
         }
+        if self.store_url:
+            # Models load on demand from the store; on one machine blobs are hard-linked from its
+            # folder into the worker's cache rather than downloaded.
+            env["HYPERLLAMA_WORKER_STORE_URL"] = self.store_url
+            env["HYPERLLAMA_WORKER_STORE_DIR"] = self.models_dir
+            if not self.fixed_ports:
+                if self._cache_tmp is None:
+                    self._cache_tmp = tempfile.TemporaryDirectory(prefix="hyperllama-cache-")
+                env["HYPERLLAMA_WORKER_CACHE_DIR"] = str(Path(self._cache_tmp.name) / name)
         env.update({f"HYPERLLAMA_WORKER_{k.upper()}": v for k, v in settings.items()})
         return self._spawn(name, [python, "-m", module], env)
 
@@ -377,6 +389,9 @@ class LocalCluster:
         if self._models_tmp is not None:
             self._models_tmp.cleanup()
             self._models_tmp = None
+        if self._cache_tmp is not None:
+            self._cache_tmp.cleanup()
+            self._cache_tmp = None
             self.models_dir = ""
         self.store_url = ""
 

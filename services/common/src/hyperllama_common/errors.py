@@ -94,6 +94,24 @@ class BackendFailed(HyperLlamaError):
     code = "backend_failed"
 
 
+class InsufficientMemory(HyperLlamaError):
+    """A model does not fit a worker's memory budget, even with its idle models unloaded."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 503
+    openai_type = "service_unavailable"
+    code = "insufficient_memory"
+
+
+class ModelInUse(HyperLlamaError):
+    """A model cannot be unloaded while streams use it."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    http_status = 409
+    openai_type = "conflict"
+    code = "model_in_use"
+
+
 _KINDS: dict[str, type[HyperLlamaError]] = {
     cls.__name__: cls
     for cls in (
@@ -106,6 +124,8 @@ _KINDS: dict[str, type[HyperLlamaError]] = {
         Cancelled,
         Unavailable,
         BackendFailed,
+        InsufficientMemory,
+        ModelInUse,
     )
 }
 _BY_GRPC_CODE: dict[grpc.StatusCode, type[HyperLlamaError]] = {
@@ -115,6 +135,7 @@ _BY_GRPC_CODE: dict[grpc.StatusCode, type[HyperLlamaError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.CANCELLED: Cancelled,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.FAILED_PRECONDITION: ModelInUse,
 }
 
 

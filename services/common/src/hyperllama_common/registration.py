@@ -22,9 +22,13 @@ log = logging.getLogger(__name__)
 
 
 async def heartbeat_loop(
-    scheduler_address: str, snapshot: Callable[[], worker_pb2.WorkerInfo], interval: float
+    scheduler_address: str,
+    snapshot: Callable[[], worker_pb2.WorkerInfo],
+    interval: float,
+    changed: asyncio.Event | None = None,
 ) -> None:
-    """Renew the worker's lease forever; survives scheduler restarts (the channel reconnects)."""
+    """Renew the worker's lease forever; survives scheduler restarts (the channel reconnects).
+    ``changed``: set when the worker's models changed, to send the next heartbeat at once."""
     async with scheduler_channel(scheduler_address) as channel:
         stub = scheduler_pb2_grpc.RegistryServiceStub(channel)
         while True:
@@ -38,7 +42,12 @@ async def heartbeat_loop(
                 log.warning("heartbeat to %s failed: %s", scheduler_address, err.code().name)
                 if err.code() == grpc.StatusCode.UNAVAILABLE:
                     await _retry_once(stub, snapshot)
-            await asyncio.sleep(interval)
+            if changed is None:
+                await asyncio.sleep(interval)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), interval)
+            changed.clear()
 
 
 async def _retry_once(

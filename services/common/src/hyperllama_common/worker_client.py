@@ -87,6 +87,22 @@ class WorkerClients:
         except grpc.aio.AioRpcError as err:
             raise self._error(address, err) from None
 
+    async def load(self, address: str, model: str, digest: str, timeout: float) -> worker_pb2.WorkerInfo:
+        try:
+            reply = await self._stub(address).Load(
+                worker_pb2.LoadRequest(model=model, digest=digest), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as err:
+            raise self._error(address, err) from None
+        return reply.worker
+
+    async def unload(self, address: str, model: str, timeout: float = 30.0) -> worker_pb2.WorkerInfo:
+        try:
+            reply = await self._stub(address).Unload(worker_pb2.UnloadRequest(model=model), timeout=timeout)
+        except grpc.aio.AioRpcError as err:
+            raise self._error(address, err) from None
+        return reply.worker
+
     def _error(self, address: str, err: grpc.aio.AioRpcError) -> HyperLlamaError:
         error = worker_error(err)
         if isinstance(error, WorkerUnreachable):

@@ -20,5 +20,13 @@ class WorkerBaseSettings(BaseSettings):
     grace_seconds: float = 15.0
     # Record prompt text on trace spans (off: prompts are user data).
     trace_prompts: bool = False
+    # The model store a worker loads models from on demand, and its own cache of the store's blobs.
+    store_url: str = "http://127.0.0.1:11435"
+    cache_dir: str = "~/.cache/hyperllama/blobs"
+    # The store's directory when this worker can read it (one machine, a shared volume): blobs are
+    # hard-linked from it rather than downloaded.
+    store_dir: str = ""
+    # Memory models may take here, in MiB (0 = detected: the cgroup's limit, else the machine's RAM).
+    memory_budget_mb: int = 0
     log_level: str = "INFO"
     log_json: bool = False

@@ -12,12 +12,11 @@ from typing import TypeVar
 from fastapi import Request
 from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama.worker.v1 import worker_pb2
-from hyperllama_common.errors import BackendFailed, Cancelled, HyperLlamaError, ModelNotFound, quote
+from hyperllama_common.errors import BackendFailed, Cancelled, HyperLlamaError
 
 from hyperllama_gateway.deps import Call
 from hyperllama_gateway.dispatch import Event
 from hyperllama_gateway.metrics import outcome_of
-from hyperllama_gateway.store_client import StoreClient
 
 T = TypeVar("T")
 
@@ -49,26 +48,13 @@ def apply_final(result: Result, chunk: worker_pb2.GenerateChunk) -> bool:
     return True
 
 
-async def explain_not_found(store: StoreClient, model: str, err: ModelNotFound) -> ModelNotFound:
-    """``err`` as it is when no worker serves ``model``, unless the store holds it: then a 404 that says
-    so. The store is asked only here, on the error path."""
-    if not await store.has(model):
-        return err
-    return ModelNotFound(
-        f"model '{quote(model)}' is in the store but not loaded on any worker", param=err.param
-    )
-
-
 async def embed(call: Call, request: worker_pb2.EmbedRequest) -> worker_pb2.EmbedResponse:
     """Run an embedding request (cancelled if the client leaves) and record its metrics."""
     call.http.state.model = request.model
     started = time.perf_counter()
-    try:
-        response = await until_disconnect(
-            call.http, call.scheduler.embed(request, call.settings.request_timeout_seconds, call.engine)
-        )
-    except ModelNotFound as err:
-        raise await explain_not_found(call.store, request.model, err) from None
+    response = await until_disconnect(
+        call.http, call.scheduler.embed(request, call.settings.request_timeout_seconds, call.engine)
+    )
     call.http.state.recorded = True
     call.metrics.record(call.http.url.path, request.model, "ok", time.perf_counter() - started)
     call.metrics.prompt_tokens.labels(request.model).inc(response.prompt_tokens)
@@ -103,13 +89,18 @@ class Generation:
     With ``positions``, a request that has to queue starts at its first queue position instead, so
     the client hears where it stands (``events`` then yields QueuePosition before the chunks)."""
 
-    def __init__(self, call: Call, request: worker_pb2.GenerateRequest, positions: bool = False):
+    def __init__(
+        self,
+        call: Call,
+        request: worker_pb2.GenerateRequest,
+        positions: bool = False,
+        keep_alive_ms: int | None = None,
+    ):
         self.started = time.perf_counter()
         self.created = int(time.time())
         self.request = request
         self.metrics = call.metrics
         self.http = call.http
-        self.store = call.store
         self.http.state.model = request.model
         timeout = call.settings.request_timeout_seconds
         self._events = call.dispatch.generate(
@@ -118,6 +109,7 @@ class Generation:
                 priority=call.priority,
                 deadline_unix_ms=int((time.time() + timeout) * 1000),
                 engine=call.engine,
+                keep_alive_ms=keep_alive_ms,
             ),
             timeout,
         )
@@ -131,10 +123,7 @@ class Generation:
                     return event
             raise BackendFailed("the stream ended before it started")
 
-        try:
-            self._first = await until_disconnect(self.http, first())
-        except ModelNotFound as err:
-            raise await explain_not_found(self.store, self.request.model, err) from None
+        self._first = await until_disconnect(self.http, first())
 
     def _record(self, outcome: str) -> None:
         self.http.state.recorded = True  # the error handler must not count this request again

@@ -105,6 +105,21 @@ class SchedulerClient:
         response = await self._unary(self._stub.ListModels, scheduler_pb2.ListModelsRequest())
         return list(response.models)
 
+    async def load_model(self, model: str, keep_alive_ms: int | None, timeout: float) -> str:
+        """Load the model unless a worker serves it; its full name."""
+        request = scheduler_pb2.LoadModelRequest(
+            model=model,
+            keep_alive_ms=keep_alive_ms,
+            deadline_unix_ms=int((time.time() + timeout) * 1000),
+        )
+        response = await self._unary(self._stub.LoadModel, request, timeout)
+        return str(response.model)
+
+    async def unload_model(self, model: str) -> str:
+        request = scheduler_pb2.UnloadModelRequest(model=model)
+        response = await self._unary(self._stub.UnloadModel, request, 60.0)
+        return str(response.model)
+
     async def list_workers(self) -> list[worker_pb2.WorkerInfo]:
         response = await self._unary(self._stub.ListWorkers, scheduler_pb2.ListWorkersRequest())
         return list(response.workers)

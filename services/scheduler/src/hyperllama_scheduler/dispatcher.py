@@ -16,10 +16,17 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import redis.asyncio as redis
 from hyperllama.scheduler.v1 import scheduler_pb2
-from hyperllama_common.errors import Cancelled, DeadlineExceeded, HyperLlamaError, Unavailable
+from hyperllama_common.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    HyperLlamaError,
+    InvalidRequest,
+    Unavailable,
+)
 from redis.exceptions import RedisError
 
 from hyperllama_scheduler import keys, placement
@@ -28,6 +35,9 @@ from hyperllama_scheduler.queue import GRANTED as QUEUE_GRANTED
 from hyperllama_scheduler.queue import SUPERSEDED, RequestQueue
 from hyperllama_scheduler.registry import WorkerRegistry
 from hyperllama_scheduler.routing import Requirements
+
+if TYPE_CHECKING:
+    from hyperllama_scheduler.loader import ModelLoader
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,7 @@ class Needs:
     model: str
     requirements: Requirements
     prefixes: tuple[str, ...] = ()
+    keep_alive_ms: int | None = None  # the request's keep_alive; None = the cluster's default
 
     def encode(self) -> bytes:
         r = self.requirements
@@ -49,13 +60,19 @@ class Needs:
                 "capabilities": list(r.capabilities),
                 "engine": r.engine,
                 "prefixes": list(self.prefixes),
+                "keep_alive_ms": self.keep_alive_ms,
             }
         ).encode()
 
     @staticmethod
     def decode(raw: bytes) -> Needs:
         d = json.loads(raw)
-        return Needs(d["model"], Requirements(tuple(d["capabilities"]), d["engine"]), tuple(d["prefixes"]))
+        return Needs(
+            d["model"],
+            Requirements(tuple(d["capabilities"]), d["engine"]),
+            tuple(d["prefixes"]),
+            d.get("keep_alive_ms"),
+        )
 
 
 class Dispatcher:
@@ -69,6 +86,7 @@ class Dispatcher:
         prefix_aware: bool = True,
         prefix_patience_seconds: float = 2.0,
         tick_seconds: float = 1.0,
+        replica_after_seconds: float = 0.0,
     ):
         self._redis = client
         self.queue = queue
@@ -78,6 +96,9 @@ class Dispatcher:
         self.prefix_patience = prefix_patience_seconds
         self.request_lease_ms = int(request_lease_seconds * 1000)
         self.tick = min(tick_seconds, request_lease_seconds / 3)
+        self.replica_after_ms = int(replica_after_seconds * 1000)
+        # Set once the loader exists (it wakes passes, passes ask it for loads).
+        self.loader: ModelLoader | None = None
         self._granted: dict[str, asyncio.Event] = {}  # request id -> set when its grant is published
         self._passing: set[str] = set()
         self._again: set[str] = set()
@@ -118,7 +139,20 @@ class Dispatcher:
             return None  # its home will have a slot soon; elsewhere it would prefill from scratch
         while candidates:
             worker = placement.choose(candidates, free, cap, matches, len(prefixes))
-            outcome = await self.leases.grant(worker, model, request_id, prefixes, queued=queued)
+            expires = (
+                self.loader.expiry(needs.keep_alive_ms, self.loader.is_pinned(worker.worker_id, model))
+                if self.loader is not None
+                else None
+            )
+            outcome = await self.leases.grant(
+                worker,
+                model,
+                request_id,
+                prefixes,
+                queued=queued,
+                keep_alive_ms=needs.keep_alive_ms,
+                expires_at_ms=expires,
+            )
             if outcome.code in (GRANTED, GRANTED_BEFORE):
                 if in_use is not None:
                     in_use[worker.worker_id] = in_use.get(worker.worker_id, 0) + 1
@@ -169,6 +203,10 @@ class Dispatcher:
                     # admits the request again if Redis came back without it.
                     log.warning("cannot renew %s: %s", request_id, err.message)
                     entry = None
+                if entry is not None and entry.status != QUEUE_GRANTED and self.loader is not None:
+                    failure = await self.loader.error(model)
+                    if failure:
+                        raise InvalidRequest(failure, param="model")
                 if entry is not None:
                     if entry.status == SUPERSEDED:
                         raise Cancelled("replaced by a newer call with the same request id")
@@ -235,7 +273,13 @@ class Dispatcher:
     async def _dispatch_pass(self, model: str) -> None:
         workers = await self.registry.live_for(model)
         if not workers:
+            if self.loader is not None and await self.queue.depth(model):
+                await self.loader.ensure(model)  # in the store, not loaded: load it somewhere
             return
+        if self.loader is not None and self.replica_after_ms > 0:
+            oldest = await self.queue.oldest_wait_ms(model)
+            if oldest >= self.replica_after_ms:
+                await self.loader.ensure(model, extra=True)  # busy beyond its copies: one more
         in_use = await self.leases.in_use(workers, model)
         total_free = sum(max(0, capacity(w, model)[0] - in_use.get(w.worker_id, 0)) for w in workers)
         if total_free <= 0:

@@ -77,3 +77,30 @@ def worker_full(worker_id: str) -> str:
 # Published when a slot is granted to a queued request (message: the request id), so the replica
 # that holds the request's Acquire call hands it over at once.
 GRANTS_CHANNEL = f"{PREFIX}:grants"
+
+
+# Set while one replica loads a model somewhere (value: the worker id), so that no other replica
+# starts a second load of it at the same time; lapses if that replica dies mid-load.
+def loading(model: str) -> str:
+    return f"{PREFIX}:loading:{model}"
+
+
+# Why the last load of a model failed, for a while: requests waiting for it fail with this at once
+# rather than at their deadline.
+def load_error(model: str) -> str:
+    return f"{PREFIX}:loaderror:{model}"
+
+
+# Set while a model is being unloaded from a worker: no slot of it may be granted there meanwhile.
+def unloading(worker_id: str, model: str) -> str:
+    return f"{PREFIX}:unloading:{worker_id}:{model}"
+
+
+# When each loaded copy's keep_alive runs out: sorted set of JSON [worker id, model] scored by the
+# time (unix ms). A copy with streams running or kept forever has no entry.
+EXPIRIES = f"{PREFIX}:expiries"
+
+
+# When each model on a worker last served (unix ms): sorted set of model names, for eviction.
+def last_used(worker_id: str) -> str:
+    return f"{PREFIX}:used:{worker_id}"

@@ -10,6 +10,7 @@ replicas can never hand out the same slot or the same request twice.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import cast
@@ -28,12 +29,15 @@ PREFIXES_KEPT = 4096
 PREFIXES_TTL_MS = 3_600_000
 
 # KEYS: 1 queue, 2 queue_since, 3 request, 4 request_lease, 5 grant, 6 worker_full, 7 worker_suspect,
-#       8 prefixes, 9 the lease set to add to, 10.. every lease set counted against the capacity
+#       8 prefixes, 9 the lease set to add to, 10 unloading, 11 expiries, 12 last used,
+#       13.. every lease set counted against the capacity
 # ARGV: 1 request id, 2 now ms, 3 lease expiry ms, 4 capacity, 5 lease (protobuf), 6 lease ttl ms,
-#       7 "queued" (take it from the queue) or "now" (only if nobody waits), 8 channel, 9.. prefix hashes
+#       7 "queued" (take it from the queue) or "now" (only if nobody waits), 8 channel,
+#       9 the copy's member in expiries, 10 model, 11 the copy's keep_alive expiry ms ("" = never),
+#       12.. prefix hashes
 # Answers: 1 granted; 2 granted before (the existing lease is returned); 0 the request is no longer
 # queued (another replica granted it, or it left); -1 no free slot; -2 the worker is marked full or
-# suspect; -3 somebody is waiting (fast path only).
+# suspect, or the model is being unloaded there; -3 somebody is waiting (fast path only).
 _GRANT = """
 local existing = redis.call('GET', KEYS[5])
 if existing then
@@ -44,10 +48,11 @@ if existing then
   end
   return {2, existing}
 end
-if redis.call('EXISTS', KEYS[6]) == 1 or redis.call('EXISTS', KEYS[7]) == 1 then return {-2} end
+if redis.call('EXISTS', KEYS[6]) == 1 or redis.call('EXISTS', KEYS[7]) == 1
+   or redis.call('EXISTS', KEYS[10]) == 1 then return {-2} end
 if ARGV[7] == 'now' and redis.call('ZCARD', KEYS[1]) > 0 then return {-3} end
 local used = 0
-for i = 10, #KEYS do
+for i = 13, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[2])
   used = used + redis.call('ZCARD', KEYS[i])
 end
@@ -60,8 +65,15 @@ end
 redis.call('ZADD', KEYS[9], ARGV[3], ARGV[1])
 redis.call('PEXPIRE', KEYS[9], ARGV[6] * 2)
 redis.call('PSETEX', KEYS[5], ARGV[6], ARGV[5])
-if #ARGV >= 9 then
-  for i = 9, #ARGV do redis.call('ZADD', KEYS[8], ARGV[2], ARGV[i]) end
+-- What ps shows while it runs; the release sets it again from the stream's end.
+if ARGV[11] == '' then
+  redis.call('ZREM', KEYS[11], ARGV[9])
+else
+  redis.call('ZADD', KEYS[11], ARGV[11], ARGV[9])
+end
+redis.call('ZADD', KEYS[12], ARGV[2], ARGV[10])
+if #ARGV >= 12 then
+  for i = 12, #ARGV do redis.call('ZADD', KEYS[8], ARGV[2], ARGV[i]) end
   redis.call('ZREMRANGEBYRANK', KEYS[8], 0, -(PREFIXES_KEPT + 1))
   redis.call('PEXPIRE', KEYS[8], PREFIXES_TTL_MS)
 end
@@ -105,11 +117,35 @@ redis.call('HSET', KEYS[1], 'mean_ms', math.floor(mean * 0.8 + tonumber(ARGV[1])
 redis.call('PEXPIRE', KEYS[1], 86400000)
 """
 
+# KEYS: 1 the copy's lease set, 2 its unloading flag, 3 expiries. ARGV: now ms, flag ttl ms, member.
+# Marks an idle copy as being unloaded (1), so no slot of it is granted meanwhile; 0 if streams use it
+# (its keep_alive starts again when they end), -1 if another replica is unloading it already.
+_RETIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) > 0 then
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  return 0
+end
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return -1 end
+redis.call('ZREM', KEYS[3], ARGV[3])
+return 1
+"""
+
 GRANTED, GRANTED_BEFORE, GONE, NO_SLOT, MARKED, SOMEONE_WAITS = 1, 2, 0, -1, -2, -3
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def copy_member(worker_id: str, model: str) -> str:
+    """A loaded copy's member in keys.EXPIRIES."""
+    return json.dumps([worker_id, model])
+
+
+def parse_member(member: bytes | str) -> tuple[str, str]:
+    worker_id, model = json.loads(member)
+    return str(worker_id), str(model)
 
 
 def shared_models(worker: worker_pb2.WorkerInfo) -> list[str]:
@@ -144,6 +180,7 @@ class SlotLeases:
         self._renew = client.register_script(_RENEW)
         self._observe = client.register_script(_OBSERVE)
         self._prefix_matches = client.register_script(_PREFIX_MATCHES)
+        self._retire = client.register_script(_RETIRE)
 
     @redis_errors_as_unavailable
     async def grant(
@@ -154,6 +191,8 @@ class SlotLeases:
         prefixes: list[str],
         *,
         queued: bool,
+        keep_alive_ms: int | None = None,
+        expires_at_ms: int | None = None,
     ) -> Outcome:
         """A lease on ``worker`` for the request: taken from the queue (``queued``), or at once
         only if nobody waits for the model."""
@@ -163,6 +202,7 @@ class SlotLeases:
             address=worker.address,
             model=model,
             ttl_ms=self.ttl_ms,
+            keep_alive_ms=keep_alive_ms,
         )
         cap, counted = capacity(worker, model)
         now = _now_ms()
@@ -177,6 +217,9 @@ class SlotLeases:
                 keys.worker_suspect(worker.worker_id),
                 keys.prefixes(worker.worker_id, model),
                 keys.leases(worker.worker_id, model),
+                keys.unloading(worker.worker_id, model),
+                keys.EXPIRIES,
+                keys.last_used(worker.worker_id),
                 *counted,
             ],
             args=[
@@ -188,6 +231,9 @@ class SlotLeases:
                 self.ttl_ms,
                 "queued" if queued else "now",
                 keys.GRANTS_CHANNEL,
+                copy_member(worker.worker_id, model),
+                model,
+                "" if expires_at_ms is None else expires_at_ms,
                 *prefixes,
             ],
         )
@@ -241,13 +287,28 @@ class SlotLeases:
         return [lease.lease_id for lease, ok in zip(leases, results, strict=True) if not int(ok)]
 
     @redis_errors_as_unavailable
-    async def release(self, lease: scheduler_pb2.Lease, duration_ms: int = 0, freed: bool = False) -> int:
+    async def release(
+        self,
+        lease: scheduler_pb2.Lease,
+        duration_ms: int = 0,
+        freed: bool = False,
+        expires_at_ms: int | None = None,
+    ) -> int:
         """Give the slot back, in one round trip; returns how many requests wait for the model (a
         dispatch pass is worth running only then). ``freed``: the worker served the stream, so a
-        "busy" it answered before is over (a slot there is free now)."""
+        "busy" it answered before is over (a slot there is free now). ``expires_at_ms``: when the
+        copy's keep_alive runs out from now on (None: never)."""
+        now = _now_ms()
+        member = copy_member(lease.worker_id, lease.model)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zrem(keys.leases(lease.worker_id, lease.model), lease.lease_id)
             pipe.delete(keys.grant(lease.lease_id))
+            if expires_at_ms is None:
+                pipe.zrem(keys.EXPIRIES, member)
+            else:
+                pipe.zadd(keys.EXPIRIES, {member: expires_at_ms})
+            pipe.zadd(keys.last_used(lease.worker_id), {lease.model: now})
+            pipe.pexpire(keys.last_used(lease.worker_id), 86_400_000)
             if freed:
                 pipe.delete(keys.worker_full(lease.worker_id))
             if duration_ms > 0:
@@ -255,6 +316,56 @@ class SlotLeases:
             pipe.zcard(keys.queue(lease.model))
             *_, waiting = await pipe.execute()
         return int(waiting)
+
+    @redis_errors_as_unavailable
+    async def retire(self, worker_id: str, model: str, flag_ms: int) -> int:
+        """Mark an idle copy as being unloaded (see _RETIRE for the answers)."""
+        return int(
+            await self._retire(
+                keys=[keys.leases(worker_id, model), keys.unloading(worker_id, model), keys.EXPIRIES],
+                args=[_now_ms(), flag_ms, copy_member(worker_id, model)],
+            )
+        )
+
+    @redis_errors_as_unavailable
+    async def retired(self, worker_id: str, model: str) -> None:
+        await self._redis.delete(keys.unloading(worker_id, model))
+
+    @redis_errors_as_unavailable
+    async def set_expiry(self, worker_id: str, model: str, expires_at_ms: int | None) -> None:
+        member = copy_member(worker_id, model)
+        if expires_at_ms is None:
+            await self._redis.zrem(keys.EXPIRIES, member)
+        else:
+            await self._redis.zadd(keys.EXPIRIES, {member: expires_at_ms})
+
+    @redis_errors_as_unavailable
+    async def expiries(self) -> dict[tuple[str, str], int]:
+        """Every copy's keep_alive expiry (unix ms)."""
+        entries = cast(
+            list[tuple[bytes, float]], await self._redis.zrange(keys.EXPIRIES, 0, -1, withscores=True)
+        )
+        return {parse_member(m): int(score) for m, score in entries}
+
+    @redis_errors_as_unavailable
+    async def due(self, limit: int = 32) -> list[tuple[str, str]]:
+        """Copies whose keep_alive ran out."""
+        members = cast(
+            list[bytes], await self._redis.zrangebyscore(keys.EXPIRIES, "-inf", _now_ms(), start=0, num=limit)
+        )
+        return [parse_member(m) for m in members]
+
+    @redis_errors_as_unavailable
+    async def forget_copy(self, worker_id: str, model: str) -> None:
+        await self._redis.zrem(keys.EXPIRIES, copy_member(worker_id, model))
+
+    @redis_errors_as_unavailable
+    async def last_used(self, worker_id: str) -> dict[str, int]:
+        entries = cast(
+            list[tuple[bytes, float]],
+            await self._redis.zrange(keys.last_used(worker_id), 0, -1, withscores=True),
+        )
+        return {m.decode(): int(score) for m, score in entries}
 
     @redis_errors_as_unavailable
     async def mean_duration_ms(self, model: str) -> int:

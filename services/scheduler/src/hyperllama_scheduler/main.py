@@ -16,11 +16,13 @@ from prometheus_client import start_http_server
 
 from hyperllama_scheduler.dispatcher import Dispatcher
 from hyperllama_scheduler.leases import SlotLeases
+from hyperllama_scheduler.loader import ModelLoader
 from hyperllama_scheduler.metrics import SchedulerMetrics
 from hyperllama_scheduler.queue import RequestQueue
 from hyperllama_scheduler.registry import WorkerRegistry
 from hyperllama_scheduler.service import RegistryServicer, SchedulerServicer
 from hyperllama_scheduler.settings import SchedulerSettings
+from hyperllama_scheduler.store_catalog import StoreCatalog
 
 log = logging.getLogger("hyperllama_scheduler")
 
@@ -43,9 +45,15 @@ async def serve(settings: SchedulerSettings) -> None:
         settings.request_lease_seconds,
         settings.prefix_aware,
         settings.prefix_patience_seconds,
+        replica_after_seconds=settings.replica_after_seconds,
     )
     tracing = Tracing("scheduler")
     workers = WorkerClients(tracing.client_interceptors())
+    catalog = StoreCatalog(settings.store_url)
+    loader = ModelLoader(
+        client, settings, registry, leases, queue, workers, catalog, metrics, dispatcher.wake
+    )
+    dispatcher.loader = loader
 
     server = GrpcServer(
         f"{settings.host}:{settings.port}",
@@ -53,7 +61,9 @@ async def serve(settings: SchedulerSettings) -> None:
         settings.grace_seconds,
         tracing.server_interceptors(),
     )
-    scheduler = SchedulerServicer(settings, queue, registry, leases, dispatcher, workers, metrics, tracing)
+    scheduler = SchedulerServicer(
+        settings, queue, registry, leases, dispatcher, workers, metrics, tracing, loader
+    )
     scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(scheduler, server.server)
     scheduler_pb2_grpc.add_RegistryServiceServicer_to_server(
         RegistryServicer(registry, dispatcher), server.server
@@ -63,12 +73,17 @@ async def serve(settings: SchedulerSettings) -> None:
     if settings.metrics_port >= 0:
         start_http_server(settings.metrics_port, settings.host, registry=metrics.registry)
     log.info("scheduler serving on %s:%d, metrics on :%d", settings.host, port, settings.metrics_port)
-    background = [asyncio.create_task(refresh_gauges(scheduler)), asyncio.create_task(dispatcher.listen())]
+    background = [
+        asyncio.create_task(refresh_gauges(scheduler)),
+        asyncio.create_task(dispatcher.listen()),
+        asyncio.create_task(loader.sweep_forever()),
+    ]
     await server.wait_for_stop_signal()
     for task in background:
         task.cancel()
     await server.stop()
     await workers.close()
+    await catalog.aclose()
     await client.aclose()
     tracing.shutdown()
 

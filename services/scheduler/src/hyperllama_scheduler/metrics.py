@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+LOAD_OUTCOMES = ("ok", "failed", "no_room")
+UNLOAD_REASONS = ("keep_alive", "evicted", "requested")
+
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -79,6 +82,34 @@ class SchedulerMetrics:
             ["worker", "engine", "pool", "state"],
             registry=r,
         )
+        self.loads = Counter(
+            "hyperllama_scheduler_model_loads_total",
+            "Loads of a model on a worker, by outcome (ok, failed, no_room)",
+            ["outcome"],
+            registry=r,
+        )
+        self.load_seconds = Histogram(
+            "hyperllama_scheduler_model_load_seconds",
+            "From deciding a load to the model serving on its worker (fetching blobs included)",
+            buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
+        self.unloads = Counter(
+            "hyperllama_scheduler_model_unloads_total",
+            "Models unloaded from a worker, by reason (keep_alive, evicted, requested)",
+            ["reason"],
+            registry=r,
+        )
+        self.loaded_models = Gauge(
+            "hyperllama_scheduler_loaded_models",
+            "Models loaded on each live worker",
+            ["worker"],
+            registry=r,
+        )
+        for outcome in LOAD_OUTCOMES:
+            self.loads.labels(outcome)
+        for reason in UNLOAD_REASONS:
+            self.unloads.labels(reason)
 
     def start_model(self, model: str) -> None:
         """Create a model's labelled series at 0, so dashboards read 0 rather than "No data" until

@@ -104,10 +104,17 @@ class WorkerRegistry:
         """Publish the live workers' readiness and slots as gauges."""
         self.metrics.workers_ready.clear()
         self.metrics.worker_slots.clear()
+        self.metrics.loaded_models.clear()
         for w in live:
+            self.metrics.loaded_models.labels(w.worker_id).set(len(w.models))
             self.metrics.workers_ready.labels(w.engine, w.pool).inc()
             self.metrics.worker_slots.labels(w.worker_id, w.engine, w.pool, "total").set(w.slots_total)
             self.metrics.worker_slots.labels(w.worker_id, w.engine, w.pool, "in_use").set(w.slots_in_use)
+
+    def get(self, worker_id: str) -> worker_pb2.WorkerInfo | None:
+        """The worker's last known registration, whether or not it is live now."""
+        entry = self._workers.get(worker_id)
+        return entry[0] if entry else None
 
     def models_of(self, worker_id: str) -> list[str]:
         entry = self._workers.get(worker_id)

@@ -31,9 +31,10 @@ from hyperllama_common.errors import (
 from hyperllama_common.tracing import Tracing
 from hyperllama_common.worker_client import WorkerClients, WorkerLost, WorkerUnreachable
 
-from hyperllama_scheduler import placement, routing
+from hyperllama_scheduler import load_placement, placement, routing
 from hyperllama_scheduler.dispatcher import Dispatcher, Needs
 from hyperllama_scheduler.leases import SlotLeases, capacity
+from hyperllama_scheduler.loader import ModelLoader
 from hyperllama_scheduler.metrics import SchedulerMetrics
 from hyperllama_scheduler.queue import RequestQueue
 from hyperllama_scheduler.registry import WorkerRegistry
@@ -71,6 +72,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         workers: WorkerClients,
         metrics: SchedulerMetrics,
         tracing: Tracing,
+        loader: ModelLoader,
     ):
         self.settings = settings
         self.metrics = metrics
@@ -80,6 +82,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self.leases = leases
         self.dispatcher = dispatcher
         self.workers = workers
+        self.loader = loader
         self._exported_models: set[str] = set()
         self._exported_workers: set[str] = set()
 
@@ -95,10 +98,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             model = f"{model}:latest"
         serving = [w for w in live if any(m.name == model for m in w.models)]
         if not serving:
-            raise ModelNotFound(
-                f"model '{quote(model)}' not found; available models: {', '.join(sorted(names))}",
-                param="model",
-            )
+            return await self._resolve_in_store(model, needs, live, names)
         if needs.engine:
             engines = sorted({w.engine for w in serving})
             serving = [w for w in serving if w.engine == needs.engine]
@@ -115,6 +115,30 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 f"no worker serving '{model}'{on} supports {needs.missing(serving)}", param="model"
             )
         return model, capable
+
+    async def _resolve_in_store(
+        self, model: str, needs: Requirements, live: list[worker_pb2.WorkerInfo], names: set[str]
+    ) -> tuple[str, list[worker_pb2.WorkerInfo]]:
+        """A model no worker serves: the store's name for it and no workers (it is to be loaded),
+        or the workers serving it under that name."""
+        try:
+            entry = await self.loader.describe(model)
+        except (ModelNotFound, Unavailable) as err:
+            if isinstance(err, Unavailable):
+                log.warning("cannot ask the store about %s: %s", quote(model), err.message)
+            raise ModelNotFound(
+                f"model '{quote(model)}' not found; available models: {', '.join(sorted(names))}",
+                param="model",
+            ) from None
+        serving = [w for w in live if any(m.name == entry.name for m in w.models) and needs.accepts(w)]
+        if serving:
+            return entry.name, serving
+        if not any(needs.accepts(w) and load_placement.can_host(entry, w) for w in live):
+            if not any(needs.accepts(w) for w in live):
+                on = f" on engine '{quote(needs.engine)}'" if needs.engine else ""
+                raise InvalidRequest(f"no worker{on} supports {needs.missing(live)}", param="model")
+            raise Unavailable(self.loader.no_host_message(entry, live), retry_after=1)
+        return entry.name, []
 
     def _deadline(self, deadline_unix_ms: int, context: grpc.aio.ServicerContext) -> float:
         deadline = time.time() + self.settings.default_request_timeout_seconds
@@ -146,7 +170,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             else:
                 raise
         prefixes = placement.prefix_hashes(req) if self.dispatcher.prefix_aware else []
-        needs = Needs(model, requirements, tuple(prefixes))
+        keep_alive = request.keep_alive_ms if request.HasField("keep_alive_ms") else None
+        needs = Needs(model, requirements, tuple(prefixes), keep_alive)
         deadline = self._deadline(request.deadline_unix_ms, context)
         if request.retry:
             self.metrics.redispatches.labels(model).inc()
@@ -248,7 +273,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         lease, outcome = request.lease, request.outcome
         _check_lease(lease)
         done = outcome == Outcome.RELEASE_OUTCOME_DONE
-        waiting = await self.leases.release(lease, request.duration_ms if done else 0, freed=done)
+        keep_alive = lease.keep_alive_ms if lease.HasField("keep_alive_ms") else None
+        expires = self.loader.expiry(keep_alive, self.loader.is_pinned(lease.worker_id, lease.model))
+        waiting = await self.leases.release(
+            lease, request.duration_ms if done else 0, freed=done, expires_at_ms=expires
+        )
         if outcome == Outcome.RELEASE_OUTCOME_BUSY:
             # The worker is the authority on its slots: asked again later, never deemed broken.
             await self.registry.mark_full(lease.worker_id)
@@ -309,6 +338,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         req = request.request
         deadline = self._deadline(0, context)
         req.model, capable = await self._resolve(req.model, routing.for_embed(request.engine))
+        if not capable:  # in the store, loaded nowhere yet
+            needs = routing.for_embed(request.engine)
+            capable = [w for w in await self.loader.wait_loaded(req.model, deadline) if needs.accepts(w)]
         crashes = busy = 0
         last: HyperLlamaError | None = None
         for worker in capable:
@@ -338,18 +370,67 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self, request: scheduler_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.ListModelsResponse:
         entries: dict[str, scheduler_pb2.ModelEntry] = {}
+        expiries = await self.leases.expiries()
         for worker in await self.registry.live():
-            for info in worker.models:
+            copies = [(m, scheduler_pb2.COPY_STATE_READY) for m in worker.models]
+            copies += [(m, scheduler_pb2.COPY_STATE_LOADING) for m in worker.loading]
+            for info, state in copies:
                 entry = entries.get(info.name)
                 if entry is None:
                     entry = entries[info.name] = scheduler_pb2.ModelEntry(info=info)
-                entry.worker_ids.append(worker.worker_id)
-                entry.slots_total += info.slots_total or worker.slots_total
+                slots = info.slots_total or worker.slots_total
+                leased = 0
+                if state == scheduler_pb2.COPY_STATE_READY:
+                    if entry.info.slots_total == 0 and not entry.worker_ids:
+                        entry.info.CopyFrom(info)  # a ready copy describes it better than a loading one
+                    entry.worker_ids.append(worker.worker_id)
+                    entry.slots_total += slots
+                    leased = (await self.leases.in_use([worker], info.name)).get(worker.worker_id, 0)
+                    entry.slots_leased += leased
+                entry.placements.append(
+                    scheduler_pb2.Placement(
+                        worker_id=worker.worker_id,
+                        engine=worker.engine,
+                        pool=worker.pool,
+                        state=state,
+                        slots_total=slots,
+                        slots_leased=leased,
+                        expires_at_unix_ms=expiries.get((worker.worker_id, info.name), 0),
+                        memory_bytes=info.memory_bytes,
+                    )
+                )
         for name, entry in entries.items():
             entry.queue_depth = await self.queue.depth(name)
-            workers = await self.registry.live_for(name)
-            entry.slots_leased = sum((await self.leases.in_use(workers, name)).values())
         return scheduler_pb2.ListModelsResponse(models=[entries[n] for n in sorted(entries)])
+
+    async def LoadModel(
+        self, request: scheduler_pb2.LoadModelRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.LoadModelResponse:
+        """Load the model unless a worker serves it, and give its copies the request's keep_alive."""
+        model, _ = await self._resolve(request.model, Requirements(("generate",)))
+        deadline = self._deadline(request.deadline_unix_ms, context)
+        serving = await self.loader.wait_loaded(model, deadline)
+        keep_alive = request.keep_alive_ms if request.HasField("keep_alive_ms") else None
+        for w in serving:
+            expires = self.loader.expiry(keep_alive, self.loader.is_pinned(w.worker_id, model))
+            if (await self.leases.in_use([w], model)).get(w.worker_id, 0) == 0:
+                await self.leases.set_expiry(w.worker_id, model, expires)
+        return scheduler_pb2.LoadModelResponse(model=model)
+
+    async def UnloadModel(
+        self, request: scheduler_pb2.UnloadModelRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.UnloadModelResponse:
+        if not request.model:
+            raise InvalidRequest("model is required", param="model")
+        live = await self.registry.live()
+        model = request.model
+        if not self.loader.copies(model, live):
+            try:
+                model = (await self.loader.describe(model)).name
+            except (ModelNotFound, Unavailable):
+                return scheduler_pb2.UnloadModelResponse(model=request.model)  # loaded nowhere
+        unloaded = await self.loader.unload_everywhere(model)
+        return scheduler_pb2.UnloadModelResponse(model=model, unloaded=unloaded)
 
     async def ListWorkers(
         self, request: scheduler_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext

@@ -1,3 +1,5 @@
+from hyperllama_common.durations import parse_go_duration
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,7 +29,34 @@ class SchedulerSettings(BaseSettings):
     # How long a request waits for the busy worker that holds most of its prompt's prefix before it
     # goes to another worker (which would compute the prefix again).
     prefix_patience_seconds: float = 2.0
+    # The model store, asked what a model no worker serves is (its format, size, blobs) to load it.
+    store_url: str = "http://127.0.0.1:11435"
+    # How long a model stays loaded after its last request when the request does not say
+    # (Ollama's OLLAMA_KEEP_ALIVE): seconds or a Go duration; negative = forever.
+    keep_alive_seconds: float = Field(
+        default=300.0,
+        validation_alias=AliasChoices("HYPERLLAMA_KEEP_ALIVE", "HYPERLLAMA_SCHEDULER_KEEP_ALIVE_SECONDS"),
+    )
+    # Longest a worker may take to fetch and load a model.
+    load_timeout_seconds: float = 300.0
+    # How often every replica looks for copies whose keep_alive ran out.
+    sweep_seconds: float = 1.0
+    # A model whose oldest queued request has waited this long gets one more copy on another worker
+    # that can host it (0 = never); extra copies unload by keep_alive like any other.
+    replica_after_seconds: float = 5.0
+    # Most copies of one model (0 = one per worker at most).
+    max_copies: int = 0
     redis_timeout_seconds: float = 2.0
     grace_seconds: float = 15.0
     log_level: str = "INFO"
     log_json: bool = False
+
+    @field_validator("keep_alive_seconds", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return parse_go_duration(value)
+        return value

@@ -8,18 +8,19 @@ import os
 import socket
 import sys
 import uuid
+from pathlib import Path
 
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
 from hyperllama_common.grpc_server import GrpcServer
 from hyperllama_common.logs import setup_logging
+from hyperllama_common.memory import detect_budget_bytes
+from hyperllama_common.model_source import ModelSource
 from hyperllama_common.registration import deregister, heartbeat_loop
 from hyperllama_common.tracing import Tracing
 from hyperllama_common.worker_metrics import WorkerMetrics
 from prometheus_client import start_http_server
 
-from hyperllama_worker_llamacpp.batch_engine import BatchEngine
-from hyperllama_worker_llamacpp.embedding import Embedder
-from hyperllama_worker_llamacpp.model import LoadedModel
+from hyperllama_worker_llamacpp.model_set import ModelSet
 from hyperllama_worker_llamacpp.registry import load_registry, select
 from hyperllama_worker_llamacpp.service import WorkerServicer
 from hyperllama_worker_llamacpp.settings import WorkerSettings
@@ -27,6 +28,7 @@ from hyperllama_worker_llamacpp.settings import WorkerSettings
 log = logging.getLogger("hyperllama_worker_llamacpp")
 
 ENGINE = "llamacpp"
+FORMATS = ["gguf"]
 CAPABILITIES = ["generate", "chat", "embed", "json_object", "json_schema", "seed", "stop"]
 
 
@@ -41,16 +43,6 @@ def parse_cpus(spec: str) -> set[int]:
     return cpus
 
 
-async def _first_failure(engines: dict[str, BatchEngine]) -> BatchEngine:
-    waits = {asyncio.ensure_future(e.failed.wait()): e for e in engines.values()}
-    try:
-        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        return waits[done.pop()]
-    finally:
-        for task in waits:
-            task.cancel()
-
-
 async def serve(settings: WorkerSettings) -> int:
     """Serve until SIGTERM (returns 0) or until a decode loop dies (returns 1, so that the
     supervisor, make run's launcher or Kubernetes, starts a fresh worker)."""
@@ -59,22 +51,15 @@ async def serve(settings: WorkerSettings) -> int:
     threads = settings.threads or len(os.sched_getaffinity(0))
     specs = select(load_registry(settings.models_file), settings.models)
     metrics = WorkerMetrics(ENGINE, settings.pool)
-    engines: dict[str, BatchEngine] = {}
-    embedders: dict[str, Embedder] = {}
+    budget = settings.memory_budget_mb * 2**20 or detect_budget_bytes()
+    source = ModelSource(
+        settings.store_url,
+        Path(settings.cache_dir).expanduser(),
+        store_dir=Path(settings.store_dir).expanduser() if settings.store_dir else None,
+    )
+    models = ModelSet(settings, threads, metrics, budget, source)
     for spec in specs:
-        model = await asyncio.to_thread(LoadedModel, spec, settings.num_ctx, threads)
-        engines[spec.name] = BatchEngine(
-            model,
-            settings.slots,
-            settings.batch_tokens,
-            threads,
-            metrics.for_model(spec.name),
-            asyncio.get_running_loop(),
-            settings.prompt_cache_mb * 2**20,
-        )
-        embedders[spec.name] = Embedder(
-            model, settings.embed_num_ctx or settings.num_ctx, threads, settings.embed_queue_max
-        )
+        await models.add(spec)
 
     tracing = Tracing("worker-llamacpp", settings.trace_prompts)
     server = GrpcServer(
@@ -89,17 +74,20 @@ async def serve(settings: WorkerSettings) -> int:
         engine=ENGINE,
         pool=settings.pool,
         ready=True,
-        models=[e.model.info for e in engines.values()],
         capabilities=CAPABILITIES,
+        formats=FORMATS,
     )
-    servicer = WorkerServicer(engines, embedders, info, tracing)
+    changed = asyncio.Event()  # a load or unload: heartbeat now rather than at the next interval
+    servicer = WorkerServicer(models, info, tracing, on_change=changed.set)
+    failed = asyncio.Event()
     not_serving: list[asyncio.Task[None]] = []
-    for engine in engines.values():
+
+    def on_failure() -> None:
         # NOT_SERVING before the failed requests get their errors (a task's first step runs first).
-        engine.add_failure_listener(
-            lambda: not_serving.append(asyncio.create_task(server.set_serving(False)))
-        )
-    info.CopyFrom(servicer.snapshot())  # slots per model and their sums
+        not_serving.append(asyncio.create_task(server.set_serving(False)))
+        failed.set()
+
+    models.add_failure_listener(on_failure)
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(servicer, server.server)
     port = await server.start()
     info.address = settings.advertise_address or f"{settings.host}:{port}"
@@ -109,25 +97,25 @@ async def serve(settings: WorkerSettings) -> int:
     log.info(
         "worker %s serving %s on %s (%d slots, %d threads)",
         worker_id,
-        sorted(engines),
+        sorted(models.engines),
         info.address,
         settings.slots,
         threads,
     )
 
     heartbeats = asyncio.create_task(
-        heartbeat_loop(settings.scheduler_address, servicer.snapshot, settings.heartbeat_seconds)
+        heartbeat_loop(settings.scheduler_address, servicer.snapshot, settings.heartbeat_seconds, changed)
     )
     stop = asyncio.ensure_future(server.wait_for_stop_signal())
-    failure = asyncio.ensure_future(_first_failure(engines))
+    failure = asyncio.ensure_future(failed.wait())
     await asyncio.wait([stop, failure], return_when=asyncio.FIRST_COMPLETED)
     exit_code = 0
     if failure.done():
-        dead = failure.result()
+        dead = [e for e in models.engines.values() if not e.alive]
         log.error(
             "the decode loop of %s died (%s); leaving the cluster to be restarted",
-            dead.model.spec.name,
-            dead.failure,
+            dead[0].model.spec.name if dead else "a model",
+            dead[0].failure if dead else "",
         )
         exit_code = 1
         await asyncio.gather(*not_serving)
@@ -137,10 +125,8 @@ async def serve(settings: WorkerSettings) -> int:
     heartbeats.cancel()
     await deregister(settings.scheduler_address, worker_id)
     await server.stop()
-    for engine in engines.values():
-        engine.close()
-    for embedder in embedders.values():
-        embedder.close()
+    models.close()
+    await source.aclose()
     tracing.shutdown()
     return exit_code
 

@@ -7,6 +7,7 @@ import time
 
 import llama_cpp
 from hyperllama.worker.v1 import worker_pb2
+from hyperllama_common import gotemplate
 from hyperllama_common.errors import ContextLengthExceeded, InvalidRequest
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -38,9 +39,16 @@ class LoadedModel:
         self.vocab = self.llm._model.vocab
         metadata = self.llm.metadata
         self.info = describe(
-            spec.name, spec.path, metadata, llama_cpp.llama_model_n_params(self.llm.model), n_ctx
+            spec.name,
+            spec.path,
+            metadata,
+            llama_cpp.llama_model_n_params(self.llm.model),
+            n_ctx,
+            digest=spec.digest,
         )
         self.info.context_length = int(metadata.get(f"{self.info.family}.context_length", n_ctx))
+        # A TEMPLATE from the store is Ollama's Go-template syntax and wins over the GGUF's own.
+        self._go_template = gotemplate.parse(spec.go_template) if spec.go_template else None
         template = metadata.get("tokenizer.chat_template") or _FALLBACK_TEMPLATE
         self._formatter = Jinja2ChatFormatter(
             template=template,
@@ -63,7 +71,12 @@ class LoadedModel:
                 raise InvalidRequest(
                     f"unknown role '{m.role}'; expected one of {sorted(ROLES)}", param="messages"
                 )
-        return self._formatter(messages=[{"role": m.role, "content": m.content} for m in messages]).prompt
+        chat = [{"role": m.role, "content": m.content} for m in messages]
+        if self.spec.system and not any(m["role"] == "system" for m in chat):
+            chat.insert(0, {"role": "system", "content": self.spec.system})  # as Ollama does
+        if self._go_template is not None:
+            return gotemplate.render_chat(self._go_template, chat)
+        return self._formatter(messages=chat).prompt  # type: ignore[arg-type]
 
     def prompt_tokens(self, req: worker_pb2.GenerateRequest) -> list[int]:
         """The request's prompt as tokens (chat rendered with the model's template), checked to fit."""

@@ -32,7 +32,7 @@ def file_digest(path: Path) -> str:
 
 
 def describe(
-    name: str, path: Path, metadata: dict[str, str], n_params: int, n_ctx: int
+    name: str, path: Path, metadata: dict[str, str], n_params: int, n_ctx: int, digest: str = ""
 ) -> worker_pb2.ModelInfo:
     arch = metadata.get("general.architecture", "")
     file_type = metadata.get("general.file_type", "")
@@ -47,7 +47,7 @@ def describe(
         quantization_level=quant,
         size_bytes=stat.st_size,
         context_length=n_ctx,
-        digest=file_digest(path),
+        digest=digest or file_digest(path),
         chat_template=metadata.get("tokenizer.chat_template", ""),
         embedding_length=int(metadata.get(f"{arch}.embedding_length", "0") or 0),
         modified_at_unix=int(stat.st_mtime),

@@ -25,6 +25,14 @@ class ModelSpec:
     path: Path
     # Sampling defaults for this model (Ollama option names); request values override them.
     options: dict[str, object] = field(default_factory=dict)
+    # A model from the store may bring a system prompt (used when a chat has none) and an Ollama
+    # Go template (else the GGUF's own chat template renders chats).
+    system: str = ""
+    go_template: str = ""
+    # The store's manifest digest ("" = computed from the file).
+    digest: str = ""
+    # Loaded by configuration: stays loaded when idle.
+    pinned: bool = True
 
 
 def _bundled_smollm2() -> Path:
@@ -76,6 +84,4 @@ def select(registry: dict[str, ModelSpec], names: str) -> list[ModelSpec]:
         if not spec.path.is_file():
             raise FileNotFoundError(f"weights for '{name}' not found at {spec.path}")
         chosen.append(spec)
-    if not chosen:
-        raise ValueError("this worker serves no model; set HYPERLLAMA_WORKER_MODELS")
-    return chosen
+    return chosen  # none: the worker starts empty and loads models from the store on demand

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
 from hyperllama_common.errors import (
     Cancelled,
     HyperLlamaError,
+    InvalidRequest,
     ModelNotFound,
     Overloaded,
     Unavailable,
@@ -19,7 +20,7 @@ from hyperllama_common.tracing import Tracing
 
 from hyperllama_worker_llamacpp.batch_engine import BatchEngine
 from hyperllama_worker_llamacpp.batching import Sequence
-from hyperllama_worker_llamacpp.embedding import Embedder
+from hyperllama_worker_llamacpp.model_set import ModelSet
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,17 @@ def merge_chunks(chunks: list[worker_pb2.GenerateChunk]) -> worker_pb2.GenerateC
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     def __init__(
         self,
-        engines: dict[str, BatchEngine],
-        embedders: dict[str, Embedder],
+        models: ModelSet,
         info: worker_pb2.WorkerInfo,
         tracing: Tracing,
+        on_change: Callable[[], None] = lambda: None,
     ):
-        self.engines = engines
-        self.embedders = embedders
+        self.models = models
+        self.engines = models.engines  # the same dicts: models loaded later are served at once
+        self.embedders = models.embedders
         self.tracing = tracing
+        # Called after a load or unload, so the scheduler hears of it before the next heartbeat.
+        self._on_change = on_change
         self.info = info
         self._running: dict[str, tuple[BatchEngine, Sequence]] = {}
         # Generations holding a slot, per model, counted by the handlers: one is admitted before it
@@ -53,7 +57,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         # its next request right after a stream ends always finds the slot free. The engine frees
         # its own slot a decode step later at most (a cancel); a request admitted in between waits
         # in the engine's queue for that step.
-        self._admitted: dict[str, int] = dict.fromkeys(engines, 0)
+        self._admitted: dict[str, int] = {}
+        self._preparing: dict[str, int] = {}
 
     def _engine(self, name: str) -> BatchEngine:
         engine = self.engines.get(name)
@@ -76,11 +81,20 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         """WorkerInfo with live numbers: slots per model (each model has its own) and their sums."""
         info = worker_pb2.WorkerInfo()
         info.CopyFrom(self.info)
-        for model in info.models:
-            engine = self.engines[model.name]
+        del info.models[:]
+        for engine in self.engines.values():
+            model = info.models.add()
+            model.CopyFrom(engine.model.info)
             model.slots_total = engine.slots
-            model.slots_in_use = self._admitted[model.name]
+            model.slots_in_use = self._admitted.get(model.name, 0)
             model.prefix_cache_tokens = engine.planner.cache_capacity
+        info.loading.extend(self.models.loading.values())
+        info.memory_budget_bytes = self.models.budget_bytes
+        info.memory_used_bytes = self.models.used_bytes
+        info.kv_tokens_per_model = self.models.kv_tokens
+        info.overhead_bytes_per_model = self.models.overhead_bytes
+        if self.models.source is not None:
+            info.blobs.extend(self.models.source.cached_digests())
         info.slots_total = sum(m.slots_total for m in info.models)
         info.slots_in_use = sum(m.slots_in_use for m in info.models)
         info.ready = self.info.ready and self.ready
@@ -95,6 +109,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         span = self.tracing.tracer.start_span(
             "llama.generate", attributes={"gen_ai.request.model": request.model}
         )
+        # Counted while it tokenizes, so that an unload cannot close the model under it.
+        self._preparing[request.model] = self._preparing.get(request.model, 0) + 1
         try:
             seq = await asyncio.to_thread(engine.prepare, request, emit)
         except HyperLlamaError as err:
@@ -102,9 +118,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             span.record_exception(err)
             span.end()
             raise
+        finally:
+            self._preparing[request.model] -= 1
         held = seq.limit > 0  # max_tokens 0 is answered without a slot
         if held:
-            if self._admitted[request.model] >= engine.slots:
+            if self._admitted.get(request.model, 0) >= engine.slots:
                 seq.state.sampler.close()
                 span.set_attribute("hyperllama.outcome", "busy")
                 span.end()
@@ -112,7 +130,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     f"model '{request.model}' on worker {self.info.worker_id} is busy: all "
                     f"{engine.slots} slots are taken; ask again"
                 )
-            self._admitted[request.model] += 1
+            self._admitted[request.model] = self._admitted.get(request.model, 0) + 1
         try:
             engine.submit(seq)
         except HyperLlamaError as err:  # the engine stopped since _engine() looked
@@ -181,3 +199,21 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         if running is not None:
             running[0].cancel(running[1])
         return worker_pb2.CancelResponse(cancelled=running is not None)
+
+    async def Load(
+        self, request: worker_pb2.LoadRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.LoadResponse:
+        if not request.model:
+            raise InvalidRequest("model is required", param="model")
+        await self.models.load(request.model, request.digest)
+        self._on_change()
+        return worker_pb2.LoadResponse(worker=self.snapshot())
+
+    async def Unload(
+        self, request: worker_pb2.UnloadRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.UnloadResponse:
+        busy = self._admitted.get(request.model, 0) + self._preparing.get(request.model, 0)
+        await self.models.unload(request.model, busy)
+        self._admitted.pop(request.model, None)
+        self._on_change()
+        return worker_pb2.UnloadResponse(worker=self.snapshot())

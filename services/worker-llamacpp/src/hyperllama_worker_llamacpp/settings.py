@@ -7,7 +7,8 @@ class WorkerSettings(WorkerBaseSettings):
     threads: int = 0
     # TOML model registry; the default model needs none.
     models_file: str = ""
-    # Comma-separated names of the registry's models this worker serves.
+    # Comma-separated names of the registry's models this worker loads at start and keeps loaded;
+    # empty = none (models then load from the store on demand).
     models: str = "smollm2:135m"
     # Context each sequence may use (prompt + output); the KV cache holds slots x num_ctx tokens.
     num_ctx: int = 4096

@@ -6,13 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
-from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama.worker.v1 import worker_pb2
-from hyperllama_common.errors import ModelNotFound, quote
+from hyperllama_common.durations import keep_alive_ms
 
 from hyperllama_gateway import __version__
 from hyperllama_gateway.deps import Call, CallDep, Scheduler
-from hyperllama_gateway.generation import Generation, embed, explain_not_found
+from hyperllama_gateway.generation import Generation, embed, until_disconnect
 from hyperllama_gateway.ollama import service
 from hyperllama_gateway.ollama.protocol import (
     ChatRequest,
@@ -26,18 +25,21 @@ router = APIRouter(prefix="/api")
 _NDJSON = "application/x-ndjson"
 
 
-async def _find(call: Call, model: str) -> scheduler_pb2.ModelEntry:
-    entries = await call.scheduler.list_models()
-    for entry in entries:
-        if entry.info.name in (model, f"{model}:latest"):
-            return entry
-    names = ", ".join(e.info.name for e in entries)
-    err = ModelNotFound(f"model '{quote(model)}' not found; available models: {names}")
-    raise await explain_not_found(call.store, model, err)
+async def _load_or_unload(call: Call, model: str, keep_alive: int | None, chat: bool) -> dict[str, Any]:
+    """Ollama's request with nothing to generate: loads the model (and sets its keep_alive), or with
+    keep_alive 0 unloads it."""
+    if keep_alive == 0:
+        name = await until_disconnect(call.http, call.scheduler.unload_model(model))
+        return service.load_response(name, chat, "unload")
+    timeout = call.settings.request_timeout_seconds
+    name = await until_disconnect(call.http, call.scheduler.load_model(model, keep_alive, timeout))
+    return service.load_response(name, chat, "load")
 
 
-async def _run(call: Call, request: worker_pb2.GenerateRequest, stream: bool, chat: bool) -> Any:
-    gen = Generation(call, request)
+async def _run(
+    call: Call, request: worker_pb2.GenerateRequest, stream: bool, chat: bool, keep_alive: int | None
+) -> Any:
+    gen = Generation(call, request, keep_alive_ms=keep_alive)
     await gen.start()
     if stream:
         return StreamingResponse(service.ndjson_stream(gen, chat), media_type=_NDJSON)
@@ -47,18 +49,20 @@ async def _run(call: Call, request: worker_pb2.GenerateRequest, stream: bool, ch
 @router.post("/generate", response_model=None)
 async def generate(body: GenerateRequest, call: CallDep) -> Any:
     call.http.state.model = body.model
-    # Nothing to generate (raw or not): Ollama answers that the model is loaded.
+    keep_alive = keep_alive_ms(body.keep_alive)
     if not body.prompt:
-        return service.load_response((await _find(call, body.model)).info.name, chat=False)
-    return await _run(call, service.generate_request(body, call.request_id), body.stream, chat=False)
+        return await _load_or_unload(call, body.model, keep_alive, chat=False)
+    request = service.generate_request(body, call.request_id)
+    return await _run(call, request, body.stream, False, keep_alive)
 
 
 @router.post("/chat", response_model=None)
 async def chat(body: ChatRequest, call: CallDep) -> Any:
     call.http.state.model = body.model
+    keep_alive = keep_alive_ms(body.keep_alive)
     if not body.messages:
-        return service.load_response((await _find(call, body.model)).info.name, chat=True)
-    return await _run(call, service.chat_request(body, call.request_id), body.stream, chat=True)
+        return await _load_or_unload(call, body.model, keep_alive, chat=True)
+    return await _run(call, service.chat_request(body, call.request_id), body.stream, True, keep_alive)
 
 
 @router.post("/embed")
@@ -83,7 +87,9 @@ async def embeddings(body: EmbeddingsRequest, call: CallDep) -> dict[str, Any]:
 
 @router.get("/ps")
 async def ps(scheduler: Scheduler) -> dict[str, Any]:
-    return {"models": [service.ps_entry(e) for e in await scheduler.list_models()]}
+    return {
+        "models": [service.ps_entry(e) for e in await scheduler.list_models() if e.worker_ids or e.placements]
+    }
 
 
 @router.get("/version")

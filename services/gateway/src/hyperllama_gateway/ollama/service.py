@@ -131,9 +131,10 @@ def response(gen: Generation, result: Result, chat: bool) -> dict[str, Any]:
     }
 
 
-def load_response(model: str, chat: bool) -> dict[str, Any]:
-    """Ollama's answer to a request with nothing to generate: the model is loaded and ready."""
-    return {"model": model, "created_at": now(), **_text_field(chat, ""), "done": True, "done_reason": "load"}
+def load_response(model: str, chat: bool, reason: str) -> dict[str, Any]:
+    """Ollama's answer to a request with nothing to generate: the model is loaded ("load") or
+    unloaded ("unload")."""
+    return {"model": model, "created_at": now(), **_text_field(chat, ""), "done": True, "done_reason": reason}
 
 
 def _line(payload: dict[str, Any]) -> bytes:
@@ -197,14 +198,42 @@ def tag_entry(info: worker_pb2.ModelInfo) -> dict[str, Any]:
     }
 
 
+_FOREVER = "2318-01-01T00:00:00Z"  # what Ollama shows for a model kept loaded forever
+
+
+def _expires_at(unix_ms: int) -> str:
+    if not unix_ms:
+        return _FOREVER
+    return datetime.fromtimestamp(unix_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def ps_entry(entry: scheduler_pb2.ModelEntry) -> dict[str, Any]:
+    """One loaded model, cluster-wide: Ollama's fields, then where its copies run."""
     info = entry.info
+    ready = [p for p in entry.placements if p.state == scheduler_pb2.COPY_STATE_READY]
+    expiries = [p.expires_at_unix_ms for p in entry.placements]
     return {
         **tag_entry(info),
-        "expires_at": "2318-01-01T00:00:00Z",  # kept loaded; workers do not unload idle models
+        "size": max((p.memory_bytes for p in entry.placements), default=0) or info.size_bytes,
+        # The copy that stays longest decides when the model is gone from the cluster.
+        "expires_at": _expires_at(0 if not expiries or 0 in expiries else max(expiries)),
         "size_vram": 0,
         "context_length": info.context_length,
+        "state": "ready" if ready else "loading",
         "workers": list(entry.worker_ids),
+        "placements": [
+            {
+                "worker": p.worker_id,
+                "engine": p.engine,
+                "pool": p.pool,
+                "state": "ready" if p.state == scheduler_pb2.COPY_STATE_READY else "loading",
+                "slots_in_use": p.slots_leased,
+                "slots_total": p.slots_total,
+                "size": p.memory_bytes,
+                "expires_at": _expires_at(p.expires_at_unix_ms),
+            }
+            for p in entry.placements
+        ],
         # The same figures as /api/queue: slots leased to running streams, slots, requests waiting.
         "slots_in_use": entry.slots_leased,
         "slots_total": entry.slots_total,

@@ -101,8 +101,14 @@ async def copy(body: CopyRequest, store: Store) -> Response:
 
 
 @router.delete("/delete")
-async def delete(body: DeleteRequest, store: Store) -> Response:
-    await store.delete(_required(body.target()))
+async def delete(body: DeleteRequest, store: Store, scheduler: Scheduler) -> Response:
+    model = _required(body.target())
+    # Unloaded everywhere first: no worker keeps serving a model the store no longer has.
+    try:
+        await scheduler.unload_model(model)
+    except ModelNotFound:
+        pass
+    await store.delete(model)
     return Response(status_code=200)
 
 

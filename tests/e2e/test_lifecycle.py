@@ -1,0 +1,301 @@
+"""Model lifecycle end to end, with the official ollama client: load on demand, keep_alive, unload,
+eviction under a memory budget, a second copy under load, and delete unloading first.
+
+Its own cluster: two llama.cpp workers that start empty (models load from the store on demand), with
+no prompt cache so a model's footprint is small and predictable, and budgets that hold both test
+models on one worker but not a third copy of anything large.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ollama
+import pytest
+from cluster import LocalCluster, free_port
+from support.models import gemma_gguf
+
+MODEL = "smollm2:135m"
+GEMMA = "gemma3-base:270m"
+# Gemma 3's turn markers: the base model has no chat template, a TEMPLATE makes it chat.
+GEMMA_TEMPLATE = "<start_of_turn>user\n{{ .Prompt }}<end_of_turn>\n<start_of_turn>model\n"
+SLOTS = 2
+# smollm2 takes ~350 MiB here and Gemma ~470 MiB (weights + 2 slots x 4096 tokens of KV + buffers).
+BUDGET_MB = 900
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    """Poll the cluster's own answer until ``check`` holds (a state change, never a timing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def lifecycle(redis_url: str, logs_dir: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster(
+        gateway_port=free_port(), log_dir=logs_dir / "lifecycle", redis_url=redis_url.rsplit("/", 1)[0] + "/2"
+    )
+    (logs_dir / "lifecycle").mkdir(exist_ok=True)
+    try:
+        c.start_store()
+        c.start_scheduler(sweep_seconds="0.25", replica_after_seconds="1")
+        for i in range(2):
+            c.start_worker(
+                f"worker-{i}",
+                models="",
+                slots=str(SLOTS),
+                prompt_cache_mb="0",
+                memory_budget_mb=str(BUDGET_MB),
+                heartbeat_seconds="0.5",
+            )
+        c.start_gateway()
+        c.wait_ready(2)
+        yield c
+    except BaseException:
+        for p in c.processes:
+            print(f"--- {p.name} ---\n{p.log_tail(80)}")
+        raise
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def client(lifecycle: LocalCluster) -> ollama.Client:
+    return ollama.Client(host=lifecycle.gateway_url, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def gemma(client: ollama.Client) -> str:
+    """The Gemma base model, uploaded as a blob and created with a chat template."""
+    path = gemma_gguf()
+    digest = client.create_blob(path)
+    client.create(model=GEMMA, files={path.name: digest}, template=GEMMA_TEMPLATE)
+    return GEMMA
+
+
+def ps(client: ollama.Client) -> dict[str, Any]:
+    return {m.model: m for m in client.ps().models}
+
+
+def ps_raw(cluster: LocalCluster) -> dict[str, dict[str, Any]]:
+    body = httpx.get(f"{cluster.gateway_url}/api/ps", timeout=10).json()
+    return {m["name"]: m for m in body["models"]}
+
+
+def unload_all(client: ollama.Client) -> None:
+    for name in list(ps(client)):
+        client.generate(model=name, keep_alive=0)
+    wait_until(lambda: not ps(client), "every model unloaded")
+
+
+@pytest.fixture(autouse=True)
+def empty_cluster(client: ollama.Client) -> Iterator[None]:
+    unload_all(client)
+    yield
+
+
+def test_a_request_loads_its_model_and_ps_shows_where(client: ollama.Client, lifecycle: LocalCluster) -> None:
+    assert not ps(client)
+    started = time.perf_counter()
+    first_token_at = None
+    parts = []
+    for chunk in client.generate(model=MODEL, prompt="Say hello.", options={"num_predict": 8}, stream=True):
+        if chunk.response and first_token_at is None:
+            first_token_at = time.perf_counter()
+        parts.append(chunk.response)
+        if chunk.done:
+            assert chunk.done_reason in ("stop", "length")
+            assert chunk.eval_count and chunk.eval_count <= 8
+    assert "".join(parts).strip()
+    assert first_token_at is not None
+    print(f"unloaded model to first token: {first_token_at - started:.2f}s")
+
+    loaded = ps(client)
+    assert list(loaded) == [MODEL]
+    entry = loaded[MODEL]
+    assert entry.details.format == "gguf" and entry.details.family == "llama"
+    assert entry.size > 98_000_000  # weights and KV cache
+    # The default keep_alive is 5 minutes from the request's end.
+    remaining = entry.expires_at.timestamp() - time.time()
+    assert 250 < remaining <= 300
+    raw = ps_raw(lifecycle)[MODEL]
+    assert raw["state"] == "ready" and raw["context_length"] > 0
+    assert [p["worker"] for p in raw["placements"]][0] in ("worker-0", "worker-1")
+    assert raw["placements"][0]["engine"] == "llamacpp" and raw["placements"][0]["slots_total"] == SLOTS
+
+
+def test_keep_alive_zero_unloads_after_the_request(client: ollama.Client) -> None:
+    reply = client.chat(model=MODEL, messages=[{"role": "user", "content": "Hi"}], options={"num_predict": 4})
+    assert reply.message.content
+    assert MODEL in ps(client)
+    reply = client.chat(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], options={"num_predict": 4}, keep_alive=0
+    )
+    assert reply.message.content and reply.done
+    wait_until(lambda: MODEL not in ps(client), "the model to unload after a keep_alive 0 request", 15)
+
+
+def test_empty_request_loads_and_keep_alive_zero_unloads(client: ollama.Client) -> None:
+    loaded = client.generate(model=MODEL, keep_alive="10m")
+    assert loaded.done and loaded.done_reason == "load" and loaded.response == ""
+    entry = ps(client)[MODEL]
+    assert 500 < entry.expires_at.timestamp() - time.time() <= 600
+
+    forever = client.chat(model=MODEL, messages=[], keep_alive=-1)
+    assert forever.done_reason == "load"
+    assert ps(client)[MODEL].expires_at.year > 2300  # kept forever, as Ollama shows it
+
+    unloaded = client.generate(model=MODEL, keep_alive=0)
+    assert unloaded.done and unloaded.done_reason == "unload"
+    assert MODEL not in ps(client)
+
+
+def test_keep_alive_expiry_unloads_an_idle_model(client: ollama.Client) -> None:
+    client.generate(model=MODEL, prompt="One word.", options={"num_predict": 2}, keep_alive="2s")
+    entry = ps(client)[MODEL]
+    assert entry.expires_at.timestamp() - time.time() <= 2.5
+    wait_until(lambda: MODEL not in ps(client), "keep_alive to run out", 20)
+
+
+def test_bad_keep_alive_is_a_400(lifecycle: LocalCluster) -> None:
+    reply = httpx.post(
+        f"{lifecycle.gateway_url}/api/generate",
+        json={"model": MODEL, "prompt": "hi", "keep_alive": "five minutes"},
+        timeout=30,
+    )
+    assert reply.status_code == 400
+    assert "invalid duration" in reply.json()["error"]
+
+
+def test_two_models_load_at_once_and_answer(client: ollama.Client, gemma: str) -> None:
+    def ask(model: str) -> ollama.ChatResponse:
+        return client.chat(
+            model=model, messages=[{"role": "user", "content": "Name a color."}], options={"num_predict": 8}
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        replies = list(pool.map(ask, [MODEL, gemma]))
+    for reply, model in zip(replies, [MODEL, gemma], strict=True):
+        assert reply.model == model
+        assert reply.message.content.strip()
+        assert reply.eval_count and 0 < reply.eval_count <= 8
+    assert set(ps(client)) == {MODEL, gemma}
+
+
+def test_a_created_system_prompt_reaches_the_model(client: ollama.Client) -> None:
+    client.create(
+        model="smollm2-pirate:test", from_=MODEL, system="You are a pirate. Answer like one, always."
+    )
+    try:
+        question = [{"role": "user", "content": "Where is the ship?"}]
+        base = client.chat(model=MODEL, messages=question, options={"num_predict": 1})
+        pirate = client.chat(model="smollm2-pirate:test", messages=question, options={"num_predict": 1})
+        # The bundled model's own system prompt is replaced by the created one: another prompt length.
+        assert pirate.prompt_eval_count != base.prompt_eval_count
+        assert "smollm2-pirate:test" in ps(client)
+    finally:
+        client.delete("smollm2-pirate:test")
+    # delete unloads it everywhere first
+    assert "smollm2-pirate:test" not in ps(client)
+
+
+def test_a_second_copy_loads_when_the_queue_waits(client: ollama.Client, lifecycle: LocalCluster) -> None:
+    def long_stream(_: int) -> dict[str, Any]:
+        reply = httpx.post(
+            f"{lifecycle.gateway_url}/v1/completions",
+            json={"model": MODEL, "prompt": "Count:", "max_tokens": 200, "ignore_eos": True},
+            timeout=180,
+        )
+        assert reply.status_code == 200, reply.text
+        return dict(reply.json())
+
+    # Three times the slots of one copy: the queue waits past replica_after_seconds, and a copy
+    # appears on the other worker, which then serves some of the waiting requests.
+    with concurrent.futures.ThreadPoolExecutor(SLOTS * 3) as pool:
+        replies = list(pool.map(long_stream, range(SLOTS * 3)))
+    assert all(r["usage"]["completion_tokens"] == 200 for r in replies)
+    workers = {p["worker"] for p in ps_raw(lifecycle)[MODEL]["placements"]}
+    assert workers == {"worker-0", "worker-1"}
+
+
+# One worker whose budget holds smollm2 (~350 MiB) or Gemma (~470 MiB), never both.
+SMALL_BUDGET_MB = 600
+
+
+@pytest.fixture(scope="module")
+def small(redis_url: str, logs_dir: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster(
+        gateway_port=free_port(), log_dir=logs_dir / "eviction", redis_url=redis_url.rsplit("/", 1)[0] + "/3"
+    )
+    (logs_dir / "eviction").mkdir(exist_ok=True)
+    try:
+        c.start_store()
+        c.start_scheduler(sweep_seconds="0.25")
+        c.start_worker(
+            "worker-small",
+            models="",
+            slots=str(SLOTS),
+            prompt_cache_mb="0",
+            memory_budget_mb=str(SMALL_BUDGET_MB),
+            heartbeat_seconds="0.5",
+        )
+        c.start_gateway()
+        c.wait_ready(1)
+        yield c
+    except BaseException:
+        for p in c.processes:
+            print(f"--- {p.name} ---\n{p.log_tail(80)}")
+        raise
+    finally:
+        c.stop()
+
+
+def evictions(cluster: LocalCluster) -> float:
+    text = httpx.get(cluster.metrics_urls["scheduler"], timeout=10).text
+    for line in text.splitlines():
+        if line.startswith('hyperllama_scheduler_model_unloads_total{reason="evicted"}'):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no eviction counter in the scheduler's metrics")
+
+
+def test_eviction_makes_room_and_never_takes_a_busy_model(small: LocalCluster) -> None:
+    client = ollama.Client(host=small.gateway_url, timeout=180)
+    path = gemma_gguf()
+    client.create(model=GEMMA, files={path.name: client.create_blob(path)}, template=GEMMA_TEMPLATE)
+
+    assert client.generate(model=MODEL, prompt="Hi", options={"num_predict": 2}).response
+    assert set(ps(client)) == {MODEL}
+    before = evictions(small)
+
+    # Gemma does not fit beside smollm2: the idle smollm2 is evicted to make room.
+    assert client.generate(model=GEMMA, prompt="Hi", options={"num_predict": 2}).response
+    assert set(ps(client)) == {GEMMA}
+    assert evictions(small) == before + 1
+
+    # While Gemma streams, a request for smollm2 waits: a busy model is never evicted.
+    def long_gemma() -> ollama.GenerateResponse:
+        return client.generate(
+            model=GEMMA, prompt="Tell a story.", options={"num_predict": 96, "temperature": 0, "stop": []}
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        story = pool.submit(long_gemma)
+        wait_until(lambda: ps_raw(small)[GEMMA]["slots_in_use"] == 1, "Gemma's stream to run")
+        small_reply = client.generate(model=MODEL, prompt="Hi", options={"num_predict": 2})
+        told = story.result()
+    assert small_reply.response
+    # Gemma's stream was not cut: it ran to its length (or stopped by itself), never an error.
+    assert told.done and told.done_reason in ("length", "stop") and told.eval_count
+    assert set(ps(client)) == {MODEL}
+    assert evictions(small) == before + 2
