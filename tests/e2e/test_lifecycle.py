@@ -299,3 +299,46 @@ def test_eviction_makes_room_and_never_takes_a_busy_model(small: LocalCluster) -
     assert told.done and told.done_reason in ("length", "stop") and told.eval_count
     assert set(ps(client)) == {MODEL}
     assert evictions(small) == before + 2
+
+
+@pytest.fixture(scope="module")
+def floor(redis_url: str, logs_dir: Path) -> Iterator[LocalCluster]:
+    """Two empty workers and a floor of two smollm2 copies, with a keep_alive short enough to expire."""
+    c = LocalCluster(
+        gateway_port=free_port(), log_dir=logs_dir / "floor", redis_url=redis_url.rsplit("/", 1)[0] + "/4"
+    )
+    (logs_dir / "floor").mkdir(exist_ok=True)
+    try:
+        c.start_store()
+        c.start_scheduler(sweep_seconds="0.25", keep_alive_seconds="1", min_copies=f'{{"{MODEL}": 2}}')
+        for i in range(2):
+            c.start_worker(
+                f"floor-{i}", models="", slots=str(SLOTS), prompt_cache_mb="0", heartbeat_seconds="0.5"
+            )
+        c.start_gateway()
+        c.wait_ready(2)
+        yield c
+    finally:
+        c.stop()
+
+
+def test_a_floor_of_copies_loads_unasked_and_outlives_keep_alive(floor: LocalCluster) -> None:
+    client = ollama.Client(host=floor.gateway_url, timeout=180)
+    placements = wait_until(
+        lambda: len(ps_raw(floor).get(MODEL, {}).get("placements", [])) == 2 and ps_raw(floor)[MODEL],
+        "two copies of the model with no request at all",
+    )
+    assert {p["worker"] for p in placements["placements"]} == {"floor-0", "floor-1"}
+    reply = client.generate(model=MODEL, prompt="Hi", options={"num_predict": 2}, keep_alive=0)
+    assert reply.response
+    # keep_alive 0 (one copy) and the 1 s default (the other) run out; the sweep finds the model at
+    # its floor and keeps both, with no expiry from then on.
+    kept = wait_until(
+        lambda: (
+            (e := ps_raw(floor).get(MODEL))
+            and all(p["expires_at"].startswith("2318") for p in e["placements"])
+            and e
+        ),
+        "the sweep to keep both copies",
+    )
+    assert len(kept["placements"]) == 2

@@ -166,18 +166,24 @@ def test_openai_models_include_the_store(oai: openai.OpenAI, oll: ollama.Client)
         oll.delete("listed-only:1")
 
 
-def test_a_stored_model_no_worker_serves_is_a_clear_404(oll: ollama.Client, oai: openai.OpenAI):
+def test_a_stored_model_no_worker_serves_loads_on_first_use(oll: ollama.Client, oai: openai.OpenAI):
     oll.copy(MODEL, "stored-only:1")
     try:
-        with pytest.raises(ollama.ResponseError) as err:
-            oll.chat(model="stored-only:1", messages=[{"role": "user", "content": "hi"}])
-        assert err.value.status_code == 404
-        assert "in the store but not loaded on any worker" in err.value.error
-        with pytest.raises(openai.NotFoundError) as oerr:
-            oai.chat.completions.create(model="stored-only:1", messages=[{"role": "user", "content": "hi"}])
-        assert "not loaded on any worker" in str(oerr.value)
+        reply = oll.chat(
+            model="stored-only:1", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 4}
+        )
+        assert reply.model == "stored-only:1" and reply.message.content and reply.done
+        completion = oai.chat.completions.create(
+            model="stored-only:1", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+        )
+        assert completion.choices[0].message.content and completion.usage.completion_tokens <= 4
+        assert "stored-only:1" in {m.model for m in oll.ps().models}
     finally:
         oll.delete("stored-only:1")
+    assert "stored-only:1" not in {m.model for m in oll.ps().models}  # delete unloads it first
+    with pytest.raises(ollama.ResponseError) as err:
+        oll.chat(model="stored-only:1", messages=[{"role": "user", "content": "hi"}])
+    assert err.value.status_code == 404 and "not found" in err.value.error
 
 
 def test_the_cluster_is_a_registry(http: httpx.Client, oll: ollama.Client):

@@ -184,3 +184,31 @@ async def test_an_abandoned_request_is_dropped_only_once_nobody_owns_it(redis_cl
     await redis_client.delete(keys.request_lease("a"))  # the owner stopped renewing
     await q.forget(MODEL, "a", owner="")
     assert await q.head(MODEL, 10) == []
+
+
+async def test_a_copy_with_a_live_lease_is_never_retired_and_a_retired_one_grants_nothing(redis_client):
+    replica, other_replica = (SlotLeases(redis_client, 15, SchedulerMetrics()) for _ in range(2))
+    running = await replica.grant(worker(), MODEL, "a", [], queued=False, expires_at_ms=1)
+    assert running.code == GRANTED
+    assert (await replica.expiries())[("w", MODEL)] == 1  # keep_alive set at the grant, for ps
+    # A stream uses the copy: no replica may mark it for unloading, and its expiry waits for the end.
+    assert await other_replica.retire("w", MODEL, 60_000) == 0
+    assert ("w", MODEL) not in await replica.expiries()
+    await replica.release(running.lease, expires_at_ms=2)
+    assert (await replica.expiries())[("w", MODEL)] == 2  # the last request's keep_alive wins
+    assert await replica.due() == [("w", MODEL)]
+    # Idle now: exactly one replica retires it, and no slot of it is granted until it is unloaded.
+    assert await replica.retire("w", MODEL, 60_000) == 1
+    assert await other_replica.retire("w", MODEL, 60_000) == -1
+    assert await replica.due() == []
+    assert (await other_replica.grant(worker(), MODEL, "b", [], queued=False)).code == MARKED
+    await replica.retired("w", MODEL)
+    assert (await other_replica.grant(worker(), MODEL, "b", [], queued=False)).code == GRANTED
+
+
+async def test_keep_alive_forever_leaves_no_expiry(redis_client):
+    leases = SlotLeases(redis_client, 15, SchedulerMetrics())
+    granted = await leases.grant(worker(), MODEL, "a", [], queued=False, expires_at_ms=None)
+    await leases.release(granted.lease, expires_at_ms=None)
+    assert await leases.expiries() == {}
+    assert (await leases.last_used("w"))[MODEL] > 0  # eviction still sees when it served

@@ -24,7 +24,6 @@ from hyperllama_common.errors import (
     Cancelled,
     DeadlineExceeded,
     HyperLlamaError,
-    InvalidRequest,
     Unavailable,
 )
 from redis.exceptions import RedisError
@@ -206,7 +205,7 @@ class Dispatcher:
                 if entry is not None and entry.status != QUEUE_GRANTED and self.loader is not None:
                     failure = await self.loader.error(model)
                     if failure:
-                        raise InvalidRequest(failure, param="model")
+                        raise failure
                 if entry is not None:
                     if entry.status == SUPERSEDED:
                         raise Cancelled("replaced by a newer call with the same request id")

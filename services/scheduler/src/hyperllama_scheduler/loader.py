@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -112,17 +113,20 @@ class ModelLoader:
             return
         if extra and any(m.name == model for w in held for m in w.loading):
             return
+        holders = {w.worker_id for w in held}
+        candidates = [w for w in live if w.worker_id not in holders]
+        if not candidates and held:
+            return  # every worker has a copy already
         if await self._redis.exists(keys.loading(model)):
             return
         try:
             entry = await self.catalog.describe(model)
         except (ModelNotFound, InvalidRequest) as err:
-            await self._fail(model, err.message)
+            await self._fail(model, err.message, missing=isinstance(err, ModelNotFound))
             return
         except Unavailable as err:
             log.warning("cannot load %s: %s", model, err.message)
             return
-        candidates = [w for w in live if w not in held]
         if not any(load_placement.can_host(entry, w) for w in candidates):
             if not held:
                 await self._fail(model, self.no_host_message(entry, live))
@@ -157,30 +161,57 @@ class ModelLoader:
         )
 
     async def _busy(self, workers: list[worker_pb2.WorkerInfo]) -> dict[str, set[str]]:
-        """Per worker, its models that streams use or requests wait for: never evicted."""
+        """Per worker, its models that streams use or requests wait for, or that are at their floor
+        of copies: never evicted."""
+        live = await self.registry.live()
         busy: dict[str, set[str]] = {}
         for w in workers:
             names = set()
             for m in w.models:
                 used = await self.leases.in_use([w], m.name)
-                if used.get(w.worker_id) or await self.queue.depth(m.name):
+                if used.get(w.worker_id) or await self.queue.depth(m.name) or self._at_floor(m.name, live):
                     names.add(m.name)
             busy[w.worker_id] = names
         return busy
 
+    def _at_floor(self, model: str, live: list[worker_pb2.WorkerInfo]) -> bool:
+        floor = self.settings.min_copies.get(model, 0)
+        return floor > 0 and len(self.copies(model, live)) <= floor
+
+    async def keep_minimums(self) -> None:
+        """Load copies of the models configured with a floor until each has that many."""
+        live = await self.registry.live()
+        for model, floor in self.settings.min_copies.items():
+            held = self.copies(model, live)
+            if len(held) < floor:
+                await self.ensure(model, extra=bool(held))
+
     async def _last_used(self, workers: list[worker_pb2.WorkerInfo]) -> dict[str, dict[str, int]]:
         return {w.worker_id: await self.leases.last_used(w.worker_id) for w in workers}
 
-    async def _fail(self, model: str, message: str) -> None:
-        """Waiting requests for the model fail with ``message`` (see error())."""
+    async def _fail(self, model: str, message: str, missing: bool = False) -> None:
+        """Waiting requests for the model fail with ``message`` (see error()); ``missing``: the
+        store does not have it (a 404 rather than a 400)."""
         log.warning("cannot load %s: %s", model, message)
-        await self._redis.set(keys.load_error(model), message, px=ERROR_MS)
+        value = json.dumps({"missing": missing, "message": message})
+        await self._redis.set(keys.load_error(model), value, px=ERROR_MS)
 
     @redis_errors_as_unavailable
-    async def error(self, model: str) -> str | None:
+    async def error(self, model: str) -> HyperLlamaError | None:
         """Why the model cannot be loaded, if its last load attempt said so."""
         raw = await self._redis.get(keys.load_error(model))
-        return raw.decode() if isinstance(raw, bytes) else raw
+        if not raw:
+            return None
+        failure = json.loads(raw)
+        kind = ModelNotFound if failure.get("missing") else InvalidRequest
+        return kind(str(failure.get("message")), param="model")
+
+    @redis_errors_as_unavailable
+    async def found(self, model: str) -> None:
+        """The store has the model (again): a "not found" from an earlier load no longer holds."""
+        failure = await self.error(model)
+        if isinstance(failure, ModelNotFound):
+            await self._redis.delete(keys.load_error(model))
 
     async def _load(self, entry: StoreModel, plan: load_placement.LoadPlan) -> None:
         worker = plan.worker
@@ -205,7 +236,7 @@ class ModelLoader:
             log.warning("%s has no room for %s: %s", worker.worker_id, entry.name, err.message)
         except (InvalidRequest, ModelNotFound) as err:
             self.metrics.loads.labels("failed").inc()
-            await self._fail(entry.name, err.message)
+            await self._fail(entry.name, err.message, missing=isinstance(err, ModelNotFound))
         except HyperLlamaError as err:
             self.metrics.loads.labels("failed").inc()
             log.warning("loading %s on %s failed: %s", entry.name, worker.worker_id, err.message)
@@ -248,7 +279,7 @@ class ModelLoader:
                 return serving
             failure = await self.error(model)
             if failure:
-                raise InvalidRequest(failure, param="model")
+                raise failure
             await self.ensure(model)
             if time.time() >= deadline:
                 raise Unavailable(f"model '{model}' did not load in time", retry_after=1)
@@ -273,6 +304,7 @@ class ModelLoader:
             await asyncio.sleep(self.settings.sweep_seconds)
             try:
                 await self.sweep()
+                await self.keep_minimums()
             except HyperLlamaError as err:
                 log.warning("keep_alive sweep failed: %s", err.message)
 
@@ -281,6 +313,9 @@ class ModelLoader:
             info = self.registry.get(worker_id)
             if info is None or not any(m.name == model for m in info.models):
                 await self.leases.forget_copy(worker_id, model)  # the worker or the copy is gone
+                continue
+            if self._at_floor(model, await self.registry.live()):
+                await self.leases.forget_copy(worker_id, model)  # kept: the model is at its floor
                 continue
             try:
                 await self._unload(info, model, "keep_alive")

@@ -133,6 +133,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         serving = [w for w in live if any(m.name == entry.name for m in w.models) and needs.accepts(w)]
         if serving:
             return entry.name, serving
+        await self.loader.found(entry.name)
         if not any(needs.accepts(w) and load_placement.can_host(entry, w) for w in live):
             if not any(needs.accepts(w) for w in live):
                 on = f" on engine '{quote(needs.engine)}'" if needs.engine else ""

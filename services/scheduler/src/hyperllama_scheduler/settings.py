@@ -46,6 +46,10 @@ class SchedulerSettings(BaseSettings):
     replica_after_seconds: float = 5.0
     # Most copies of one model (0 = one per worker at most).
     max_copies: int = 0
+    # Copies of a model kept loaded whatever the traffic, for production: JSON, e.g.
+    # {"smollm2:135m": 2}. They load at start (on whichever workers fit) and never unload by
+    # keep_alive or eviction while they are at this floor.
+    min_copies: dict[str, int] = Field(default_factory=dict)
     redis_timeout_seconds: float = 2.0
     grace_seconds: float = 15.0
     log_level: str = "INFO"

@@ -1,29 +1,22 @@
-"""What the model store holds, as placement needs it: asked only for models no worker serves."""
+"""What the model store holds, as placement needs it: asked only for models no worker serves, and
+never cached, so a model deleted a moment ago is not loaded again."""
 
 from __future__ import annotations
-
-import time
 
 import httpx
 from hyperllama_common.errors import InvalidRequest, ModelNotFound, Unavailable, quote
 
 from hyperllama_scheduler.load_placement import StoreModel
 
-# Requests for a model that is loading ask again and again; the store's answer holds a little while.
-_CACHE_SECONDS = 2.0
 _MODEL_MEDIA = "application/vnd.ollama.image.model"
 
 
 class StoreCatalog:
     def __init__(self, store_url: str, timeout: float = 10.0):
         self._http = httpx.AsyncClient(base_url=store_url.rstrip("/"), timeout=timeout)
-        self._cache: dict[str, tuple[float, StoreModel]] = {}
 
     async def describe(self, name: str) -> StoreModel:
         """The store's model by any name Ollama accepts for it; ModelNotFound if it has none."""
-        cached = self._cache.get(name)
-        if cached is not None and time.monotonic() - cached[0] < _CACHE_SECONDS:
-            return cached[1]
         try:
             reply = await self._http.post("/store/show", json={"model": name})
         except httpx.HTTPError as err:
@@ -35,7 +28,7 @@ class StoreCatalog:
         if reply.status_code != 200:
             raise Unavailable(f"the model store answered {reply.status_code}: {_error_text(reply)}")
         body = reply.json()
-        model = StoreModel(
+        return StoreModel(
             name=str(body["name"]),
             digest="sha256:" + str(body.get("digest", "")).removeprefix("sha256:"),
             format=str(body.get("details", {}).get("format") or ""),
@@ -47,10 +40,6 @@ class StoreCatalog:
                 if layer.get("mediaType") == _MODEL_MEDIA
             ),
         )
-        if len(self._cache) > 1024:
-            self._cache.clear()
-        self._cache[name] = (time.monotonic(), model)
-        return model
 
     async def aclose(self) -> None:
         await self._http.aclose()
