@@ -9,6 +9,7 @@ models on one worker but not a third copy of anything large.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,26 +42,30 @@ def wait_until(check: Callable[[], Any], what: str, timeout: float = 60.0) -> An
         time.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
-def lifecycle(redis_url: str, logs_dir: Path) -> Iterator[LocalCluster]:
+@contextlib.contextmanager
+def empty_cluster_of(
+    redis_url: str,
+    logs_dir: Path,
+    name: str,
+    db: int,
+    workers: list[str],
+    scheduler: dict[str, str],
+    **worker: str,
+) -> Iterator[LocalCluster]:
+    """Store, one scheduler, ``workers`` llama.cpp workers that start with no model, and the gateway."""
     c = LocalCluster(
-        gateway_port=free_port(), log_dir=logs_dir / "lifecycle", redis_url=redis_url.rsplit("/", 1)[0] + "/2"
+        gateway_port=free_port(), log_dir=logs_dir / name, redis_url=redis_url.rsplit("/", 1)[0] + f"/{db}"
     )
-    (logs_dir / "lifecycle").mkdir(exist_ok=True)
+    (logs_dir / name).mkdir(exist_ok=True)
     try:
         c.start_store()
-        c.start_scheduler(sweep_seconds="0.25", replica_after_seconds="1")
-        for i in range(2):
+        c.start_scheduler(sweep_seconds="0.25", **scheduler)
+        for worker_id in workers:
             c.start_worker(
-                f"worker-{i}",
-                models="",
-                slots=str(SLOTS),
-                prompt_cache_mb="0",
-                memory_budget_mb=str(BUDGET_MB),
-                heartbeat_seconds="0.5",
+                worker_id, models="", slots=str(SLOTS), prompt_cache_mb="0", heartbeat_seconds="0.5", **worker
             )
         c.start_gateway()
-        c.wait_ready(2)
+        c.wait_ready(len(workers))
         yield c
     except BaseException:
         for p in c.processes:
@@ -68,6 +73,20 @@ def lifecycle(redis_url: str, logs_dir: Path) -> Iterator[LocalCluster]:
         raise
     finally:
         c.stop()
+
+
+@pytest.fixture(scope="module")
+def lifecycle(redis_url: str, logs_dir: Path) -> Iterator[LocalCluster]:
+    with empty_cluster_of(
+        redis_url,
+        logs_dir,
+        "lifecycle",
+        2,
+        ["worker-0", "worker-1"],
+        {"replica_after_seconds": "1"},
+        memory_budget_mb=str(BUDGET_MB),
+    ) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +212,18 @@ def test_two_models_load_at_once_and_answer(client: ollama.Client, gemma: str) -
     assert set(ps(client)) == {MODEL, gemma}
 
 
+def test_an_unload_asked_for_while_the_model_loads_or_runs_takes_effect(
+    client: ollama.Client, gemma: str
+) -> None:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(lambda: client.generate(model=gemma, prompt="Hi", options={"num_predict": 16}))
+        wait_until(lambda: gemma in ps(client), "the load to start")  # loading, or ready and running
+        assert client.generate(model=gemma, keep_alive=0).done_reason == "unload"
+        assert answer.result().response  # the request it loaded for is still served
+    # The unload came after that request began: it wins over the request's default keep_alive.
+    wait_until(lambda: gemma not in ps(client), "the unload to take effect", 20)
+
+
 def test_a_created_system_prompt_reaches_the_model(client: ollama.Client) -> None:
     client.create(
         model="smollm2-pirate:test", from_=MODEL, system="You are a pirate. Answer like one, always."
@@ -235,30 +266,10 @@ SMALL_BUDGET_MB = 600
 
 @pytest.fixture(scope="module")
 def small(redis_url: str, logs_dir: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(
-        gateway_port=free_port(), log_dir=logs_dir / "eviction", redis_url=redis_url.rsplit("/", 1)[0] + "/3"
-    )
-    (logs_dir / "eviction").mkdir(exist_ok=True)
-    try:
-        c.start_store()
-        c.start_scheduler(sweep_seconds="0.25")
-        c.start_worker(
-            "worker-small",
-            models="",
-            slots=str(SLOTS),
-            prompt_cache_mb="0",
-            memory_budget_mb=str(SMALL_BUDGET_MB),
-            heartbeat_seconds="0.5",
-        )
-        c.start_gateway()
-        c.wait_ready(1)
+    with empty_cluster_of(
+        redis_url, logs_dir, "eviction", 3, ["worker-small"], {}, memory_budget_mb=str(SMALL_BUDGET_MB)
+    ) as c:
         yield c
-    except BaseException:
-        for p in c.processes:
-            print(f"--- {p.name} ---\n{p.log_tail(80)}")
-        raise
-    finally:
-        c.stop()
 
 
 def evictions(cluster: LocalCluster) -> float:
@@ -304,22 +315,9 @@ def test_eviction_makes_room_and_never_takes_a_busy_model(small: LocalCluster) -
 @pytest.fixture(scope="module")
 def floor(redis_url: str, logs_dir: Path) -> Iterator[LocalCluster]:
     """Two empty workers and a floor of two smollm2 copies, with a keep_alive short enough to expire."""
-    c = LocalCluster(
-        gateway_port=free_port(), log_dir=logs_dir / "floor", redis_url=redis_url.rsplit("/", 1)[0] + "/4"
-    )
-    (logs_dir / "floor").mkdir(exist_ok=True)
-    try:
-        c.start_store()
-        c.start_scheduler(sweep_seconds="0.25", keep_alive_seconds="1", min_copies=f'{{"{MODEL}": 2}}')
-        for i in range(2):
-            c.start_worker(
-                f"floor-{i}", models="", slots=str(SLOTS), prompt_cache_mb="0", heartbeat_seconds="0.5"
-            )
-        c.start_gateway()
-        c.wait_ready(2)
+    scheduler = {"keep_alive_seconds": "1", "min_copies": f'{{"{MODEL}": 2}}'}
+    with empty_cluster_of(redis_url, logs_dir, "floor", 4, ["floor-0", "floor-1"], scheduler) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def test_a_floor_of_copies_loads_unasked_and_outlives_keep_alive(floor: LocalCluster) -> None:

@@ -188,15 +188,14 @@ async def test_an_abandoned_request_is_dropped_only_once_nobody_owns_it(redis_cl
 
 async def test_a_copy_with_a_live_lease_is_never_retired_and_a_retired_one_grants_nothing(redis_client):
     replica, other_replica = (SlotLeases(redis_client, 15, SchedulerMetrics()) for _ in range(2))
-    running = await replica.grant(worker(), MODEL, "a", [], queued=False, expires_at_ms=1)
+    running = await replica.grant(worker(), MODEL, "a", [], queued=False, copy_keep_alive_ms=0)
     assert running.code == GRANTED
-    assert (await replica.expiries())[("w", MODEL)] == 1  # keep_alive set at the grant, for ps
+    assert ("w", MODEL) in await replica.expiries()  # keep_alive counted from the grant, for ps
     # A stream uses the copy: no replica may mark it for unloading, and its expiry waits for the end.
     assert await other_replica.retire("w", MODEL, 60_000) == 0
     assert ("w", MODEL) not in await replica.expiries()
-    await replica.release(running.lease, expires_at_ms=2)
-    assert (await replica.expiries())[("w", MODEL)] == 2  # the last request's keep_alive wins
-    assert await replica.due() == [("w", MODEL)]
+    await replica.release(running.lease)
+    assert await replica.due() == [("w", MODEL)]  # keep_alive 0 from the stream's end: due now
     # Idle now: exactly one replica retires it, and no slot of it is granted until it is unloaded.
     assert await replica.retire("w", MODEL, 60_000) == 1
     assert await other_replica.retire("w", MODEL, 60_000) == -1
@@ -206,9 +205,39 @@ async def test_a_copy_with_a_live_lease_is_never_retired_and_a_retired_one_grant
     assert (await other_replica.grant(worker(), MODEL, "b", [], queued=False)).code == GRANTED
 
 
+async def test_the_last_request_granted_sets_the_keep_alive_even_if_an_earlier_one_ends_last(redis_client):
+    leases = SlotLeases(redis_client, 15, SchedulerMetrics())
+    first = await leases.grant(worker(), MODEL, "a", [], queued=False, copy_keep_alive_ms=600_000)
+    # An unload asked for while "a" runs (Ollama's keep_alive 0) wins when "a" ends after it.
+    await leases.set_keep_alive("w", MODEL, 0)
+    await leases.release(first.lease, keep_alive_ms=600_000)
+    assert await leases.due() == [("w", MODEL)]
+    # A copy loaded for a request keeps the keep_alive set while it loaded.
+    await leases.set_keep_alive("w", MODEL, 300_000, unless_set=True)
+    assert await leases.due() == [("w", MODEL)]
+
+
 async def test_keep_alive_forever_leaves_no_expiry(redis_client):
     leases = SlotLeases(redis_client, 15, SchedulerMetrics())
-    granted = await leases.grant(worker(), MODEL, "a", [], queued=False, expires_at_ms=None)
-    await leases.release(granted.lease, expires_at_ms=None)
+    granted = await leases.grant(worker(), MODEL, "a", [], queued=False, copy_keep_alive_ms=-1)
+    await leases.release(granted.lease, keep_alive_ms=300_000)  # the copy's own -1 wins
     assert await leases.expiries() == {}
     assert (await leases.last_used("w"))[MODEL] > 0  # eviction still sees when it served
+    await leases.prune_keep_alives(live_workers=set())
+    assert not await redis_client.exists(keys.KEEP_ALIVES)
+
+
+async def test_a_copy_that_queued_requests_wait_for_is_not_retired(redis_client):
+    q, leases = make_queue(redis_client), SlotLeases(redis_client, 15, SchedulerMetrics())
+    await admit(q, "early")
+    # An unload asked for after "early" arrived: it waits for "early" to be served, whose own
+    # keep_alive (older than the unload) does not override it.
+    await leases.set_keep_alive("w", MODEL, 0)
+    assert await leases.retire("w", MODEL, 60_000) == 0
+    granted = await leases.grant(
+        worker(), MODEL, "early", [], queued=True, copy_keep_alive_ms=300_000, arrived_ms=1
+    )
+    assert granted.code == GRANTED
+    await leases.release(granted.lease, keep_alive_ms=300_000)
+    assert await leases.due() == [("w", MODEL)]
+    assert await leases.retire("w", MODEL, 60_000) == 1

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from hyperllama.worker.v1 import worker_pb2
-from hyperllama_scheduler.load_placement import StoreModel, can_host, footprint, plan_load, victims
+from hyperllama_scheduler.load_placement import CatalogModel, can_host, footprint, plan_load, victims
 
 MiB = 2**20
-SMOLLM = StoreModel("smollm2:135m", "sha256:aa", "gguf", 98 * MiB, 23040, ("sha256:blob-smollm",))
-GEMMA = StoreModel("gemma:270m", "sha256:bb", "gguf", 253 * MiB, 18432, ("sha256:blob-gemma",))
+SMOLLM = CatalogModel("smollm2:135m", "sha256:aa", "gguf", 98 * MiB, 23040, ("sha256:blob-smollm",))
+GEMMA = CatalogModel("gemma:270m", "sha256:bb", "gguf", 253 * MiB, 18432, ("sha256:blob-gemma",))
 
 
 def worker(
@@ -34,7 +34,7 @@ def test_footprint_counts_weights_kv_and_overhead() -> None:
 def test_a_worker_hosts_only_formats_it_loads_within_its_whole_budget() -> None:
     assert can_host(SMOLLM, worker("w", 1000))
     assert not can_host(SMOLLM, worker("w", 200))
-    safetensors = StoreModel("hf", "sha256:cc", "safetensors", 10 * MiB, 0)
+    safetensors = CatalogModel("hf", "sha256:cc", "safetensors", 10 * MiB, 0)
     assert not can_host(safetensors, worker("w", 1000))
     assert not can_host(SMOLLM, worker("w", 1000, kv_tokens_per_model=0))  # cannot load on demand
 

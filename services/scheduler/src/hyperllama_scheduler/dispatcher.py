@@ -107,7 +107,7 @@ class Dispatcher:
 
     async def _place(self, model: str, request_id: str, needs: Needs, queued: bool,
                      in_use: dict[str, int] | None = None,
-                     waited: float = 0.0) -> scheduler_pb2.Lease | None:  # fmt: skip
+                     waited: float = 0.0, arrived_ms: int = 0) -> scheduler_pb2.Lease | None:  # fmt: skip
         """Try to lease a slot for the request on the best worker that has one; None if none has,
         or if its prefix's home is full and it has waited less than the patience for it."""
         workers = [w for w in await self.registry.live_for(model) if needs.requirements.accepts(w)]
@@ -138,10 +138,12 @@ class Dispatcher:
             return None  # its home will have a slot soon; elsewhere it would prefill from scratch
         while candidates:
             worker = placement.choose(candidates, free, cap, matches, len(prefixes))
-            expires = (
-                self.loader.expiry(needs.keep_alive_ms, self.loader.is_pinned(worker.worker_id, model))
+            keep = (
+                self.loader.keep_alive_for(
+                    needs.keep_alive_ms, self.loader.is_pinned(worker.worker_id, model)
+                )
                 if self.loader is not None
-                else None
+                else -1
             )
             outcome = await self.leases.grant(
                 worker,
@@ -150,7 +152,8 @@ class Dispatcher:
                 prefixes,
                 queued=queued,
                 keep_alive_ms=needs.keep_alive_ms,
-                expires_at_ms=expires,
+                copy_keep_alive_ms=keep,
+                arrived_ms=arrived_ms,
             )
             if outcome.code in (GRANTED, GRANTED_BEFORE):
                 if in_use is not None:
@@ -275,13 +278,13 @@ class Dispatcher:
             if self.loader is not None and await self.queue.depth(model):
                 await self.loader.ensure(model)  # in the store, not loaded: load it somewhere
             return
-        if self.loader is not None and self.replica_after_ms > 0:
-            oldest = await self.queue.oldest_wait_ms(model)
-            if oldest >= self.replica_after_ms:
-                await self.loader.ensure(model, extra=True)  # busy beyond its copies: one more
         in_use = await self.leases.in_use(workers, model)
         total_free = sum(max(0, capacity(w, model)[0] - in_use.get(w.worker_id, 0)) for w in workers)
         if total_free <= 0:
+            # Every slot busy and requests waiting long (not for a load: a copy serves): one more copy.
+            if self.loader is not None and self.replica_after_ms > 0:
+                if await self.queue.oldest_wait_ms(model) >= self.replica_after_ms:
+                    await self.loader.ensure(model, extra=True)
             return
         ids = await self.queue.head(model, max(16, total_free * 4))
         now_ms = time.time() * 1000
@@ -298,6 +301,7 @@ class Dispatcher:
                 continue
             waited = (now_ms - since_ms) / 1000 if since_ms else 0.0
             if await self._place(
-                model, request_id, Needs.decode(raw), queued=True, in_use=in_use, waited=waited
-            ):
+                model, request_id, Needs.decode(raw), queued=True, in_use=in_use, waited=waited,
+                arrived_ms=int(since_ms or 0),
+            ):  # fmt: skip
                 total_free -= 1

@@ -97,8 +97,13 @@ def unloading(worker_id: str, model: str) -> str:
 
 
 # When each loaded copy's keep_alive runs out: sorted set of JSON [worker id, model] scored by the
-# time (unix ms). A copy with streams running or kept forever has no entry.
+# time (unix ms). A copy kept forever, or whose streams run past its expiry, has no entry.
 EXPIRIES = f"{PREFIX}:expiries"
+
+# Each loaded copy's keep_alive (ms, -1 = forever), set by the last request granted a slot of it (or
+# an explicit load or unload), applied when its streams end: hash of the same members. Entries go
+# with their copy; those of workers gone are pruned by the sweep.
+KEEP_ALIVES = f"{PREFIX}:keepalive"
 
 
 # When each model on a worker last served (unix ms): sorted set of model names, for eviction.

@@ -30,11 +30,11 @@ PREFIXES_TTL_MS = 3_600_000
 
 # KEYS: 1 queue, 2 queue_since, 3 request, 4 request_lease, 5 grant, 6 worker_full, 7 worker_suspect,
 #       8 prefixes, 9 the lease set to add to, 10 unloading, 11 expiries, 12 last used,
-#       13.. every lease set counted against the capacity
+#       13 keep_alives, 14.. every lease set counted against the capacity
 # ARGV: 1 request id, 2 now ms, 3 lease expiry ms, 4 capacity, 5 lease (protobuf), 6 lease ttl ms,
 #       7 "queued" (take it from the queue) or "now" (only if nobody waits), 8 channel,
-#       9 the copy's member in expiries, 10 model, 11 the copy's keep_alive expiry ms ("" = never),
-#       12.. prefix hashes
+#       9 the copy's member in expiries, 10 model, 11 the request's keep_alive ms (-1 = forever),
+#       12 when the request arrived (ms), 13.. prefix hashes
 # Answers: 1 granted; 2 granted before (the existing lease is returned); 0 the request is no longer
 # queued (another replica granted it, or it left); -1 no free slot; -2 the worker is marked full or
 # suspect, or the model is being unloaded there; -3 somebody is waiting (fast path only).
@@ -52,7 +52,7 @@ if redis.call('EXISTS', KEYS[6]) == 1 or redis.call('EXISTS', KEYS[7]) == 1
    or redis.call('EXISTS', KEYS[10]) == 1 then return {-2} end
 if ARGV[7] == 'now' and redis.call('ZCARD', KEYS[1]) > 0 then return {-3} end
 local used = 0
-for i = 13, #KEYS do
+for i = 14, #KEYS do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[2])
   used = used + redis.call('ZCARD', KEYS[i])
 end
@@ -65,15 +65,24 @@ end
 redis.call('ZADD', KEYS[9], ARGV[3], ARGV[1])
 redis.call('PEXPIRE', KEYS[9], ARGV[6] * 2)
 redis.call('PSETEX', KEYS[5], ARGV[6], ARGV[5])
--- What ps shows while it runs; the release sets it again from the stream's end.
-if ARGV[11] == '' then
+-- The last request to arrive sets the copy's keep_alive (as in Ollama): not one that arrived before
+-- an explicit load or unload. The expiry counts from now for ps while it runs, and again from the
+-- stream's end.
+local set = redis.call('HGET', KEYS[13], ARGV[9])
+local keep = tonumber(ARGV[11])
+if set and tonumber(string.match(set, ':(.*)')) > tonumber(ARGV[12]) then
+  keep = tonumber(string.match(set, '^([^:]*)'))
+else
+  redis.call('HSET', KEYS[13], ARGV[9], ARGV[11] .. ':' .. ARGV[12])
+end
+if keep < 0 then
   redis.call('ZREM', KEYS[11], ARGV[9])
 else
-  redis.call('ZADD', KEYS[11], ARGV[11], ARGV[9])
+  redis.call('ZADD', KEYS[11], tonumber(ARGV[2]) + keep, ARGV[9])
 end
 redis.call('ZADD', KEYS[12], ARGV[2], ARGV[10])
-if #ARGV >= 12 then
-  for i = 12, #ARGV do redis.call('ZADD', KEYS[8], ARGV[2], ARGV[i]) end
+if #ARGV >= 13 then
+  for i = 13, #ARGV do redis.call('ZADD', KEYS[8], ARGV[2], ARGV[i]) end
   redis.call('ZREMRANGEBYRANK', KEYS[8], 0, -(PREFIXES_KEPT + 1))
   redis.call('PEXPIRE', KEYS[8], PREFIXES_TTL_MS)
 end
@@ -117,18 +126,31 @@ redis.call('HSET', KEYS[1], 'mean_ms', math.floor(mean * 0.8 + tonumber(ARGV[1])
 redis.call('PEXPIRE', KEYS[1], 86400000)
 """
 
-# KEYS: 1 the copy's lease set, 2 its unloading flag, 3 expiries. ARGV: now ms, flag ttl ms, member.
-# Marks an idle copy as being unloaded (1), so no slot of it is granted meanwhile; 0 if streams use it
-# (its keep_alive starts again when they end), -1 if another replica is unloading it already.
+# KEYS: 1 the copy's lease set, 2 its unloading flag, 3 expiries, 4 the model's queue. ARGV: now ms,
+# flag ttl ms, member. Marks an idle copy as being unloaded (1), so no slot of it is granted
+# meanwhile; 0 if streams use it or requests wait for the model (its keep_alive starts again when
+# they are served), -1 if another replica is unloading it already.
 _RETIRE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) > 0 then
+if redis.call('ZCARD', KEYS[1]) > 0 or redis.call('ZCARD', KEYS[4]) > 0 then
   redis.call('ZREM', KEYS[3], ARGV[3])
   return 0
 end
 if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return -1 end
 redis.call('ZREM', KEYS[3], ARGV[3])
 return 1
+"""
+
+# KEYS: keep_alives, expiries. ARGV: member, now ms, keep_alive ms to use if the copy has none.
+# A copy's streams ended: its expiry counts from now by the keep_alive its last request set.
+_EXPIRE_FROM_NOW = """
+local set = redis.call('HGET', KEYS[1], ARGV[1])
+local keep = tonumber(set and string.match(set, '^([^:]*)') or ARGV[3])
+if keep < 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+else
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[2]) + keep, ARGV[1])
+end
 """
 
 GRANTED, GRANTED_BEFORE, GONE, NO_SLOT, MARKED, SOMEONE_WAITS = 1, 2, 0, -1, -2, -3
@@ -181,6 +203,7 @@ class SlotLeases:
         self._observe = client.register_script(_OBSERVE)
         self._prefix_matches = client.register_script(_PREFIX_MATCHES)
         self._retire = client.register_script(_RETIRE)
+        self._expire_from_now = client.register_script(_EXPIRE_FROM_NOW)
 
     @redis_errors_as_unavailable
     async def grant(
@@ -192,10 +215,12 @@ class SlotLeases:
         *,
         queued: bool,
         keep_alive_ms: int | None = None,
-        expires_at_ms: int | None = None,
+        copy_keep_alive_ms: int = -1,
+        arrived_ms: int = 0,
     ) -> Outcome:
         """A lease on ``worker`` for the request: taken from the queue (``queued``), or at once
-        only if nobody waits for the model."""
+        only if nobody waits for the model. ``keep_alive_ms``: as the request gave it (it travels
+        with the lease); ``copy_keep_alive_ms``: what it means for this copy (-1 = forever)."""
         lease = scheduler_pb2.Lease(
             lease_id=request_id,
             worker_id=worker.worker_id,
@@ -220,6 +245,7 @@ class SlotLeases:
                 keys.unloading(worker.worker_id, model),
                 keys.EXPIRIES,
                 keys.last_used(worker.worker_id),
+                keys.KEEP_ALIVES,
                 *counted,
             ],
             args=[
@@ -233,7 +259,8 @@ class SlotLeases:
                 keys.GRANTS_CHANNEL,
                 copy_member(worker.worker_id, model),
                 model,
-                "" if expires_at_ms is None else expires_at_ms,
+                copy_keep_alive_ms,
+                arrived_ms or now,
                 *prefixes,
             ],
         )
@@ -292,21 +319,20 @@ class SlotLeases:
         lease: scheduler_pb2.Lease,
         duration_ms: int = 0,
         freed: bool = False,
-        expires_at_ms: int | None = None,
+        keep_alive_ms: int = -1,
     ) -> int:
         """Give the slot back, in one round trip; returns how many requests wait for the model (a
         dispatch pass is worth running only then). ``freed``: the worker served the stream, so a
-        "busy" it answered before is over (a slot there is free now). ``expires_at_ms``: when the
-        copy's keep_alive runs out from now on (None: never)."""
+        "busy" it answered before is over (a slot there is free now). The copy's keep_alive (set
+        by its last request, else ``keep_alive_ms``) counts from now."""
         now = _now_ms()
         member = copy_member(lease.worker_id, lease.model)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zrem(keys.leases(lease.worker_id, lease.model), lease.lease_id)
             pipe.delete(keys.grant(lease.lease_id))
-            if expires_at_ms is None:
-                pipe.zrem(keys.EXPIRIES, member)
-            else:
-                pipe.zadd(keys.EXPIRIES, {member: expires_at_ms})
+            await self._expire_from_now(
+                keys=[keys.KEEP_ALIVES, keys.EXPIRIES], args=[member, now, keep_alive_ms], client=pipe
+            )
             pipe.zadd(keys.last_used(lease.worker_id), {lease.model: now})
             pipe.pexpire(keys.last_used(lease.worker_id), 86_400_000)
             if freed:
@@ -322,7 +348,12 @@ class SlotLeases:
         """Mark an idle copy as being unloaded (see _RETIRE for the answers)."""
         return int(
             await self._retire(
-                keys=[keys.leases(worker_id, model), keys.unloading(worker_id, model), keys.EXPIRIES],
+                keys=[
+                    keys.leases(worker_id, model),
+                    keys.unloading(worker_id, model),
+                    keys.EXPIRIES,
+                    keys.queue(model),
+                ],
                 args=[_now_ms(), flag_ms, copy_member(worker_id, model)],
             )
         )
@@ -332,12 +363,31 @@ class SlotLeases:
         await self._redis.delete(keys.unloading(worker_id, model))
 
     @redis_errors_as_unavailable
-    async def set_expiry(self, worker_id: str, model: str, expires_at_ms: int | None) -> None:
+    async def set_keep_alive(
+        self, worker_id: str, model: str, keep_alive_ms: int, *, unless_set: bool = False
+    ) -> None:
+        """Give a copy a keep_alive from now (-1 = forever), as a request with no prompt does; a
+        request that arrived before yields to it. ``unless_set``: only a default for a copy just
+        loaded: one set meanwhile (an unload asked for while it loaded) stays, and any request
+        granted later overrides it."""
         member = copy_member(worker_id, model)
-        if expires_at_ms is None:
-            await self._redis.zrem(keys.EXPIRIES, member)
-        else:
-            await self._redis.zadd(keys.EXPIRIES, {member: expires_at_ms})
+        # What, and since when (requests that arrived before then yield to it).
+        value = f"{keep_alive_ms}:{0 if unless_set else _now_ms()}"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if unless_set:
+                pipe.hsetnx(keys.KEEP_ALIVES, member, value)
+            else:
+                pipe.hset(keys.KEEP_ALIVES, member, value)
+            if keep_alive_ms < 0 and not unless_set:
+                pipe.zrem(keys.EXPIRIES, member)
+            elif keep_alive_ms >= 0:
+                pipe.zadd(keys.EXPIRIES, {member: _now_ms() + keep_alive_ms}, nx=unless_set)
+            await pipe.execute()
+
+    @redis_errors_as_unavailable
+    async def retry_expiry(self, worker_id: str, model: str, at_ms: int) -> None:
+        """Look at the copy again at ``at_ms`` (its unload failed)."""
+        await self._redis.zadd(keys.EXPIRIES, {copy_member(worker_id, model): at_ms})
 
     @redis_errors_as_unavailable
     async def expiries(self) -> dict[tuple[str, str], int]:
@@ -356,8 +406,22 @@ class SlotLeases:
         return [parse_member(m) for m in members]
 
     @redis_errors_as_unavailable
-    async def forget_copy(self, worker_id: str, model: str) -> None:
-        await self._redis.zrem(keys.EXPIRIES, copy_member(worker_id, model))
+    async def forget_copy(self, worker_id: str, model: str, keep_alive: bool = True) -> None:
+        """No expiry for the copy; with ``keep_alive``, nor its keep_alive (it is gone)."""
+        member = copy_member(worker_id, model)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(keys.EXPIRIES, member)
+            if keep_alive:
+                pipe.hdel(keys.KEEP_ALIVES, member)
+            await pipe.execute()
+
+    @redis_errors_as_unavailable
+    async def prune_keep_alives(self, live_workers: set[str]) -> None:
+        """Drop the keep_alives of copies on workers no longer registered."""
+        members = cast(list[bytes], await self._redis.hkeys(keys.KEEP_ALIVES))
+        gone = [m for m in members if parse_member(m)[0] not in live_workers]
+        if gone:
+            await self._redis.hdel(keys.KEEP_ALIVES, *gone)
 
     @redis_errors_as_unavailable
     async def last_used(self, worker_id: str) -> dict[str, int]:

@@ -13,7 +13,7 @@ from hyperllama.worker.v1 import worker_pb2
 
 
 @dataclass(frozen=True)
-class StoreModel:
+class CatalogModel:
     """What placement needs to know of a model in the store."""
 
     name: str
@@ -30,14 +30,14 @@ class LoadPlan:
     evict: tuple[str, ...] = ()
 
 
-def footprint(model: StoreModel, worker: worker_pb2.WorkerInfo) -> int:
+def footprint(model: CatalogModel, worker: worker_pb2.WorkerInfo) -> int:
     """What the model would take of the worker's budget: weights, its slots' KV cache, buffers."""
     return (
         model.size + model.kv_bytes_per_token * worker.kv_tokens_per_model + worker.overhead_bytes_per_model
     )
 
 
-def can_host(model: StoreModel, worker: worker_pb2.WorkerInfo) -> bool:
+def can_host(model: CatalogModel, worker: worker_pb2.WorkerInfo) -> bool:
     """The worker's engine loads the model's format and its whole budget could hold it."""
     return (
         model.format in worker.formats
@@ -51,7 +51,7 @@ def free_bytes(worker: worker_pb2.WorkerInfo) -> int:
 
 
 def victims(
-    model: StoreModel,
+    model: CatalogModel,
     worker: worker_pb2.WorkerInfo,
     busy: set[str],
     last_used_ms: dict[str, int],
@@ -80,7 +80,7 @@ def victims(
 
 
 def plan_load(
-    model: StoreModel,
+    model: CatalogModel,
     workers: list[worker_pb2.WorkerInfo],
     busy: dict[str, set[str]],
     last_used_ms: dict[str, dict[str, int]],

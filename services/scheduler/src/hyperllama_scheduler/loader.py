@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
@@ -35,7 +36,7 @@ from hyperllama_common.worker_client import WorkerClients
 
 from hyperllama_scheduler import keys, load_placement
 from hyperllama_scheduler.leases import SlotLeases
-from hyperllama_scheduler.load_placement import StoreModel
+from hyperllama_scheduler.load_placement import CatalogModel
 from hyperllama_scheduler.metrics import SchedulerMetrics
 from hyperllama_scheduler.queue import RequestQueue, redis_errors_as_unavailable
 from hyperllama_scheduler.registry import WorkerRegistry
@@ -50,6 +51,8 @@ RETRY_MS = 3000
 ERROR_MS = 10_000
 # How long a copy is marked as unloading at most (a replica that dies mid-unload lets it lapse).
 UNLOADING_MS = 60_000
+# Sweeps between two prunes of keep_alives left by workers that are gone.
+PRUNE_EVERY = 60
 
 
 def _now_ms() -> int:
@@ -82,14 +85,14 @@ class ModelLoader:
 
     # ---- keep_alive --------------------------------------------------------------------------
 
-    def expiry(self, keep_alive_ms: int | None, pinned: bool) -> int | None:
-        """When a copy released now unloads (unix ms), None for never. No keep_alive given means the
-        cluster's default, except for a model its worker is configured to keep."""
-        if keep_alive_ms is None:
-            if pinned or self.settings.keep_alive_seconds < 0:
-                return None
-            keep_alive_ms = int(self.settings.keep_alive_seconds * 1000)
-        return None if keep_alive_ms < 0 else _now_ms() + keep_alive_ms
+    def keep_alive_for(self, keep_alive_ms: int | None, pinned: bool) -> int:
+        """What a request's keep_alive means for a copy, in ms (-1 = forever). None (the request did
+        not say) is the cluster's default, except for a model its worker is configured to keep."""
+        if keep_alive_ms is not None:
+            return max(-1, keep_alive_ms)
+        if pinned or self.settings.keep_alive_seconds < 0:
+            return -1
+        return int(self.settings.keep_alive_seconds * 1000)
 
     def is_pinned(self, worker_id: str, model: str) -> bool:
         info = self.registry.get(worker_id)
@@ -97,7 +100,7 @@ class ModelLoader:
 
     # ---- loading -----------------------------------------------------------------------------
 
-    async def describe(self, model: str) -> StoreModel:
+    async def describe(self, model: str) -> CatalogModel:
         return await self.catalog.describe(model)
 
     def copies(self, model: str, live: list[worker_pb2.WorkerInfo]) -> list[worker_pb2.WorkerInfo]:
@@ -146,7 +149,7 @@ class ModelLoader:
     def load_ms(self) -> int:
         return int(self.settings.load_timeout_seconds * 1000)
 
-    def no_host_message(self, entry: StoreModel, live: list[worker_pb2.WorkerInfo]) -> str:
+    def no_host_message(self, entry: CatalogModel, live: list[worker_pb2.WorkerInfo]) -> str:
         formats = sorted({f for w in live for f in w.formats})
         if entry.format not in formats:
             return (
@@ -213,7 +216,7 @@ class ModelLoader:
         if isinstance(failure, ModelNotFound):
             await self._redis.delete(keys.load_error(model))
 
-    async def _load(self, entry: StoreModel, plan: load_placement.LoadPlan) -> None:
+    async def _load(self, entry: CatalogModel, plan: load_placement.LoadPlan) -> None:
         worker = plan.worker
         started = time.monotonic()
         loaded = False
@@ -224,8 +227,11 @@ class ModelLoader:
                     return  # it became busy meanwhile: the next pass plans again
             info = await self.workers.load(worker.address, entry.name, entry.digest, self.load_ms / 1000)
             await self.registry.heartbeat(info)
-            # A copy nobody uses unloads after the default keep_alive, like one whose stream ended.
-            await self.leases.set_expiry(worker.worker_id, entry.name, self.expiry(None, False))
+            # A copy nobody uses unloads after the default keep_alive, like one whose stream ended,
+            # or sooner if an unload was asked for while it loaded.
+            await self.leases.set_keep_alive(
+                worker.worker_id, entry.name, self.keep_alive_for(None, False), unless_set=True
+            )
             await self._redis.delete(keys.load_error(entry.name))
             loaded = True
             self.metrics.loads.labels("ok").inc()
@@ -260,11 +266,12 @@ class ModelLoader:
             return False
         except HyperLlamaError:
             # The worker did not answer: try again at the next sweep but one.
-            await self.leases.set_expiry(worker.worker_id, model, _now_ms() + RETRY_MS)
+            await self.leases.retry_expiry(worker.worker_id, model, _now_ms() + RETRY_MS)
             raise
         finally:
             await self.leases.retired(worker.worker_id, model)
         await self.registry.heartbeat(info)
+        await self.leases.forget_copy(worker.worker_id, model)
         self.metrics.unloads.labels(reason).inc()
         log.info("unloaded %s from %s (%s)", model, worker.worker_id, reason)
         return True
@@ -289,33 +296,40 @@ class ModelLoader:
     # ---- unloading ---------------------------------------------------------------------------
 
     async def unload_everywhere(self, model: str) -> int:
-        """Unload every idle copy now; a busy one unloads when its streams end (keep_alive 0)."""
+        """Unload every idle copy now; one that is busy, still loading, or that requests queued
+        before this one wait for, unloads when they are served (keep_alive 0 from now on)."""
         done = 0
+        waiting = await self.queue.depth(model)
         for w in self.copies(model, await self.registry.live(fresh=True)):
-            if await self._unload(w, model, "requested"):
+            if not waiting and await self._unload(w, model, "requested"):
                 done += 1
             else:
-                await self.leases.set_expiry(w.worker_id, model, _now_ms())
+                await self.leases.set_keep_alive(w.worker_id, model, 0)
         return done
 
     async def sweep_forever(self) -> None:
         """Unload the copies whose keep_alive ran out; every replica runs it."""
-        while True:
+        for count in itertools.count():
             await asyncio.sleep(self.settings.sweep_seconds)
             try:
                 await self.sweep()
                 await self.keep_minimums()
+                if count % PRUNE_EVERY == 0:
+                    await self.leases.prune_keep_alives({w.worker_id for w in await self.registry.live()})
             except HyperLlamaError as err:
                 log.warning("keep_alive sweep failed: %s", err.message)
 
     async def sweep(self) -> None:
         for worker_id, model in await self.leases.due():
             info = self.registry.get(worker_id)
+            if info is not None and any(m.name == model for m in info.loading):
+                continue  # unloaded once loaded (a sweep after that finds it due still)
             if info is None or not any(m.name == model for m in info.models):
                 await self.leases.forget_copy(worker_id, model)  # the worker or the copy is gone
                 continue
             if self._at_floor(model, await self.registry.live()):
-                await self.leases.forget_copy(worker_id, model)  # kept: the model is at its floor
+                # Kept: the model is at its floor.
+                await self.leases.forget_copy(worker_id, model, keep_alive=False)
                 continue
             try:
                 await self._unload(info, model, "keep_alive")

@@ -275,9 +275,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         _check_lease(lease)
         done = outcome == Outcome.RELEASE_OUTCOME_DONE
         keep_alive = lease.keep_alive_ms if lease.HasField("keep_alive_ms") else None
-        expires = self.loader.expiry(keep_alive, self.loader.is_pinned(lease.worker_id, lease.model))
+        keep = self.loader.keep_alive_for(keep_alive, self.loader.is_pinned(lease.worker_id, lease.model))
         waiting = await self.leases.release(
-            lease, request.duration_ms if done else 0, freed=done, expires_at_ms=expires
+            lease, request.duration_ms if done else 0, freed=done, keep_alive_ms=keep
         )
         if outcome == Outcome.RELEASE_OUTCOME_BUSY:
             # The worker is the authority on its slots: asked again later, never deemed broken.
@@ -413,9 +413,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         serving = await self.loader.wait_loaded(model, deadline)
         keep_alive = request.keep_alive_ms if request.HasField("keep_alive_ms") else None
         for w in serving:
-            expires = self.loader.expiry(keep_alive, self.loader.is_pinned(w.worker_id, model))
-            if (await self.leases.in_use([w], model)).get(w.worker_id, 0) == 0:
-                await self.leases.set_expiry(w.worker_id, model, expires)
+            keep = self.loader.keep_alive_for(keep_alive, self.loader.is_pinned(w.worker_id, model))
+            await self.leases.set_keep_alive(w.worker_id, model, keep)
         return scheduler_pb2.LoadModelResponse(model=model)
 
     async def UnloadModel(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 from hyperllama_common.errors import InvalidRequest, ModelNotFound, Unavailable, quote
 
-from hyperllama_scheduler.load_placement import StoreModel
+from hyperllama_scheduler.load_placement import CatalogModel
 
 _MODEL_MEDIA = "application/vnd.ollama.image.model"
 
@@ -15,7 +15,7 @@ class StoreCatalog:
     def __init__(self, store_url: str, timeout: float = 10.0):
         self._http = httpx.AsyncClient(base_url=store_url.rstrip("/"), timeout=timeout)
 
-    async def describe(self, name: str) -> StoreModel:
+    async def describe(self, name: str) -> CatalogModel:
         """The store's model by any name Ollama accepts for it; ModelNotFound if it has none."""
         try:
             reply = await self._http.post("/store/show", json={"model": name})
@@ -28,7 +28,7 @@ class StoreCatalog:
         if reply.status_code != 200:
             raise Unavailable(f"the model store answered {reply.status_code}: {_error_text(reply)}")
         body = reply.json()
-        return StoreModel(
+        return CatalogModel(
             name=str(body["name"]),
             digest="sha256:" + str(body.get("digest", "")).removeprefix("sha256:"),
             format=str(body.get("details", {}).get("format") or ""),

@@ -78,7 +78,8 @@ async def serve(settings: WorkerSettings) -> int:
         formats=FORMATS,
     )
     changed = asyncio.Event()  # a load or unload: heartbeat now rather than at the next interval
-    servicer = WorkerServicer(models, info, tracing, on_change=changed.set)
+    models.on_change = changed.set
+    servicer = WorkerServicer(models, info, tracing)
     failed = asyncio.Event()
     not_serving: list[asyncio.Task[None]] = []
 

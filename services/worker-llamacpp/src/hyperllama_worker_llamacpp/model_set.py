@@ -52,6 +52,8 @@ class ModelSet:
         self.loading: dict[str, worker_pb2.ModelInfo] = {}
         self._lock = asyncio.Lock()  # one load at a time: two would both count the same free memory
         self._failure_listeners: list[Callable[[], None]] = []
+        # Called when a load starts or ends and after an unload, so the scheduler hears of it at once.
+        self.on_change: Callable[[], None] = lambda: None
 
     @property
     def kv_tokens(self) -> int:
@@ -128,6 +130,7 @@ class ModelSet:
             needed = self.footprint(int(described.get("size") or 0), kv_per_token)
             self._check_fits(name, needed)
             self.loading[name] = worker_pb2.ModelInfo(name=name, format="gguf", memory_bytes=needed)
+            self.on_change()
             try:
                 fetched = await self.source.fetch(name, digest)
                 spec = ModelSpec(
@@ -142,12 +145,15 @@ class ModelSet:
                 await self._add(spec, fetched.size)
             finally:
                 self.loading.pop(name, None)
+                self.on_change()
         seconds = time.monotonic() - started
         log.info("loaded %s on demand in %.2fs", name, seconds)
         return seconds
 
     async def unload(self, name: str, admitted: int) -> None:
         """Stop serving ``name`` and free its memory; ``admitted``: the streams the servicer counts."""
+        if name in self.loading:
+            raise ModelInUse(f"model '{name}' is still loading here")
         engine = self.engines.get(name)
         if engine is None:
             raise ModelNotFound(f"model '{name}' is not loaded on this worker")
@@ -160,6 +166,7 @@ class ModelSet:
             embedder = self.embedders.pop(name)
             self.footprints.pop(name, None)
             await asyncio.to_thread(_close, engine, embedder)
+        self.on_change()
         log.info("unloaded %s", name)
 
     def close(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
@@ -42,14 +42,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         models: ModelSet,
         info: worker_pb2.WorkerInfo,
         tracing: Tracing,
-        on_change: Callable[[], None] = lambda: None,
     ):
         self.models = models
         self.engines = models.engines  # the same dicts: models loaded later are served at once
         self.embedders = models.embedders
         self.tracing = tracing
-        # Called after a load or unload, so the scheduler hears of it before the next heartbeat.
-        self._on_change = on_change
         self.info = info
         self._running: dict[str, tuple[BatchEngine, Sequence]] = {}
         # Generations holding a slot, per model, counted by the handlers: one is admitted before it
@@ -206,7 +203,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         if not request.model:
             raise InvalidRequest("model is required", param="model")
         await self.models.load(request.model, request.digest)
-        self._on_change()
         return worker_pb2.LoadResponse(worker=self.snapshot())
 
     async def Unload(
@@ -215,5 +211,4 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         busy = self._admitted.get(request.model, 0) + self._preparing.get(request.model, 0)
         await self.models.unload(request.model, busy)
         self._admitted.pop(request.model, None)
-        self._on_change()
         return worker_pb2.UnloadResponse(worker=self.snapshot())
