@@ -178,6 +178,14 @@ def test_empty_request_loads_and_keep_alive_zero_unloads(client: ollama.Client) 
     unloaded = client.generate(model=MODEL, keep_alive=0)
     assert unloaded.done and unloaded.done_reason == "unload"
     assert MODEL not in ps(client)
+    # Unloading what is loaded nowhere is fine; a model that does not exist is a 404, as in Ollama.
+    assert client.generate(model=MODEL, keep_alive=0).done_reason == "unload"
+    with pytest.raises(ollama.ResponseError) as missing:
+        client.generate(model="no-such-model:1", keep_alive=0)
+    assert missing.value.status_code == 404
+    with pytest.raises(ollama.ResponseError) as missing:
+        client.chat(model="no-such-model:1", messages=[])
+    assert missing.value.status_code == 404
 
 
 def test_keep_alive_expiry_unloads_an_idle_model(client: ollama.Client) -> None:

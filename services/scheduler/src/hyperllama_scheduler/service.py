@@ -427,8 +427,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         if not self.loader.copies(model, live):
             try:
                 model = (await self.loader.describe(model)).name
-            except (ModelNotFound, Unavailable):
+            except Unavailable:
                 return scheduler_pb2.UnloadModelResponse(model=request.model)  # loaded nowhere
+            # A model the store does not have either: ModelNotFound (404), as Ollama answers.
         unloaded = await self.loader.unload_everywhere(model)
         return scheduler_pb2.UnloadModelResponse(model=model, unloaded=unloaded)
 
