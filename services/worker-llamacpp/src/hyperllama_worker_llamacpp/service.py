@@ -55,6 +55,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         # its own slot a decode step later at most (a cancel); a request admitted in between waits
         # in the engine's queue for that step.
         self._admitted: dict[str, int] = {}
+        # Calls using a model outside a slot (tokenizing a prompt, embedding): an unload waits for
+        # them too, since it frees what they use.
         self._preparing: dict[str, int] = {}
 
     def _engine(self, name: str) -> BatchEngine:
@@ -106,7 +108,6 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         span = self.tracing.tracer.start_span(
             "llama.generate", attributes={"gen_ai.request.model": request.model}
         )
-        # Counted while it tokenizes, so that an unload cannot close the model under it.
         self._preparing[request.model] = self._preparing.get(request.model, 0) + 1
         try:
             seq = await asyncio.to_thread(engine.prepare, request, emit)
@@ -182,7 +183,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self, request: worker_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb2.EmbedResponse:
         self._engine(request.model)  # the model is served here and its engine is alive
-        return await self.embedders[request.model].embed(list(request.inputs), request.truncate)
+        self._preparing[request.model] = self._preparing.get(request.model, 0) + 1
+        try:
+            return await self.embedders[request.model].embed(list(request.inputs), request.truncate)
+        finally:
+            self._preparing[request.model] -= 1
 
     async def Info(
         self, request: worker_pb2.InfoRequest, context: grpc.aio.ServicerContext
