@@ -183,6 +183,8 @@ class ModelLoader:
 
     async def keep_minimums(self) -> None:
         """Load copies of the models configured with a floor until each has that many."""
+        if not self.settings.min_copies:
+            return
         live = await self.registry.live()
         for model, floor in self.settings.min_copies.items():
             held = self.copies(model, live)

@@ -91,6 +91,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
 
         As in Ollama, a name without a tag means ``:latest``."""
         live = await self.registry.live()
+        if not any(m.name in (model, f"{model}:latest") for w in live for m in w.models):
+            # The copy of the registry may be a second old: a worker that registered through another
+            # replica since, or a model loaded meanwhile, is in Redis already.
+            live = await self.registry.live(fresh=True)
         if not live:
             raise Unavailable("no worker is ready yet; retry shortly", retry_after=1)
         names = {m.name for w in live for m in w.models}
