@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from hyperllama_store.app import create_app
 from hyperllama_store.blobs import BlobWriter
@@ -333,3 +334,93 @@ async def test_blob_download_with_ranges(client: httpx.AsyncClient, root: Path) 
 
 def test_bundled_name() -> None:
     assert str(BUNDLED_NAME) == "registry.ollama.ai/library/smollm2:135m"
+
+
+def _safetensors(tensors: dict[str, tuple[str, list[int]]]) -> bytes:
+    """A real safetensors file: its JSON header, then zeroed tensor data."""
+    header, offset = {}, 0
+    for name, (dtype, shape) in tensors.items():
+        size = 4 * int(np.prod(shape))
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw + bytes(offset)
+
+
+async def _upload(client: httpx.AsyncClient, files: dict[str, bytes]) -> dict[str, str]:
+    digests = {}
+    for name, data in files.items():
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        assert (await client.post(f"/store/blobs/{digest}", content=data)).status_code in (200, 201)
+        digests[name] = digest
+    return digests
+
+
+MODEL_DIRECTORY = {
+    "config.json": json.dumps({"model_type": "llama", "max_position_embeddings": 2048}).encode(),
+    "model.safetensors": _safetensors({"a": ("F32", [10, 100]), "b": ("F32", [24])}),
+    "tokenizer.json": b'{"version": "1.0"}',
+    "chat_template.jinja": b"{% for m in messages %}{{ m.content }}{% endfor %}",
+}
+
+
+async def test_create_from_a_model_directory(client: httpx.AsyncClient, root: Path) -> None:
+    digests = await _upload(client, MODEL_DIRECTORY)
+    response = await client.post("/store/create", json={"model": "tiny-hf:1", "files": digests})
+    assert response.status_code == 200
+    assert _lines(response)[-2:] == [{"status": "writing manifest"}, {"status": "success"}]
+    # One layer per file, each named by its OCI title annotation, so a worker can lay the directory out.
+    manifest = _manifest(root, "registry.ollama.ai/library/tiny-hf:1")
+    assert sorted((x.filename, x.digest) for x in manifest.layers) == sorted(
+        (name, digest) for name, digest in digests.items()
+    )
+    raw = json.loads((root / "manifests/registry.ollama.ai/library/tiny-hf/1").read_bytes())
+    assert {"org.opencontainers.image.title": "model.safetensors"} in [
+        x.get("annotations") for x in raw["layers"]
+    ]
+    shown = (await client.post("/store/show", json={"model": "tiny-hf:1"})).json()
+    assert shown["details"]["format"] == "safetensors"
+    assert shown["details"]["family"] == "llama"
+    assert shown["details"]["parameter_size"] == "1.02K"
+    assert shown["details"]["quantization_level"] == "F32"
+    assert shown["context_length"] == 2048
+    assert shown["template"] == "{% for m in messages %}{{ m.content }}{% endfor %}"
+    assert shown["template_from_layer"] is False
+    # A model made from it with a system prompt keeps the files and their details.
+    derived = await client.post(
+        "/store/create", json={"model": "tiny-hf:sys", "from": "tiny-hf:1", "system": "Be brief."}
+    )
+    assert _lines(derived)[-1] == {"status": "success"}
+    shown = (await client.post("/store/show", json={"model": "tiny-hf:sys"})).json()
+    assert shown["details"]["format"] == "safetensors" and shown["system"] == "Be brief."
+    assert {x.filename for x in _manifest(root, "registry.ollama.ai/library/tiny-hf:sys").layers} >= set(
+        digests
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"../config.json": "config.json"}, "is not a plain file name"),
+        ({"sub/model.safetensors": "model.safetensors"}, "is not a plain file name"),
+        ({"config.json": None}, "needs its config.json"),
+        ({"model.safetensors": None}, "needs its *.safetensors weights"),
+        ({"model.safetensors": "tokenizer.json"}, "model.safetensors is not a safetensors file"),
+        ({"config.json": "chat_template.jinja"}, "config.json is not valid JSON"),
+    ],
+)
+async def test_create_from_a_bad_model_directory(
+    client: httpx.AsyncClient, root: Path, change: dict[str, str | None], message: str
+) -> None:
+    digests = await _upload(client, MODEL_DIRECTORY)
+    files = dict(digests)
+    for name, source in change.items():
+        if source is None:
+            files.pop(name)
+        else:
+            files.pop(source, None)
+            files[name] = digests[source]
+    response = await client.post("/store/create", json={"model": "bad-hf", "files": files})
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+    assert not (root / "manifests/registry.ollama.ai/library/bad-hf").exists()

@@ -1,8 +1,8 @@
 """Small pure pieces of the llama.cpp worker."""
 
 from hyperllama.worker.v1 import worker_pb2
+from hyperllama_common.hf_files import human_parameter_count
 from hyperllama_worker_llamacpp.main import parse_cpus
-from hyperllama_worker_llamacpp.model_info import human_parameter_count
 from hyperllama_worker_llamacpp.registry import load_registry, normalize_name, select
 from hyperllama_worker_llamacpp.service import merge_chunks
 

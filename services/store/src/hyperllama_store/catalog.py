@@ -14,6 +14,7 @@ from hyperllama_common.errors import ModelNotFound, quote
 from hyperllama_store.gguf_info import GGUFCache, GGUFInfo, is_gguf
 from hyperllama_store.layout import Layout
 from hyperllama_store.manifest import (
+    MEDIA_HF_FILE,
     MEDIA_LICENSE,
     MEDIA_MESSAGES,
     MEDIA_MODEL,
@@ -152,6 +153,11 @@ class Catalog:
             for layer in manifest.layers
             if layer.media_type == MEDIA_LICENSE and (text := self._read_text(layer.digest)) is not None
         ]
+        # A model directory's own config.json and tokenizer_config.json (small JSON files).
+        hf_config = self._hf_json(manifest, "config.json")
+        hf_template = self._hf_text(manifest, "chat_template.jinja") or self._hf_json(
+            manifest, "tokenizer_config.json"
+        ).get("chat_template")
         fmt = str(config.get("model_format") or ("gguf" if info else "safetensors"))
         family = str(config.get("model_family") or (info.architecture if info else ""))
         families = config.get("model_families") or ([family] if family else [])
@@ -165,8 +171,8 @@ class Catalog:
             families=[str(f) for f in families],
             parameter_size=str(config.get("model_type") or (info.parameter_size if info else "")),
             quantization_level=str(config.get("file_type") or (info.file_type if info else "")),
-            context_length=info.context_length if info else None,
-            template=template if template is not None else (info.chat_template if info else None),
+            context_length=info.context_length if info else _int(hf_config.get("max_position_embeddings")),
+            template=template if template is not None else _own_template(info, hf_template),
             template_from_layer=template is not None,
             system=self._text(manifest, MEDIA_SYSTEM),
             parameters=params if isinstance(params, dict) else {},
@@ -212,9 +218,35 @@ class Catalog:
         except ValueError:
             return None
 
+    def _hf_text(self, manifest: Manifest, filename: str) -> str | None:
+        layer = next(
+            (x for x in manifest.layers if x.media_type == MEDIA_HF_FILE and x.filename == filename), None
+        )
+        return self._read_text(layer.digest) if layer else None
+
+    def _hf_json(self, manifest: Manifest, filename: str) -> dict[str, Any]:
+        text = self._hf_text(manifest, filename)
+        try:
+            value = json.loads(text) if text else None
+        except ValueError:
+            value = None
+        return value if isinstance(value, dict) else {}
+
     def _json_layer(self, manifest: Manifest, media_type: str) -> Any:
         layer = manifest.layer(media_type)
         return self._json_blob(layer.digest) if layer else None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _own_template(info: GGUFInfo | None, directory_template: Any) -> str | None:
+    """The model's own (Jinja) chat template: the GGUF's, or a model directory's (chat_template.jinja,
+    else tokenizer_config.json's chat_template)."""
+    if info is not None:
+        return info.chat_template
+    return directory_template if isinstance(directory_template, str) else None
 
 
 def _capabilities(info: GGUFInfo | None) -> list[str]:

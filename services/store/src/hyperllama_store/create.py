@@ -1,4 +1,5 @@
-"""Ollama's JSON create: a new manifest from an existing model and/or an uploaded GGUF blob, with template,
+"""Ollama's JSON create: a new manifest from an existing model and/or uploaded files (one GGUF blob, or the
+files of a Hugging Face safetensors directory for the engines that load those), with template,
 system, parameters, messages and license layers, and the NDJSON status lines Ollama's create streams.
 
 Everything a client can get wrong is checked in ``plan_create`` before the first line is sent, so those
@@ -9,11 +10,14 @@ model that is not in the store is pulled inside the create stream, as Ollama doe
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from hyperllama_common.errors import InvalidRequest, ModelNotFound, quote
+from hyperllama_common.hf_files import human_parameter_count, valid_filename, weights_of
 from pydantic import BaseModel, ConfigDict, Field
 
 from hyperllama_store.catalog import CatalogEntry
@@ -21,6 +25,7 @@ from hyperllama_store.gguf_info import GGUFInfo, is_gguf
 from hyperllama_store.gojson import go_json
 from hyperllama_store.manifest import (
     CONFIG_MEDIA_TYPE,
+    MEDIA_HF_FILE,
     MEDIA_LICENSE,
     MEDIA_MESSAGES,
     MEDIA_MODEL,
@@ -77,7 +82,10 @@ class CreatePlan:
     existing_params: dict[str, Any] = field(default_factory=dict)
     # Set when ``from`` is not in the store: pulled first, then read as the base.
     pull_from: ModelName | None = None
-    model_file: _Base | None = None  # the uploaded GGUF that replaces the base's model layer
+    # The uploaded GGUF, or the files of a model directory, that replace the base's model layers.
+    model_files: list[_Base] = field(default_factory=list)
+    # What the uploaded model directory says of itself (format, family, size, dtypes), for the config.
+    model_config: dict[str, Any] = field(default_factory=dict)
 
 
 async def plan_create(store: Store, req: CreateRequest) -> CreatePlan:
@@ -101,23 +109,77 @@ async def plan_create(store: Store, req: CreateRequest) -> CreatePlan:
         else:
             await _use_base(store, plan, entry)
     if req.files:
-        if len(req.files) != 1:
-            raise InvalidRequest("only one GGUF file is supported", param="files")
-        (filename, raw), *_ = req.files.items()
-        digest = parse_digest(raw)
-        path = store.layout.blob_path(digest)
-        if not path.is_file():
-            raise InvalidRequest(
-                f"blob {digest} for {quote(filename)!r} not found: upload it first", param="files"
-            )
-        if not await asyncio.to_thread(is_gguf, path):
-            raise InvalidRequest(f"{quote(filename)!r} is not a GGUF file", param="files")
-        info = await asyncio.to_thread(_gguf_info, store, digest)
-        plan.model_file = _Base(
-            Layer(MEDIA_MODEL, digest, path.stat().st_size), info, f"using existing layer {digest}"
-        )
-        plan.parsed_gguf = True
+        if len(req.files) == 1 and not _directory_file(next(iter(req.files))):
+            await _plan_gguf(store, plan, *next(iter(req.files.items())))
+        else:
+            await asyncio.to_thread(_plan_directory, store, plan, req.files)
     return plan
+
+
+def _directory_file(filename: str) -> bool:
+    """A file that only makes sense in a model directory (a lone GGUF may have any name)."""
+    return filename.endswith((".safetensors", ".json", ".jinja"))
+
+
+def _blob(store: Store, filename: str, raw: str) -> tuple[str, Path]:
+    digest = parse_digest(raw)
+    path = store.layout.blob_path(digest)
+    if not path.is_file():
+        raise InvalidRequest(
+            f"blob {digest} for {quote(filename)!r} not found: upload it first", param="files"
+        )
+    return digest, path
+
+
+async def _plan_gguf(store: Store, plan: CreatePlan, filename: str, raw: str) -> None:
+    digest, path = _blob(store, filename, raw)
+    if not await asyncio.to_thread(is_gguf, path):
+        raise InvalidRequest(f"{quote(filename)!r} is not a GGUF file", param="files")
+    info = await asyncio.to_thread(_gguf_info, store, digest)
+    layer = Layer(MEDIA_MODEL, digest, path.stat().st_size)
+    plan.model_files = [_Base(layer, info, f"using existing layer {digest}")]
+    plan.parsed_gguf = True
+
+
+def _plan_directory(store: Store, plan: CreatePlan, files: dict[str, str]) -> None:
+    """A Hugging Face model directory: config.json and safetensors weights (and tokenizer files), kept
+    as they are, one layer per file, for the engines that load such a directory (vLLM, MAX)."""
+    paths: dict[str, Path] = {}
+    for filename, raw in sorted(files.items()):
+        if not valid_filename(filename):
+            raise InvalidRequest(
+                f"{quote(filename)!r} is not a plain file name (letters, digits, '.', '_', '-')",
+                param="files",
+            )
+        digest, path = _blob(store, filename, raw)
+        paths[filename] = path
+        layer = Layer(MEDIA_HF_FILE, digest, path.stat().st_size, filename)
+        plan.model_files.append(_Base(layer, None, f"using existing layer {digest}"))
+    if "config.json" not in paths:
+        raise InvalidRequest(
+            "a model directory needs its config.json (or give a single GGUF file)", param="files"
+        )
+    try:
+        config = json.loads(paths["config.json"].read_bytes())
+    except (OSError, ValueError) as err:
+        raise InvalidRequest(f"config.json is not valid JSON: {err}", param="files") from None
+    if not isinstance(config, dict):
+        raise InvalidRequest("config.json is not a JSON object", param="files")
+    weights = {name: path for name, path in paths.items() if name.endswith(".safetensors")}
+    if not weights:
+        raise InvalidRequest("a model directory needs its *.safetensors weights", param="files")
+    try:
+        summary = weights_of(weights)
+    except (OSError, ValueError) as err:
+        raise InvalidRequest(str(err), param="files") from None
+    family = str(config.get("model_type") or "")
+    plan.model_config = {
+        "model_format": "safetensors",
+        "model_family": family,
+        "model_families": [family] if family else [],
+        "model_type": human_parameter_count(summary.parameter_count),
+        "file_type": summary.quantization,
+    }
 
 
 async def _use_base(store: Store, plan: CreatePlan, entry: CatalogEntry) -> None:
@@ -131,13 +193,13 @@ async def _use_base(store: Store, plan: CreatePlan, entry: CatalogEntry) -> None
 
 
 def _with_model_file(plan: CreatePlan) -> CreatePlan:
-    """An uploaded model file replaces the base's; its metadata describes the model from now on."""
-    if plan.model_file is None:
+    """Uploaded model files replace the base's; their metadata describes the model from now on."""
+    if not plan.model_files:
         return plan
-    base = [plan.model_file, *(b for b in plan.base if b.layer.media_type != MEDIA_MODEL)]
+    kept = [b for b in plan.base if b.layer.media_type not in (MEDIA_MODEL, MEDIA_HF_FILE)]
     known = ("model_format", "model_family", "model_families", "model_type", "file_type")
     config = {k: v for k, v in plan.config.items() if k not in known}
-    return replace(plan, base=base, config=config)
+    return replace(plan, base=[*plan.model_files, *kept], config={**plan.model_config, **config})
 
 
 def _gguf_info(store: Store, digest: str) -> GGUFInfo | None:

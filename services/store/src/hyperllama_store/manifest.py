@@ -23,6 +23,10 @@ MEDIA_LICENSE = "application/vnd.ollama.image.license"
 MEDIA_MESSAGES = "application/vnd.ollama.image.messages"
 MEDIA_PROJECTOR = "application/vnd.ollama.image.projector"
 MEDIA_ADAPTER = "application/vnd.ollama.image.adapter"
+# One file of a Hugging Face model directory (config.json, tokenizer files, *.safetensors) for the engines
+# that load such a directory (vLLM, MAX); its file name is the layer's OCI title annotation.
+MEDIA_HF_FILE = "application/vnd.hyperllama.huggingface.file"
+TITLE_ANNOTATION = "org.opencontainers.image.title"
 
 
 @dataclass(frozen=True)
@@ -30,9 +34,14 @@ class Layer:
     media_type: str
     digest: str
     size: int
+    # The file name a layer of a model directory has there (empty for Ollama's layers).
+    filename: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        body: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.filename:
+            body["annotations"] = {TITLE_ANNOTATION: self.filename}
+        return body
 
 
 @dataclass(frozen=True)
@@ -81,7 +90,9 @@ class Manifest:
 
 
 def _layer(item: dict[str, Any]) -> Layer:
-    return Layer(str(item["mediaType"]), parse_digest(str(item["digest"])), int(item["size"]))
+    annotations = item.get("annotations") or {}
+    filename = str(annotations.get(TITLE_ANNOTATION) or "") if isinstance(annotations, dict) else ""
+    return Layer(str(item["mediaType"]), parse_digest(str(item["digest"])), int(item["size"]), filename)
 
 
 def digest_of(data: bytes) -> str:

@@ -4,29 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import struct
 from pathlib import Path
 
 from hyperllama.worker.v1 import worker_pb2
-
-_DTYPES = {"F32": "F32", "F16": "F16", "BF16": "BF16"}
-
-
-def human_parameter_count(n: int) -> str:
-    """134515008 -> '134.52M', as Ollama prints parameter sizes."""
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f}".rstrip("0").rstrip(".") + unit
-    return str(n)
-
-
-def _safetensors_header(path: Path) -> dict[str, dict[str, object]]:
-    with path.open("rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header: dict[str, dict[str, object]] = json.loads(f.read(size))
-    header.pop("__metadata__", None)
-    return header
+from hyperllama_common.hf_files import human_parameter_count, weights_of
 
 
 def describe_hf_model(name: str, directory: Path, context_length: int) -> worker_pb2.ModelInfo:
@@ -37,14 +18,9 @@ def describe_hf_model(name: str, directory: Path, context_length: int) -> worker
         json.loads(tokenizer_config_path.read_text()) if tokenizer_config_path.is_file() else {}
     )
     weights = sorted(directory.glob("*.safetensors"))
-    n_params = 0
-    dtypes: set[str] = set()
+    summary = weights_of({path.name: path for path in weights})
     digest = hashlib.sha256()
     for path in weights:
-        for tensor in _safetensors_header(path).values():
-            shape: list[int] = list(tensor["shape"])  # type: ignore[call-overload]
-            n_params += math.prod(shape)
-            dtypes.add(str(tensor["dtype"]))
         # The header and first tensors plus the config identify the weights without hashing
         # hundreds of megabytes at every start.
         with path.open("rb") as f:
@@ -55,9 +31,9 @@ def describe_hf_model(name: str, directory: Path, context_length: int) -> worker
         name=name,
         family=str(config.get("model_type", "")),
         format="safetensors",
-        parameter_size=human_parameter_count(n_params),
-        parameter_count=n_params,
-        quantization_level="/".join(sorted(_DTYPES.get(d, d) for d in dtypes)),
+        parameter_size=human_parameter_count(summary.parameter_count),
+        parameter_count=summary.parameter_count,
+        quantization_level=summary.quantization,
         size_bytes=sum(p.stat().st_size for p in directory.iterdir() if p.is_file()),
         context_length=min(context_length, context) if context_length > 0 and context else context,
         digest="sha256:" + digest.hexdigest(),

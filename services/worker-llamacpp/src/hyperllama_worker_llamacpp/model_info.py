@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 from hyperllama.worker.v1 import worker_pb2
+from hyperllama_common.hf_files import human_parameter_count
 
 # llama.cpp's LLAMA_FTYPE values (general.file_type) and the names Ollama shows for them.
 _FILE_TYPES = {
@@ -13,14 +14,6 @@ _FILE_TYPES = {
     10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M",
     16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K", 32: "BF16",
 }  # fmt: skip
-
-
-def human_parameter_count(n: int) -> str:
-    """134515008 -> '134.52M', as Ollama prints parameter sizes."""
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f}".rstrip("0").rstrip(".") + unit
-    return str(n)
 
 
 def file_digest(path: Path) -> str:
