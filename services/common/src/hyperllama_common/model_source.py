@@ -13,6 +13,7 @@ One cache directory belongs to one worker process: the single flight is per proc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -30,10 +31,14 @@ from hyperllama_common.errors import (
     Unavailable,
     quote,
 )
+from hyperllama_common.hf_files import valid_filename
 
 log = logging.getLogger(__name__)
 
 MEDIA_MODEL = "application/vnd.ollama.image.model"
+# A file of a Hugging Face model directory, named by its OCI title annotation (see the store's manifest).
+MEDIA_DIRECTORY_FILE = "application/vnd.hyperllama.huggingface.file"
+_TITLE = "org.opencontainers.image.title"
 _DIGEST_RE = re.compile(r"(?:sha256[:-])?([0-9a-f]{64})")
 _BLOB_FILE = re.compile(r"sha256-([0-9a-f]{64})")
 _CHUNK = 1 << 20
@@ -61,9 +66,9 @@ class StoreModel:
     # The manifest's sha256 as the store lists it (64 hex digits, as in Ollama's /api/tags).
     digest: str
     format: str
-    # Bytes of the model blob at ``path``.
+    # Bytes of the model at ``path``.
     size: int
-    # The model blob in the worker's cache.
+    # The model blob in the worker's cache, or the model directory laid out there (fetch_directory).
     path: Path
     template: str | None
     # True: ``template`` is Ollama's Go template (a TEMPLATE layer); False: the GGUF's own Jinja template.
@@ -75,6 +80,34 @@ class StoreModel:
     kv_bytes_per_token: int
     # The store's "details": format, family, parameter_size, quantization_level...
     details: dict[str, object]
+
+
+def _layers(info: dict[str, Any]) -> list[dict[str, Any]]:
+    return [x for x in info.get("layers") or () if isinstance(x, dict)]
+
+
+def _store_model(name: str, info: dict[str, Any], path: Path, size: int) -> StoreModel:
+    details = info.get("details")
+    details = details if isinstance(details, dict) else {}
+    parameters = info.get("parameters")
+    ctx = info.get("context_length")
+    kv = info.get("kv_bytes_per_token")
+    template = info.get("template")
+    system = info.get("system")
+    return StoreModel(
+        name=str(info.get("name") or name),
+        digest=str(info.get("digest") or "").removeprefix("sha256:"),
+        format=str(details.get("format") or ""),
+        size=size,
+        path=path,
+        template=template if isinstance(template, str) else None,
+        template_from_layer=bool(info.get("template_from_layer")),
+        system=system if isinstance(system, str) else None,
+        parameters=dict(parameters) if isinstance(parameters, dict) else {},
+        context_length=ctx if isinstance(ctx, int) else None,
+        kv_bytes_per_token=kv if isinstance(kv, int) else 0,
+        details=dict(details),
+    )
 
 
 def _hex(digest: str) -> str:
@@ -157,47 +190,56 @@ class ModelSource:
             raise Unavailable(f"the model store answered no model description for {quote(name)!r}")
         return data
 
-    async def fetch(self, name: str, digest: str = "") -> StoreModel:
-        """Describe ``name``, make sure its model blob is in the cache, and say how to load it. Given
-        ``digest`` (the manifest's, as the scheduler knew it), a model changed in the store since is
-        refused."""
+    async def _describe_current(self, name: str, digest: str) -> dict[str, Any]:
+        """The store's description of ``name``; given ``digest`` (the manifest's, as the scheduler knew
+        it), a model changed in the store since is refused."""
         info = await self.describe(name)
-        current = str(info.get("digest") or "")
-        if digest and _hex(digest) != current.removeprefix("sha256:"):
+        current = str(info.get("digest") or "").removeprefix("sha256:")
+        if digest and _hex(digest) != current:
             raise ModelChanged(
                 f"model {quote(name)!r} changed in the store: expected manifest {_hex(digest)[:12]}, "
-                f"the store has {current.removeprefix('sha256:')[:12] or 'none'}",
+                f"the store has {current[:12] or 'none'}",
                 param="model",
             )
-        layers = info.get("layers")
-        layer = next(
-            (x for x in layers or () if isinstance(x, dict) and x.get("mediaType") == MEDIA_MODEL), None
-        )
+        return info
+
+    async def fetch(self, name: str, digest: str = "") -> StoreModel:
+        """Describe ``name``, make sure its model blob is in the cache, and say how to load it."""
+        info = await self._describe_current(name, digest)
+        layer = next((x for x in _layers(info) if x.get("mediaType") == MEDIA_MODEL), None)
         if layer is None:
             raise InvalidRequest(f"model {quote(name)!r} has no model layer in the store", param="model")
         size = layer.get("size")
         path = await self.blob(str(layer.get("digest")), size if isinstance(size, int) else None)
-        details = info.get("details")
-        details = details if isinstance(details, dict) else {}
-        parameters = info.get("parameters")
-        ctx = info.get("context_length")
-        kv = info.get("kv_bytes_per_token")
-        template = info.get("template")
-        system = info.get("system")
-        return StoreModel(
-            name=str(info.get("name") or name),
-            digest=current.removeprefix("sha256:"),
-            format=str(details.get("format") or ""),
-            size=path.stat().st_size,
-            path=path,
-            template=template if isinstance(template, str) else None,
-            template_from_layer=bool(info.get("template_from_layer")),
-            system=system if isinstance(system, str) else None,
-            parameters=dict(parameters) if isinstance(parameters, dict) else {},
-            context_length=ctx if isinstance(ctx, int) else None,
-            kv_bytes_per_token=kv if isinstance(kv, int) else 0,
-            details=dict(details),
-        )
+        return _store_model(name, info, path, path.stat().st_size)
+
+    async def fetch_directory(self, name: str, digest: str = "") -> StoreModel:
+        """Describe ``name``, a model kept as the files of a Hugging Face directory, fetch each file into
+        the cache and lay the directory out at ``models/<manifest digest>/`` in it (hard links to the
+        cached blobs), for an engine that loads such a directory; ``path`` is that directory."""
+        info = await self._describe_current(name, digest)
+        files = [x for x in _layers(info) if x.get("mediaType") == MEDIA_DIRECTORY_FILE]
+        if not files:
+            raise InvalidRequest(
+                f"model {quote(name)!r} is not a model directory in the store (a GGUF?)", param="model"
+            )
+        directory = self.cache_dir / "models" / str(info.get("digest") or "").removeprefix("sha256:")
+        directory.mkdir(parents=True, exist_ok=True)
+        total = 0
+        for layer in files:
+            annotations = layer.get("annotations")
+            filename = annotations.get(_TITLE) if isinstance(annotations, dict) else None
+            if not isinstance(filename, str) or not valid_filename(filename):
+                raise InvalidRequest(
+                    f"model {quote(name)!r} has a file without a plain name: {quote(str(filename))!r}",
+                    param="model",
+                )
+            size = layer.get("size")
+            blob = await self.blob(str(layer.get("digest")), size if isinstance(size, int) else None)
+            total += blob.stat().st_size
+            with contextlib.suppress(FileExistsError):
+                os.link(blob, directory / filename)
+        return _store_model(name, info, directory, total)
 
     async def blob(self, digest: str, size: int | None = None) -> Path:
         """The cached file of blob ``digest``, fetched first if it is not cached. Callers asking for one
