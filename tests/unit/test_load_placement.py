@@ -13,10 +13,14 @@ GEMMA = CatalogModel("gemma:270m", "sha256:bb", "gguf", 253 * MiB, 18432, ("sha2
 def worker(
     wid: str, budget_mb: int, models: list[tuple[str, int, bool]] = (), **kw: object
 ) -> worker_pb2.WorkerInfo:  # type: ignore[assignment]
-    fields: dict[str, object] = {"kv_tokens_per_model": 8192, "overhead_bytes_per_model": 64 * MiB, **kw}
+    fields: dict[str, object] = {
+        "kv_tokens_per_model": 8192,
+        "overhead_bytes_per_model": 64 * MiB,
+        "formats": ["gguf"],
+        **kw,
+    }
     info = worker_pb2.WorkerInfo(
         worker_id=wid,
-        formats=["gguf"],
         memory_budget_bytes=budget_mb * MiB,
         **fields,  # type: ignore[arg-type]
     )
@@ -70,3 +74,26 @@ def test_plan_prefers_no_eviction_then_cached_blobs_then_room() -> None:
 def test_a_worker_that_holds_the_model_gets_no_second_load() -> None:
     holder = worker("h", 2000, [("smollm2:135m", 350, False)])
     assert plan_load(SMOLLM, [holder], {}, {}, 0) is None
+
+
+def test_a_one_model_engine_unloads_what_it_holds_however_much_room_is_left() -> None:
+    directory = CatalogModel("hf:1", "sha256:cc", "safetensors", 500 * MiB, 0, ("sha256:config",))
+
+    def engine(models: list[tuple[str, int, bool]] = (), **kw: object) -> worker_pb2.WorkerInfo:
+        return worker("vllm", 64_000, models, formats=["safetensors"], max_models=1, **kw)
+
+    assert victims(directory, engine(), set(), {}, 0) == ()
+    assert victims(directory, engine([("hf:0", 3000, False)]), set(), {}, 0) == ("hf:0",)
+    # Busy, pinned, or still loading: nothing can make way, so nothing is planned there.
+    assert victims(directory, engine([("hf:0", 3000, False)]), {"hf:0"}, {}, 0) is None
+    assert victims(directory, engine([("hf:0", 3000, True)]), set(), {}, 0) is None
+    assert victims(directory, engine(loading=[worker_pb2.ModelInfo(name="hf:2")]), set(), {}, 0) is None
+    # Placement prefers an engine that is empty over one whose model it would have to stop.
+    plan = plan_load(
+        directory,
+        [engine([("hf:0", 3000, False)]), worker("empty", 64_000, formats=["safetensors"], max_models=1)],
+        {},
+        {},
+        0,
+    )
+    assert plan is not None and plan.worker.worker_id == "empty" and plan.evict == ()

@@ -11,7 +11,7 @@ from hyperllama_common.errors import BackendFailed, ContextLengthExceeded, Inval
 from hyperllama_worker_base.adapter import SAMPLING_DEFAULTS, openai_sampling
 from hyperllama_worker_base.openai_client import error_from_status
 from hyperllama_worker_base.pool import DevicePool, parse_ids
-from hyperllama_worker_base.service import request_body
+from hyperllama_worker_base.service import request_body, with_model_defaults
 
 
 class _Engine:
@@ -87,3 +87,24 @@ def test_engine_errors_map_to_the_hierarchy():
     assert isinstance(error_from_status(400, b'{"detail": "bad top_p"}'), InvalidRequest)
     failed = error_from_status(500, b"boom")
     assert isinstance(failed, BackendFailed) and "500" in failed.message
+
+
+def test_a_store_model_s_system_and_parameters_are_defaults_under_the_request_s_own() -> None:
+    req = worker_pb2.GenerateRequest(
+        model="m",
+        chat=worker_pb2.ChatConversation(messages=[worker_pb2.ChatMessage(role="user", content="hi")]),
+        sampling=worker_pb2.SamplingParams(temperature=0.2),
+    )
+    out = with_model_defaults(
+        req, "Be brief.", {"temperature": 0.9, "top_k": 7, "num_predict": 12, "stop": ["END"]}
+    )
+    assert [(m.role, m.content) for m in out.chat.messages] == [("system", "Be brief."), ("user", "hi")]
+    assert out.sampling.temperature == pytest.approx(0.2)  # the request's own value wins
+    assert (out.sampling.top_k, out.sampling.max_tokens, list(out.sampling.stop)) == (7, 12, ["END"])
+    assert req.sampling.top_k == 0 and len(req.chat.messages) == 1  # the caller's request is untouched
+    # A chat that has a system message keeps it; a prompt is left as it is.
+    own = worker_pb2.GenerateRequest(
+        chat=worker_pb2.ChatConversation(messages=[worker_pb2.ChatMessage(role="system", content="Mine.")])
+    )
+    assert [m.content for m in with_model_defaults(own, "Be brief.", {}).chat.messages] == ["Mine."]
+    assert with_model_defaults(worker_pb2.GenerateRequest(prompt="x"), "Be brief.", {}).prompt == "x"

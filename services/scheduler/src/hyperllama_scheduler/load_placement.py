@@ -62,7 +62,10 @@ def victims(
     model costs more to reload than a small one idle as long), so it is least recently used first,
     weighted by reload cost. Busy and pinned models are never chosen."""
     needed = footprint(model, worker) - free_bytes(worker)
-    if needed <= 0:
+    # A worker that holds at most max_models (one engine, one model) must also get below that; a model
+    # it is loading is never chosen.
+    extra = len(worker.models) + len(worker.loading) + 1 - worker.max_models if worker.max_models else 0
+    if needed <= 0 and extra <= 0:
         return ()
     idle = [m for m in worker.models if m.name not in busy and not m.pinned]
 
@@ -72,11 +75,12 @@ def victims(
 
     chosen: list[str] = []
     for m in sorted(idle, key=idle_per_byte, reverse=True):
-        if needed <= 0:
+        if needed <= 0 and extra <= 0:
             break
         chosen.append(m.name)
         needed -= m.memory_bytes
-    return tuple(chosen) if needed <= 0 else None
+        extra -= 1
+    return tuple(chosen) if needed <= 0 and extra <= 0 else None
 
 
 def plan_load(

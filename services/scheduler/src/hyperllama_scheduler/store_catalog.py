@@ -8,7 +8,8 @@ from hyperllama_common.errors import InvalidRequest, ModelNotFound, Unavailable,
 
 from hyperllama_scheduler.load_placement import CatalogModel
 
-_MODEL_MEDIA = "application/vnd.ollama.image.model"
+# The layers a worker fetches to load a model: a GGUF, or the files of a model directory.
+_MODEL_MEDIA = ("application/vnd.ollama.image.model", "application/vnd.hyperllama.huggingface.file")
 
 
 class StoreCatalog:
@@ -37,7 +38,7 @@ class StoreCatalog:
             blobs=tuple(
                 str(layer["digest"])
                 for layer in body.get("layers", [])
-                if layer.get("mediaType") == _MODEL_MEDIA
+                if layer.get("mediaType") in _MODEL_MEDIA
             ),
         )
 

@@ -26,11 +26,11 @@ from hyperllama_common.errors import (
     Unavailable,
 )
 from hyperllama_common.textstream import StopStringFilter
-from hyperllama_common.worker_metrics import ModelMetrics
+from hyperllama_common.worker_metrics import ModelMetrics, WorkerMetrics
 
 from hyperllama_worker_base.adapter import EngineAdapter
+from hyperllama_worker_base.model_host import ModelHost
 from hyperllama_worker_base.openai_client import EngineClient
-from hyperllama_worker_base.supervisor import EngineSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,39 @@ class Progress:
 
     def completion_tokens(self) -> int:
         return self.engine_completion_tokens if self.engine_completion_tokens is not None else self.produced
+
+
+# A model's PARAMETERS (Ollama's names) and the request field each is the default of.
+_PARAMETER_FIELDS = {
+    "temperature": float, "top_p": float, "top_k": int, "seed": int, "num_predict": int,
+    "frequency_penalty": float, "presence_penalty": float, "repeat_penalty": float, "min_p": float,
+}  # fmt: skip
+
+
+def with_model_defaults(
+    req: worker_pb2.GenerateRequest, system: str, parameters: dict[str, object]
+) -> worker_pb2.GenerateRequest:
+    """The request with its model's SYSTEM and PARAMETERS (from the store) where it sets none, as Ollama
+    applies them: a chat without a system message gets the model's; an unset option gets its value."""
+    if not system and not parameters:
+        return req
+    out = worker_pb2.GenerateRequest()
+    out.CopyFrom(req)
+    s = out.sampling
+    for name, kind in _PARAMETER_FIELDS.items():
+        value = parameters.get(name)
+        field = "max_tokens" if name == "num_predict" else name
+        if isinstance(value, int | float) and not isinstance(value, bool) and not s.HasField(field):  # type: ignore[arg-type]
+            setattr(s, field, kind(value))
+    stops = parameters.get("stop")
+    if not s.stop and stops:
+        s.stop.extend(str(x) for x in (stops if isinstance(stops, list) else [stops]))
+    if system and out.HasField("chat") and not any(m.role == "system" for m in out.chat.messages):
+        messages = list(out.chat.messages)
+        del out.chat.messages[:]
+        out.chat.messages.add(role="system", content=system)
+        out.chat.messages.extend(messages)
+    return out
 
 
 def request_body(req: worker_pb2.GenerateRequest, engine: EngineAdapter, model_id: str) -> tuple[str, dict]:
@@ -96,44 +129,63 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
         self,
         engine: EngineAdapter,
         client: EngineClient,
-        supervisor: EngineSupervisor,
+        host: ModelHost,
         info: worker_pb2.WorkerInfo,
-        model_id: str,
-        metrics: ModelMetrics,
+        metrics: WorkerMetrics,
     ):
         self.engine = engine
-        self.metrics = metrics
+        self.worker_metrics = metrics
         # Generations streaming from the engine now. The engine runs at most slots_total sequences
         # (its --max-num-seqs / --max-batch-size) and queues the rest where nobody can see them:
         # past that the worker answers busy, so the scheduler can ask another worker.
         self._admitted = 0
-        metrics.slots_total.set(info.slots_total)
-        metrics.slots_in_use.set_function(lambda: self._admitted)
         self.client = client
-        self.supervisor = supervisor
+        self.host = host
         self.info = info
-        self.model_id = model_id  # the name the engine's server knows the model by
         self._running: dict[str, Running] = {}
+        self.metrics: ModelMetrics | None = None
+        if host.model is not None:
+            self._measure(host.model.name)
+
+    def _measure(self, model: str) -> None:
+        self.metrics = self.worker_metrics.for_model(model)
+        self.metrics.slots_total.set(self.info.slots_total)
+        self.metrics.slots_in_use.set_function(lambda: self._admitted)
 
     def snapshot(self) -> worker_pb2.WorkerInfo:
         info = worker_pb2.WorkerInfo()
         info.CopyFrom(self.info)
-        info.ready = self.supervisor.ready
+        host = self.host
+        if host.model is not None:
+            info.models.append(host.model)
+        if host.loading is not None:
+            info.loading.append(host.loading)
+        info.ready = host.ready
         info.slots_in_use = self._admitted
+        info.memory_budget_bytes = host.budget_bytes
+        info.memory_used_bytes = host.used_bytes
+        info.overhead_bytes_per_model = host.engine_bytes
+        if host.source is not None:
+            info.blobs.extend(host.source.cached_digests())
         return info
 
-    def _check_model(self, name: str) -> None:
-        served = [m.name for m in self.info.models]
-        if name not in served:
+    def _check_model(self, name: str) -> worker_pb2.ModelInfo:
+        model = self.host.model
+        if model is None or model.name != name:
+            served = [model.name] if model is not None else []
             raise ModelNotFound(f"model '{name}' is not served by this worker; it serves {served}")
+        return model
 
     async def Generate(
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[worker_pb2.GenerateChunk]:
         self._check_model(request.model)
-        path, body = request_body(request, self.engine, self.model_id)
-        if not self.supervisor.ready:
-            raise Unavailable(f"the {self.engine.name} engine is not ready: {self.supervisor.last_problem}")
+        request = with_model_defaults(request, self.host.system, self.host.parameters)
+        # The engine's server knows the model by the directory it loaded.
+        path, body = request_body(request, self.engine, str(self.host.model_dir))
+        metrics = self.metrics
+        if not self.host.ready or metrics is None:
+            raise Unavailable(f"the {self.engine.name} engine is not ready: {self.host.last_problem}")
         if self._admitted >= self.info.slots_total:
             raise Overloaded(
                 f"model '{request.model}' on worker {self.info.worker_id} is busy: all "
@@ -165,13 +217,13 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
             self._admitted -= 1
             if self._running.get(request.request_id) is running:
                 self._running.pop(request.request_id)
-            self.metrics.request(outcome)
+            metrics.request(outcome)
         done = time.perf_counter_ns()
         first = progress.first_token_ns or done
         if progress.first_token_ns:
-            self.metrics.ttft.observe((progress.first_token_ns - arrived) / 1e9)
-        self.metrics.prompt_tokens.inc(progress.prompt_tokens)
-        self.metrics.output_tokens.inc(progress.completion_tokens())
+            metrics.ttft.observe((progress.first_token_ns - arrived) / 1e9)
+        metrics.prompt_tokens.inc(progress.prompt_tokens)
+        metrics.output_tokens.inc(progress.completion_tokens())
         yield worker_pb2.GenerateChunk(
             finish_reason=progress.finish,
             usage=worker_pb2.Usage(
@@ -245,3 +297,19 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
             running.cancel_requested = True
             running.task.cancel()
         return worker_pb2.CancelResponse(cancelled=running is not None)
+
+    async def Load(
+        self, request: worker_pb2.LoadRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.LoadResponse:
+        if not request.model:
+            raise InvalidRequest("model is required", param="model")
+        await self.host.load(request.model, request.digest)
+        if self.host.model is not None:
+            self._measure(self.host.model.name)
+        return worker_pb2.LoadResponse(worker=self.snapshot())
+
+    async def Unload(
+        self, request: worker_pb2.UnloadRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.UnloadResponse:
+        await self.host.unload(request.model, self._admitted)
+        return worker_pb2.UnloadResponse(worker=self.snapshot())

@@ -4,13 +4,17 @@ from hyperllama_common.worker_settings import WorkerBaseSettings
 class EngineWorkerSettings(WorkerBaseSettings):
     """Settings every engine-server worker shares; each engine's worker adds its own fields."""
 
-    # The model: the name clients use and the Hugging Face directory the engine loads.
+    # The model: the name clients use and the Hugging Face directory the engine loads. Empty: start with
+    # no model; the scheduler loads models from the store on demand (one at a time).
     model: str = "smollm2:135m"
     model_path: str = ".cache/models/smollm2-135m-hf"
     # Context length the engine is started with; 0 = the model's own.
     max_model_len: int = 8192
     # Sequences the engine decodes together; reported to the scheduler as this worker's slots.
     max_batch: int = 8
+    # Memory the engine takes besides a model's weights (its runtime and KV cache), counted against the
+    # worker's memory budget when a model loads.
+    engine_memory_mb: int = 3072
 
     # The pool: "cpu" with optional cores (cpus), or "gpu" with device ids. One code path for both.
     device: str = "cpu"
