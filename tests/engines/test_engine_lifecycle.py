@@ -18,6 +18,9 @@ from cluster import MODEL_HF_DIR, LocalCluster, free_port
 
 from engines.conftest import ENGINES
 
+# Two engine starts per test, each up to a minute on 2 busy cores (the first MAX start compiles).
+pytestmark = pytest.mark.timeout(1500)
+
 BASE = "smollm2-hf:a"
 PIRATE = "smollm2-hf:pirate"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
