@@ -11,7 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import httpx
 import ollama
 import pytest
 from cluster import LocalCluster, free_port
+from support.cluster_state import ps_raw, wait_until
 from support.models import gemma_gguf
 
 MODEL = "smollm2:135m"
@@ -28,18 +29,6 @@ GEMMA_TEMPLATE = "<start_of_turn>user\n{{ .Prompt }}<end_of_turn>\n<start_of_tur
 SLOTS = 2
 # smollm2 takes ~350 MiB here and Gemma ~470 MiB (weights + 2 slots x 4096 tokens of KV + buffers).
 BUDGET_MB = 900
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    """Poll the cluster's own answer until ``check`` holds (a state change, never a timing)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 @contextlib.contextmanager
@@ -105,11 +94,6 @@ def gemma(client: ollama.Client) -> str:
 
 def ps(client: ollama.Client) -> dict[str, Any]:
     return {m.model: m for m in client.ps().models}
-
-
-def ps_raw(cluster: LocalCluster) -> dict[str, dict[str, Any]]:
-    body = httpx.get(f"{cluster.gateway_url}/api/ps", timeout=10).json()
-    return {m["name"]: m for m in body["models"]}
 
 
 def unload_all(client: ollama.Client) -> None:

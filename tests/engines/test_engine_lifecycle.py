@@ -6,15 +6,13 @@ the official ollama client, smollm2's real Hugging Face directory uploaded as bl
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import ollama
 import pytest
 from cluster import MODEL_HF_DIR, LocalCluster, free_port
+from support.cluster_state import ps_raw, wait_until
 
 from engines.conftest import ENGINES
 
@@ -30,16 +28,6 @@ PIRATE_SYSTEM = (
     "You are a pirate captain sailing the seven seas. Always answer every question like a pirate would, "
     "with plenty of arr and matey, and mention your ship, the Black Pearl, in each answer."
 )
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
-    """Poll the cluster's own answer until ``check`` holds (a state change, never a timing)."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
-    return value
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +59,6 @@ def cluster(redis_url: str, logs_dir: Path) -> Iterator[LocalCluster]:
         raise
     finally:
         c.stop()
-
-
-def ps_raw(cluster: LocalCluster) -> dict[str, dict[str, Any]]:
-    body = httpx.get(f"{cluster.gateway_url}/api/ps", timeout=10).json()
-    return {m["name"]: m for m in body["models"]}
 
 
 def engine_children(pid: int) -> list[str]:
@@ -115,7 +98,7 @@ def test_an_empty_engine_worker_loads_switches_and_unloads_models(cluster: Local
         unloaded = client.generate(model=PIRATE, prompt="", keep_alive=0)
         assert unloaded.done_reason == "unload"
         wait_until(lambda: not ps_raw(cluster), "nothing loaded")
-        wait_until(lambda: engine_children(worker.popen.pid) == [], "the engine child stopped", 60)
+        wait_until(lambda: engine_children(worker.popen.pid) == [], "the engine child stopped")
     except BaseException:
         print(f"--- {worker.name} ---\n{worker.log_tail(120)}")
         raise

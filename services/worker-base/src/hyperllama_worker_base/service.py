@@ -169,12 +169,11 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
             info.blobs.extend(host.source.cached_digests())
         return info
 
-    def _check_model(self, name: str) -> worker_pb2.ModelInfo:
+    def _check_model(self, name: str) -> None:
         model = self.host.model
         if model is None or model.name != name:
             served = [model.name] if model is not None else []
             raise ModelNotFound(f"model '{name}' is not served by this worker; it serves {served}")
-        return model
 
     async def Generate(
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
