@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import httpx
 from hyperllama_common.errors import InvalidRequest, ModelNotFound, Unavailable, quote
+from hyperllama_common.model_source import MEDIA_DIRECTORY_FILE, MEDIA_MODEL
 
 from hyperllama_scheduler.load_placement import CatalogModel
 
 # The layers a worker fetches to load a model: a GGUF, or the files of a model directory.
-_MODEL_MEDIA = ("application/vnd.ollama.image.model", "application/vnd.hyperllama.huggingface.file")
+_MODEL_MEDIA = (MEDIA_MODEL, MEDIA_DIRECTORY_FILE)
 
 
 class StoreCatalog:
