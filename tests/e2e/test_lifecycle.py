@@ -41,7 +41,8 @@ def empty_cluster_of(
     scheduler: dict[str, str],
     **worker: str,
 ) -> Iterator[LocalCluster]:
-    """Store, one scheduler, ``workers`` llama.cpp workers that start with no model, and the gateway."""
+    """Store, one scheduler, ``workers`` llama.cpp workers that start with no model (each pinned to its
+    own cores where there are enough), and the gateway."""
     c = LocalCluster(
         gateway_port=free_port(), log_dir=logs_dir / name, redis_url=redis_url.rsplit("/", 1)[0] + f"/{db}"
     )
@@ -49,9 +50,19 @@ def empty_cluster_of(
     try:
         c.start_store()
         c.start_scheduler(sweep_seconds="0.25", **scheduler)
-        for worker_id in workers:
+        # Each worker on its own cores, as in a deployment: two llama.cpp workers spinning on the same
+        # cores slow each other down by an order of magnitude.
+        cores = c.worker_cores(len(workers))
+        for i, worker_id in enumerate(workers):
+            pinned = {"cpus": cores[i]} if cores else {}
             c.start_worker(
-                worker_id, models="", slots=str(SLOTS), prompt_cache_mb="0", heartbeat_seconds="0.5", **worker
+                worker_id,
+                models="",
+                slots=str(SLOTS),
+                prompt_cache_mb="0",
+                heartbeat_seconds="0.5",
+                **pinned,
+                **worker,
             )
         c.start_gateway()
         c.wait_ready(len(workers))
