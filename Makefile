@@ -6,7 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROTO_OUT := services/common/src
 PROTOS := $(wildcard protos/hyperllama/*/v1/*.proto)
-SERVICES := services/common services/scheduler services/gateway services/worker-llamacpp services/worker-base services/store
+SERVICES := services/common services/scheduler services/gateway services/worker-llamacpp services/worker-base services/store \
+	services/cli
 
 LLAMA_CPP_VERSION := 0.3.36
 # llama.cpp is built for this CPU's vector units but not with -march=native: its AMX kernels crash

@@ -11,7 +11,7 @@ from typing import Any
 from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama_common.errors import HyperLlamaError
 
-from hyperllama_gateway.ollama.service import tag_entry
+from hyperllama_gateway.ollama.service import ps_entry, tag_entry
 from hyperllama_gateway.scheduler_client import SchedulerClient
 from hyperllama_gateway.store_client import StoreClient
 
@@ -57,3 +57,19 @@ def modified_unix(tag: dict[str, Any]) -> int:
         return int(datetime.fromisoformat(str(tag.get("modified_at"))).timestamp())
     except ValueError:
         return int(datetime.now(UTC).timestamp())
+
+
+async def running_models(scheduler: SchedulerClient, store: StoreClient) -> list[dict[str, Any]]:
+    """/api/ps items: every model loaded or loading somewhere. A model the store holds carries the
+    store's manifest digest, as /api/tags lists it (a worker that loaded it from its own configuration
+    knows only its file's digest), so `ps` and `list` show one ID for it."""
+    stored, served = await asyncio.gather(_stored(store), scheduler.list_models())
+    digests = {name_key(str(m.get("name"))): m.get("digest") for m in stored}
+    running = []
+    for entry in served:
+        if not (entry.worker_ids or entry.placements):
+            continue
+        item = ps_entry(entry)
+        item["digest"] = digests.get(name_key(entry.info.name)) or item["digest"]
+        running.append(item)
+    return running

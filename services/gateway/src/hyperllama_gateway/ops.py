@@ -1,4 +1,4 @@
-"""Operational routes: liveness, readiness, the queue, and the root probes Ollama clients send."""
+"""Operational routes: liveness, readiness, the queue, the workers, and the root probes of Ollama clients."""
 
 from __future__ import annotations
 
@@ -47,6 +47,32 @@ async def queue(scheduler: Scheduler) -> dict[str, Any]:
                 "slots_total": q.slots_total,
             }
             for q in await scheduler.queue_status()
+        ]
+    }
+
+
+@router.get("/api/workers")
+async def workers(scheduler: Scheduler) -> dict[str, Any]:
+    """The live workers as the scheduler's registry sees them: engine, pool, the models each holds
+    or is loading, its slots and its memory (HyperLlama's own route; Ollama has no workers)."""
+    return {
+        "workers": [
+            {
+                "worker": w.worker_id,
+                "address": w.address,
+                "engine": w.engine,
+                "pool": w.pool,
+                "ready": w.ready,
+                "models": [m.name for m in w.models],
+                "loading": [m.name for m in w.loading],
+                "slots_in_use": w.slots_in_use,
+                "slots_total": w.slots_total,
+                "memory_used": w.memory_used_bytes,
+                "memory_budget": w.memory_budget_bytes,
+                "formats": list(w.formats),
+                "capabilities": list(w.capabilities),
+            }
+            for w in sorted(await scheduler.list_workers(), key=lambda w: w.worker_id)
         ]
     }
 

@@ -125,7 +125,11 @@ class BatchEngine:
             )
         room = self.model.context_for(req) - len(tokens)
         s = req.sampling
-        limit = min(s.max_tokens, room) if s.HasField("max_tokens") and s.max_tokens >= 0 else room
+        limit = room
+        if s.HasField("max_tokens") and s.max_tokens >= 0:
+            limit = min(s.max_tokens, room)
+        elif isinstance(default := self.model.spec.options.get("num_predict"), int) and default >= 0:  # type: ignore[attr-defined]
+            limit = min(default, room)  # the model's PARAMETER num_predict, under the request's own
         grammar = None
         if req.response_format.kind in (
             worker_pb2.ResponseFormat.KIND_JSON_OBJECT,

@@ -9,8 +9,8 @@ from fastapi.responses import StreamingResponse
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.durations import keep_alive_ms
 
-from hyperllama_gateway import __version__
-from hyperllama_gateway.deps import Call, CallDep, Scheduler
+from hyperllama_gateway import __version__, catalog
+from hyperllama_gateway.deps import Call, CallDep, Scheduler, Store
 from hyperllama_gateway.generation import Generation, embed, until_disconnect
 from hyperllama_gateway.ollama import service
 from hyperllama_gateway.ollama.protocol import (
@@ -86,10 +86,8 @@ async def embeddings(body: EmbeddingsRequest, call: CallDep) -> dict[str, Any]:
 
 
 @router.get("/ps")
-async def ps(scheduler: Scheduler) -> dict[str, Any]:
-    return {
-        "models": [service.ps_entry(e) for e in await scheduler.list_models() if e.worker_ids or e.placements]
-    }
+async def ps(scheduler: Scheduler, store: Store) -> dict[str, Any]:
+    return {"models": await catalog.running_models(scheduler, store)}
 
 
 @router.get("/version")
