@@ -68,7 +68,8 @@ def weights_of(files: dict[str, Path]) -> Weights:
     for filename, path in files.items():
         for name, tensor in safetensors_header(path, filename).items():
             try:
-                count += math.prod(int(d) for d in tensor["shape"])  # type: ignore[attr-defined]
+                shape: list[int] = [int(d) for d in tensor["shape"]]  # type: ignore[attr-defined]
+                count += math.prod(shape)
                 dtypes.add(str(tensor["dtype"]))
             except (KeyError, TypeError, ValueError):
                 raise ValueError(f"{filename}: tensor {name!r} has no dtype and shape") from None
