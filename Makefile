@@ -67,9 +67,9 @@ $(PROTO_OUT)/hyperllama/.generated: $(PROTOS) $(VENV)/.installed
 # make run SCHEDULERS=2 WORKERS=2: scheduler replicas sharing one Redis, and llama.cpp workers (each
 # pinned to its own cores when there are enough).
 SCHEDULERS ?= 1
-WORKERS ?= 1
+WORKERS ?=
 run: proto $(addprefix engine-,$(ENGINES))
-	$(BIN)/python deploy/local/cluster.py --engines "$(ENGINES)" --schedulers $(SCHEDULERS) --workers $(WORKERS)
+	$(BIN)/hyperllama serve --engines "$(ENGINES)" --schedulers $(SCHEDULERS) $(if $(WORKERS),--workers $(WORKERS))
 
 # The engine conformance suite runs every engine, so the tests need all of them.
 test: proto engines $(BIN)/promtool $(REGISTRY_BIN) $(GEMMA_GGUF)

@@ -35,15 +35,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 import httpx
+from hyperllama_cli.cluster import LocalCluster, Process, free_port
+from hyperllama_cli.loadgen import Api, RunSummary, median_summary, run, run_detailed
 from prometheus_client.parser import text_string_to_metric_families
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path[:0] = [str(ROOT / "deploy" / "local"), str(ROOT / "tests" / "support"), str(HERE)]
+sys.path[:0] = [str(ROOT / "tests" / "support"), str(HERE)]
 
 import procstat  # noqa: E402
-from cluster import LocalCluster, Process, free_port  # noqa: E402
-from loadgen import Api, RunSummary, median_summary, run, run_detailed  # noqa: E402
 from prefix import cache_hit_fraction, make_tenants, measured_plan, warmup_plan, words_to_tokens  # noqa: E402
 from report import render  # noqa: E402
 

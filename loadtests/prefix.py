@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from loadgen import Messages, RequestResult
+from hyperllama_cli.loadgen import Messages, RequestResult
 
 WORDS = (
     "account address answer apple area army art baby back ball bank base basket bath bed bell bird "

@@ -22,13 +22,9 @@ from pathlib import Path
 
 import grpc
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
+from hyperllama_cli.cluster import LocalCluster, free_port, wait_for
 from hyperllama_common.healthcheck import serving
 from hyperllama_common.textstream import StopStringFilter
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "deploy" / "local"))
-
-from cluster import LocalCluster, free_port, wait_for  # noqa: E402
 
 MODEL = "smollm2:135m"
 PROMPT = "Write a long story about a lighthouse keeper and a storm."

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster import LocalCluster
+from hyperllama_cli.cluster import LocalCluster
 
 
 @pytest.fixture(scope="session")

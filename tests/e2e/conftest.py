@@ -9,7 +9,7 @@ from pathlib import Path
 import ollama
 import openai
 import pytest
-from cluster import LocalCluster, free_port
+from hyperllama_cli.cluster import LocalCluster, free_port
 
 MODEL = "smollm2:135m"
 # The e2e cluster's small bounds make "queue full" and "body too large" cheap to reach.

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pexpect
 import pytest
-from cluster import LocalCluster
+from hyperllama_cli.cluster import LocalCluster
 from support.cluster_state import ps_raw, wait_until
 from support.models import gemma_gguf
 from support.registry import RegistryServer, registry_binary
@@ -303,3 +303,26 @@ def test_push_and_pull_show_progress(cluster: LocalCluster, registry: RegistrySe
     missing = hyperllama(cluster, "pull", f"{registry.host}/library/missing:1", "--insecure")
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert missing.stderr.strip().splitlines()[-1].startswith("Error: ")
+
+
+def test_bench_prints_a_row_per_endpoint_and_their_ratio(cluster: LocalCluster) -> None:
+    ran = hyperllama(
+        cluster, "bench", "-c", "2", "-n", "4", "--max-tokens", "16", "--compare", cluster.gateway_url
+    )
+    assert ran.returncode == 0, ran.stderr
+    rows = table(ran.stdout.split("\n\n")[0])
+    assert rows[0] == [
+        "ENDPOINT",
+        "OK",
+        "FAILED",
+        "OUT TOK/S",
+        "TTFT P50",
+        "TTFT P95",
+        "TTFT P99",
+        "ITL P50",
+        "ITL P95",
+    ]
+    assert [r[:3] for r in rows[1:]] == [[cluster.gateway_url, "4", "0"]] * 2
+    assert all(float(r[3]) > 0 and r[4].endswith(" ms") for r in rows[1:])
+    assert re.search(r"^ratio \(out tok/s, first / second\): \d+\.\d\d$", ran.stdout, re.M)
+    assert "must be at least 1" in one_line_error(hyperllama(cluster, "bench", "-c", "0"))

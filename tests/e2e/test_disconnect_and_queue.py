@@ -9,8 +9,8 @@ import grpc
 import httpx
 import pytest
 import redis.asyncio as redis
-from cluster import LocalCluster
 from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from hyperllama_cli.cluster import LocalCluster
 from hyperllama_scheduler import keys
 
 from e2e.conftest import MODEL, QUEUE_MAX, SLOTS

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import ollama
 import pytest
-from cluster import LocalCluster, free_port
+from hyperllama_cli.cluster import LocalCluster, free_port
 from support.cluster_state import ps_raw, wait_until
 from support.models import gemma_gguf
 

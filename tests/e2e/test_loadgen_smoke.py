@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "loadtests"))
 
-from loadgen import Api, run, run_detailed  # noqa: E402
+from hyperllama_cli.loadgen import Api, run, run_detailed
 from prefix import make_tenants  # noqa: E402
 
 from e2e.conftest import MODEL  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from cluster import LocalCluster
+from hyperllama_cli.cluster import LocalCluster
 from prometheus_client.parser import text_string_to_metric_families
 
 from e2e.conftest import MODEL, SLOTS

@@ -12,7 +12,7 @@ import httpx
 import ollama
 import openai
 import pytest
-from cluster import LocalCluster
+from hyperllama_cli.cluster import LocalCluster
 from hyperllama_store.bundled import find_bundled_gguf
 from support.registry import RegistryServer, registry_binary
 

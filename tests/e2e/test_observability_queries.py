@@ -12,7 +12,7 @@ from collections import defaultdict
 
 import httpx
 import pytest
-from cluster import LocalCluster
+from hyperllama_cli.cluster import LocalCluster
 from prometheus_client.parser import text_string_to_metric_families
 from support.promql import PROMETHEUS_SERIES, Query, dashboard_queries, rule_queries
 

@@ -13,9 +13,9 @@ import grpc
 import ollama
 import openai
 import pytest
-from cluster import LocalCluster, free_port, wait_for
 from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
+from hyperllama_cli.cluster import LocalCluster, free_port, wait_for
 
 MODEL = "smollm2:135m"
 ENGINES = ("llamacpp", "vllm", "max")

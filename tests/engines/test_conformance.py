@@ -11,9 +11,9 @@ import uuid
 
 import grpc
 import pytest
-from cluster import wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hyperllama.worker.v1 import worker_pb2
+from hyperllama_cli.cluster import wait_for
 
 from engines.conftest import MODEL, EngineWorker
 

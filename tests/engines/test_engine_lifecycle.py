@@ -11,7 +11,7 @@ from pathlib import Path
 
 import ollama
 import pytest
-from cluster import MODEL_HF_DIR, LocalCluster, free_port
+from hyperllama_cli.cluster import MODEL_HF_DIR, LocalCluster, free_port
 from support.cluster_state import ps_raw, wait_until
 
 from engines.conftest import ENGINES

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cluster import LocalCluster, wait_for
 from hyperllama.worker.v1 import worker_pb2
+from hyperllama_cli.cluster import LocalCluster, wait_for
 
 from engines.conftest import MODEL, EngineWorker, pinned_openai
 

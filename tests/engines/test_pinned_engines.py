@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from cluster import wait_for
+from hyperllama_cli.cluster import wait_for
 
 from engines.conftest import ENGINES, MODEL, EngineWorker, pinned_ollama, pinned_openai
 

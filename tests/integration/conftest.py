@@ -11,9 +11,9 @@ from pathlib import Path
 import grpc
 import pytest
 import redis.asyncio as redis
-from cluster import LocalCluster
 from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from hyperllama.worker.v1 import worker_pb2
+from hyperllama_cli.cluster import LocalCluster
 from hyperllama_common.worker_client import WorkerClients
 from hyperllama_gateway.dispatch import Dispatch
 from hyperllama_gateway.scheduler_client import SchedulerClient

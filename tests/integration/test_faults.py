@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from cluster import LocalCluster, free_port, wait_for
+from hyperllama_cli.cluster import LocalCluster, free_port, wait_for
 from hyperllama_scheduler import keys
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"

@@ -14,9 +14,9 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from cluster import LocalCluster, free_port, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
+from hyperllama_cli.cluster import LocalCluster, free_port, wait_for
 from hyperllama_common.errors import BackendFailed, Unavailable
 from hyperllama_common.healthcheck import serving
 from hyperllama_common.worker_metrics import WorkerMetrics

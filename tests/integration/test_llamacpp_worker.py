@@ -11,8 +11,8 @@ import grpc
 import httpx
 import pytest
 import pytest_asyncio
-from cluster import LocalCluster, free_port, wait_for
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
+from hyperllama_cli.cluster import LocalCluster, free_port, wait_for
 from hyperllama_common.healthcheck import serving
 from prometheus_client.parser import text_string_to_metric_families
 

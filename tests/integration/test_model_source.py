@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cluster import LocalCluster
+from hyperllama_cli.cluster import LocalCluster
 from hyperllama_common.errors import InvalidRequest, ModelNotFound, Unavailable
 from hyperllama_common.model_source import BlobCorrupt, ModelChanged, ModelSource
 from hyperllama_store.bundled import SMOLLM_SYSTEM, find_bundled_gguf

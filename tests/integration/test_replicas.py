@@ -15,10 +15,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from cluster import LocalCluster
 from conftest import SUPPORT, SchedulerHarness
 from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama.worker.v1 import worker_pb2
+from hyperllama_cli.cluster import LocalCluster
 from hyperllama_scheduler import keys
 from test_scheduler import MODEL, until
 

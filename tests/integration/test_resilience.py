@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cluster import LocalCluster, free_port, wait_for
+from hyperllama_cli.cluster import LocalCluster, free_port, wait_for
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
 MODEL = "scripted:1"

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from cluster import LocalCluster, free_port
+from hyperllama_cli.cluster import LocalCluster, free_port
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 PROMPT = "Tell me about the secret word pineapple-42."

@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from cluster import LocalCluster, free_port, wait_for
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
+from hyperllama_cli.cluster import LocalCluster, free_port, wait_for
 from hyperllama_common.errors import Overloaded, from_rpc_error
 from hyperllama_common.healthcheck import serving
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from cluster import LocalCluster
+from hyperllama_cli.cluster import LocalCluster
 
 
 def wait_until(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:

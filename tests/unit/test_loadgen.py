@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "loadtests"))
 
 import procstat  # noqa: E402
-from loadgen import Api, RequestResult, apply_usage, itl_per_token, summarize  # noqa: E402
+from hyperllama_cli.loadgen import Api, RequestResult, apply_usage, itl_per_token, summarize
 from prefix import cache_hit_fraction, make_tenants, measured_plan, warmup_plan  # noqa: E402
 
 

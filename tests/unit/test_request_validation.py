@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 import uvicorn
-from cluster import free_port
 from fastapi.exceptions import RequestValidationError
 from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama.worker.v1 import worker_pb2
+from hyperllama_cli.cluster import free_port
 from hyperllama_common.errors import InvalidRequest
 from hyperllama_gateway import limits
 from hyperllama_gateway.app import create_app

@@ -1,5 +1,5 @@
 """The verbs: Ollama's (list, ps, pull, push, create, show, cp, rm, stop, run) with its output, and the
-cluster's own (workers, queue)."""
+cluster's own (workers, queue, bench)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperllama_cli import modelfile
-from hyperllama_cli.api import Api, ApiError
+from hyperllama_cli.api import Api, ApiError, server_url
 from hyperllama_cli.chat import stream_answer
 from hyperllama_cli.display import print_metrics, print_table, show_transfer
 from hyperllama_cli.humanize import human_bytes, human_ms, human_time, parse_time
@@ -260,3 +260,53 @@ def queue(api: Api, args: argparse.Namespace) -> int:
     ]
     print_table(["MODEL", "QUEUED", "OLDEST WAIT", "ETA", "SLOTS"], rows)
     return 0
+
+
+def bench(api: Api, args: argparse.Namespace) -> int:
+    """Drive the load generator at ``--concurrency`` against the server (and ``--compare``'s, one after the
+    other), and print one row each: throughput, TTFT and ITL per token, failures."""
+    import asyncio
+
+    from hyperllama_cli.loadgen import Api as LoadApi
+    from hyperllama_cli.loadgen import run as run_load
+
+    if args.concurrency < 1 or args.requests < 1 or args.max_tokens < 1:
+        raise ApiError("--concurrency, --requests and --max-tokens must be at least 1")
+    ensure_model(api, args.model)
+    load = LoadApi(args.api, args.model, args.max_tokens, "ignore_eos")
+    endpoints = [api.base_url] + ([server_url(args.compare)] if args.compare else [])
+    rows, throughput, errors = [], [], []
+    for url in endpoints:
+        sys.stderr.write(
+            f"{url}: {args.requests} requests of {args.max_tokens} tokens, {args.concurrency} at once\n"
+        )
+        s = asyncio.run(run_load(url, load, args.concurrency, args.requests))
+        throughput.append(s.output_tok_per_s)
+        errors += [f"{url}: {e}" for e in s.errors]
+        rows.append(
+            [
+                url,
+                str(s.requests_ok),
+                str(s.requests_failed),
+                f"{s.output_tok_per_s:.1f}",
+                *(f"{s.ttft_ms[p]:.0f} ms" for p in ("p50", "p95", "p99")),
+                *(f"{s.itl_ms[p]:.1f} ms" for p in ("p50", "p95")),
+            ]
+        )
+    headers = [
+        "ENDPOINT",
+        "OK",
+        "FAILED",
+        "OUT TOK/S",
+        "TTFT P50",
+        "TTFT P95",
+        "TTFT P99",
+        "ITL P50",
+        "ITL P95",
+    ]
+    print_table(headers, rows)
+    if len(throughput) == 2 and throughput[1]:
+        print(f"\nratio (out tok/s, first / second): {throughput[0] / throughput[1]:.2f}")
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if any(r[2] != "0" for r in rows) else 0

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from hyperllama_cli import __version__, commands
+from hyperllama_cli import __version__, commands, serve
 from hyperllama_cli.api import Api, ApiError, server_url
 from hyperllama_cli.modelfile import ModelfileError
 
@@ -31,6 +31,11 @@ def parser() -> argparse.ArgumentParser:
         v = sub.add_parser(name, help=help_text, description=help_text, aliases=list(aliases))
         v.set_defaults(handler=handler)
         return v
+
+    serving = verb(
+        "serve", serve.serve, "Start the cluster on this machine, planned from its cores, memory and GPUs"
+    )
+    serve.add_arguments(serving)
 
     run = verb("run", commands.run, "Run a model: one answer for a prompt, else an interactive session")
     run.add_argument("model")
@@ -74,6 +79,15 @@ def parser() -> argparse.ArgumentParser:
 
     verb("workers", commands.workers, "List the cluster's workers: engine, pool, models, slots, memory")
     verb("queue", commands.queue, "Show each model's queue: requests waiting, oldest wait, ETA")
+    bench = verb(
+        "bench", commands.bench, "Measure the server: streams of fixed length at a fixed concurrency"
+    )
+    bench.add_argument("--model", default="smollm2:135m")
+    bench.add_argument("--api", choices=["openai", "ollama"], default="openai", help="which API to load")
+    bench.add_argument("-c", "--concurrency", type=int, default=8, help="requests in flight (default: 8)")
+    bench.add_argument("-n", "--requests", type=int, default=32, help="requests in all (default: 32)")
+    bench.add_argument("--max-tokens", type=int, default=128, help="output tokens per request (default: 128)")
+    bench.add_argument("--compare", help="a second server to run the same load against, for a ratio")
     return p
 
 

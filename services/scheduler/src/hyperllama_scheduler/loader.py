@@ -111,6 +111,10 @@ class ModelLoader:
         """Start loading ``model`` on the best worker unless a copy exists (``extra``: unless one
         more copy is not allowed) or a load of it is under way somewhere."""
         live = await self.registry.live()
+        if not live:
+            # No worker at all (one restarting, or none started yet): nothing to judge the model
+            # against, so its requests wait, under their deadlines, for a worker to register.
+            return
         held = self.copies(model, live)
         if held and (not extra or (self.settings.max_copies and len(held) >= self.settings.max_copies)):
             return

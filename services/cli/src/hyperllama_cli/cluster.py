@@ -1,12 +1,12 @@
-"""Start the whole cluster on loopback: Redis, model store, scheduler replicas, engine workers, gateway.
+"""The whole cluster on loopback: Redis, model store, scheduler replicas, engine workers, gateway.
 
-``make run`` runs this file; the tests and loadtests/bench.py import it to start the same topology on
-free ports. Every process it starts is started again when it exits, and stopped on Ctrl-C or SIGTERM.
+``hyperllama serve`` (and so ``make run``) starts it from a plan; the tests and loadtests/bench.py start
+the same topology on free ports. Every process it starts is started again when it exits (supervise), and
+stopped on Ctrl-C or SIGTERM. It starts the server packages as processes and imports none of them.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib.util
 import json
@@ -25,7 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-REPO = Path(__file__).resolve().parents[2]
+from hyperllama_cli.plan import Plan, WorkerPlan, split_cores
+
+# The checkout this package is installed from (make install installs it editable): the engines'
+# virtualenvs and the converted models live there.
+REPO = Path(__file__).resolve().parents[4]
 # Each engine's worker runs from its own virtualenv (see engines.mk); llama.cpp's is the main one.
 ENGINE_WORKERS = {
     "llamacpp": ("", "hyperllama_worker_llamacpp.main"),
@@ -52,20 +56,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def split_cores(cores: list[int], parts: int) -> list[list[int]]:
-    """``cores`` in ``parts`` contiguous runs as even as can be (the first runs take the remainder)."""
-    if parts < 1 or len(cores) < parts:
-        raise ValueError(f"cannot split {len(cores)} cores into {parts} parts")
-    size, extra = divmod(len(cores), parts)
-    runs: list[list[int]] = []
-    start = 0
-    for i in range(parts):
-        end = start + size + (1 if i < extra else 0)
-        runs.append(cores[start:end])
-        start = end
-    return runs
 
 
 def redis_server_binary() -> str:
@@ -303,7 +293,9 @@ class LocalCluster:
         env.update({f"HYPERLLAMA_WORKER_{k.upper()}": v for k, v in settings.items()})
         return self._spawn(name, [python, "-m", module], env)
 
-    def start_engine_worker(self, engine: str, name: str = "", **settings: str) -> Process:
+    def start_engine_worker(
+        self, engine: str, name: str = "", extra_env: dict[str, str] | None = None, **settings: str
+    ) -> Process:
         """A worker for ``engine`` (llamacpp, vllm, max) from that engine's virtualenv."""
         if engine not in ENGINE_WORKERS:
             raise ValueError(f"unknown engine '{engine}'; known: {sorted(ENGINE_WORKERS)}")
@@ -314,7 +306,7 @@ class LocalCluster:
             if not Path(python).is_file():
                 raise FileNotFoundError(f"{python} is missing: run `make engine-{engine}`")
             settings.setdefault("model_path", str(MODEL_HF_DIR))
-        return self.start_worker(name or f"worker-{engine}", module, python=python, **settings)
+        return self.start_worker(name or f"worker-{engine}", module, extra_env, python, **settings)
 
     def start_gateway(self, **settings: str) -> Process:
         env = {
@@ -358,24 +350,34 @@ class LocalCluster:
         scheduler_settings: dict[str, str] | None = None,
     ) -> None:
         """Redis, the model store, ``schedulers`` scheduler replicas, ``workers`` llama.cpp workers (one
-        each of the other engines) and the gateway. Several llama.cpp workers are each pinned to their
-        own share of this process's cores (unless ``pin_workers`` is false), so that one worker's llama.cpp
-        threads never preempt another's."""
+        each of the other engines) and the gateway, with the workers' default settings. Several llama.cpp
+        workers are each pinned to their own share of this process's cores (unless ``pin_workers`` is
+        false), so that one worker's llama.cpp threads never preempt another's."""
+        cores = self.worker_cores(workers) if pin_workers and "llamacpp" in engines else []
+        planned = [
+            WorkerPlan(f"worker-{engine}-{i}", engine, "", cores[i] if engine == "llamacpp" and cores else "")
+            for engine in engines
+            for i in range(workers if engine == "llamacpp" else 1)
+        ]
+        self.start_plan(Plan(schedulers, tuple(planned)), scheduler_settings)
+
+    def start_plan(self, plan: Plan, scheduler_settings: dict[str, str] | None = None) -> None:
+        """Redis, the model store, the plan's scheduler replicas and workers, and the gateway; returns when
+        every worker is ready."""
         self.scheduler_settings.update(scheduler_settings or {})
         self.start_redis()
         self.start_store()
-        for _ in range(schedulers):
+        for _ in range(plan.schedulers):
             self.start_scheduler()
-        cores = self.worker_cores(workers) if pin_workers and "llamacpp" in engines else []
-        started = 0
-        for engine in engines:
-            for i in range(workers if engine == "llamacpp" else 1):
-                pinned = {"cpus": cores[i]} if engine == "llamacpp" and cores else {}
-                self.start_engine_worker(engine, f"worker-{engine}-{i}", **pinned)
-                started += 1
+        for w in plan.workers:
+            settings = {"cpus": w.cpus, "pool": w.pool, "memory_budget_mb": str(w.memory_budget_mb or ""),
+                        "slots": str(w.slots or "")}  # fmt: skip
+            gpu = {"CUDA_VISIBLE_DEVICES": str(w.gpu)} if w.gpu is not None else {}
+            self.start_engine_worker(w.engine, w.name, gpu, **{k: v for k, v in settings.items() if v})
         self.start_gateway()
         # vLLM and MAX take longer: a first MAX start compiles the model (minutes on 2 cores).
-        self.wait_ready(started, timeout=180.0 if engines == ("llamacpp",) else 900.0)
+        llamacpp_only = all(w.engine == "llamacpp" for w in plan.workers)
+        self.wait_ready(len(plan.workers), timeout=180.0 if llamacpp_only else 900.0)
 
     def stop(self) -> None:
         for proc in reversed(self.processes):
@@ -426,49 +428,3 @@ def wait_for(check, what: str, proc: Process | None, timeout: float = 60.0) -> N
             )
         time.sleep(0.1)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=int(os.environ.get("HYPERLLAMA_GATEWAY_PORT", "11434")))
-    parser.add_argument("--workers", type=int, default=1, help="llama.cpp workers to start")
-    parser.add_argument(
-        "--schedulers", type=int, default=1, help="scheduler replicas to start (they share one Redis)"
-    )
-    parser.add_argument(
-        "--no-pin",
-        action="store_true",
-        help="let several llama.cpp workers share every core instead of each having its own",
-    )
-    parser.add_argument(
-        "--engines", default="llamacpp", help="engines to start a worker for: any of llamacpp vllm max"
-    )
-    args = parser.parse_args()
-    if args.schedulers < 1 or args.workers < 0:
-        parser.error("--schedulers must be at least 1 and --workers at least 0")
-    engines = tuple(args.engines.replace(",", " ").split()) or ("llamacpp",)
-
-    cluster = LocalCluster(
-        gateway_port=args.port, redis_url=os.environ.get("HYPERLLAMA_REDIS_URL", ""), fixed_ports=True
-    )
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    # SIGINT too: a shell that starts us in the background leaves SIGINT ignored, and the children would
-    # then stop on Ctrl-C while we, still running, started them again.
-    signal.signal(signal.SIGTERM, on_sigterm)
-    signal.signal(signal.SIGINT, on_sigterm)
-    try:
-        cluster.start(args.workers, engines, args.schedulers, pin_workers=not args.no_pin)
-        print(f"\nHyperLlama is serving on {cluster.gateway_url}  (Ctrl-C stops every process)", flush=True)
-        print("Metrics: " + "  ".join(cluster.metrics_urls.values()) + "\n", flush=True)
-        cluster.supervise(lambda: False)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        cluster.stop()
-
-
-if __name__ == "__main__":
-    main()

@@ -10,17 +10,17 @@ for each request, the token count taken from the usage the stream reports, then 
 requests. A server may put several tokens in one SSE event, so gaps between events are not gaps
 between tokens; the per-event gaps are kept as a separate, labelled figure.
 
-    python loadtests/loadgen.py --url http://127.0.0.1:11434 --api openai --concurrency 8 --requests 32
+`hyperllama bench` runs it against a server (and optionally a second one, for a ratio); loadtests/bench.py
+runs it against the cluster and its peers.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import httpx
@@ -286,25 +286,3 @@ async def run(
 def median_summary(runs: list[RunSummary]) -> RunSummary:
     """The run with the median throughput (so its percentiles belong together)."""
     return sorted(runs, key=lambda r: r.output_tok_per_s)[len(runs) // 2]
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--url", default="http://127.0.0.1:11434")
-    parser.add_argument("--api", choices=["openai", "ollama"], default="openai")
-    parser.add_argument("--model", default="smollm2:135m")
-    parser.add_argument("--concurrency", type=int, default=1)
-    parser.add_argument("--requests", type=int, default=8)
-    parser.add_argument("--rate", type=float, default=None, help="open loop: Poisson arrivals per second")
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--fixed-length", choices=["ignore_eos", "logit_bias", "none"], default="ignore_eos")
-    args = parser.parse_args()
-    api = Api(args.api, args.model, args.max_tokens, args.fixed_length)
-    summary = asyncio.run(run(args.url, api, args.concurrency, args.requests, args.rate))
-    print(json.dumps(asdict(summary), indent=2))
-
-
-if __name__ == "__main__":
-    main()
