@@ -60,9 +60,6 @@ class Repl:
         self.system: str | None = None
         self.messages: list[dict[str, str]] = []
 
-    def _read(self, prompt: str) -> str:
-        return input(prompt)
-
     def _read_block(self, first: str) -> str:
         """The rest of a \"\"\" block whose first line (after the quotes) is ``first``."""
         lines = []
@@ -72,13 +69,13 @@ class Repl:
             lines.append(head)
             if closed:
                 return "\n".join(lines)
-            line = self._read("... ")
+            line = input("... ")
 
     def loop(self) -> int:
         self._load(self.model)
         while True:
             try:
-                line = self._read(">>> ")
+                line = input(">>> ")
             except EOFError:
                 print()
                 return 0
@@ -88,6 +85,9 @@ class Repl:
             try:
                 if not self._handle(line):
                     return 0
+            except EOFError:  # Ctrl-D inside a """ block
+                print()
+                return 0
             except KeyboardInterrupt:
                 print()
             except (ApiError, ModelfileError) as err:
@@ -129,7 +129,8 @@ class Repl:
         return True
 
     def _load(self, model: str) -> None:
-        print(f"Loading model '{model}'") if model != self.model else None
+        if model != self.model:
+            print(f"Loading model '{model}'")
         ensure_model(self.api, model)
         body = {"model": model, "stream": False}
         if self.keep_alive:
