@@ -17,6 +17,7 @@ import pexpect
 import pytest
 from hyperllama_cli.cluster import LocalCluster
 from support.cluster_state import ps_raw, wait_until
+from support.model_directory import TINY_MODEL_DIRECTORY
 from support.models import gemma_gguf
 from support.registry import RegistryServer, registry_binary
 
@@ -176,6 +177,23 @@ def test_create_from_a_local_gguf_uploads_it_as_a_blob(cluster: LocalCluster, tm
         assert table(info["parameters"]) == [["num_ctx", "2048"]]
     finally:
         hyperllama(cluster, "rm", "cli-from-file")
+
+
+def test_create_from_a_safetensors_directory(cluster: LocalCluster, tmp_path: Path) -> None:
+    model_dir = tmp_path / "tiny-hf"
+    model_dir.mkdir()
+    for name, data in TINY_MODEL_DIRECTORY.items():
+        (model_dir / name).write_bytes(data)
+    (model_dir / "README.md").write_text("not part of the model")
+    (tmp_path / "Modelfile").write_text("FROM ./tiny-hf\nSYSTEM Be brief.\n")
+    created = hyperllama(cluster, "create", "cli-tiny-hf", "-f", str(tmp_path / "Modelfile"))
+    try:
+        assert created.returncode == 0, created.stderr
+        assert "copying file model.safetensors" in created.stderr and "README.md" not in created.stderr
+        info = httpx.post(f"{cluster.gateway_url}/api/show", json={"model": "cli-tiny-hf"}).json()
+        assert info["details"]["format"] == "safetensors" and info["system"] == "Be brief."
+    finally:
+        hyperllama(cluster, "rm", "cli-tiny-hf")
 
 
 def test_workers_and_queue(cluster: LocalCluster) -> None:
