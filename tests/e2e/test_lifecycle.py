@@ -190,6 +190,18 @@ def test_keep_alive_expiry_unloads_an_idle_model(client: ollama.Client) -> None:
     wait_until(lambda: MODEL not in ps(client), "keep_alive to run out", 20)
 
 
+def test_embeddings_renew_the_keep_alive_and_zero_unloads(client: ollama.Client) -> None:
+    first = client.embed(model=MODEL, input="hello", keep_alive="10m")
+    assert len(first.embeddings) == 1 and len(first.embeddings[0]) == 576
+    assert 500 < ps(client)[MODEL].expires_at.timestamp() - time.time() <= 600
+    # No keep_alive: the default (5 minutes) from this use, not from the load.
+    client.embed(model=MODEL, input="hello again")
+    assert 250 < ps(client)[MODEL].expires_at.timestamp() - time.time() <= 300
+    last = client.embed(model=MODEL, input="goodbye", keep_alive=0)
+    assert len(last.embeddings[0]) == 576
+    wait_until(lambda: MODEL not in ps(client), "keep_alive 0 on an embedding to unload the model", 15)
+
+
 def test_bad_keep_alive_is_a_400(lifecycle: LocalCluster) -> None:
     reply = httpx.post(
         f"{lifecycle.gateway_url}/api/generate",

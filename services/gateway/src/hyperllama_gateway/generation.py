@@ -48,12 +48,15 @@ def apply_final(result: Result, chunk: worker_pb2.GenerateChunk) -> bool:
     return True
 
 
-async def embed(call: Call, request: worker_pb2.EmbedRequest) -> worker_pb2.EmbedResponse:
+async def embed(
+    call: Call, request: worker_pb2.EmbedRequest, keep_alive_ms: int | None = None
+) -> worker_pb2.EmbedResponse:
     """Run an embedding request (cancelled if the client leaves) and record its metrics."""
     call.http.state.model = request.model
     started = time.perf_counter()
+    timeout = call.settings.request_timeout_seconds
     response = await until_disconnect(
-        call.http, call.scheduler.embed(request, call.settings.request_timeout_seconds, call.engine)
+        call.http, call.scheduler.embed(request, timeout, call.engine, keep_alive_ms)
     )
     call.http.state.recorded = True
     call.metrics.record(call.http.url.path, request.model, "ok", time.perf_counter() - started)

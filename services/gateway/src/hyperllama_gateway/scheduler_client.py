@@ -95,9 +95,13 @@ class SchedulerClient:
         return list(response.models)
 
     async def embed(
-        self, request: worker_pb2.EmbedRequest, timeout: float, engine: str = ""
+        self,
+        request: worker_pb2.EmbedRequest,
+        timeout: float,
+        engine: str = "",
+        keep_alive_ms: int | None = None,
     ) -> worker_pb2.EmbedResponse:
-        embed = scheduler_pb2.EmbedRequest(request=request, engine=engine)
+        embed = scheduler_pb2.EmbedRequest(request=request, engine=engine, keep_alive_ms=keep_alive_ms)
         response: worker_pb2.EmbedResponse = await self._unary(self._stub.Embed, embed, timeout)
         return response
 

@@ -348,9 +348,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             capable = [w for w in await self.loader.wait_loaded(req.model, deadline) if needs.accepts(w)]
         crashes = busy = 0
         last: HyperLlamaError | None = None
+        keep_alive = request.keep_alive_ms if request.HasField("keep_alive_ms") else None
         for worker in capable:
             try:
-                return await self.workers.embed(worker.address, req, deadline - time.time())
+                response = await self.workers.embed(worker.address, req, deadline - time.time())
             except Overloaded as err:
                 busy += 1
                 last = err
@@ -364,6 +365,14 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 last = err
                 if crashes > MAX_CRASHES:
                     break
+            else:
+                # An embedding is a use of the copy like a generation: it renews the copy's keep_alive
+                # (the request's, else the default), and keep_alive 0 unloads it afterwards.
+                keep = self.loader.keep_alive_for(
+                    keep_alive, self.loader.is_pinned(worker.worker_id, req.model)
+                )
+                await self.leases.set_keep_alive(worker.worker_id, req.model, keep)
+                return response
         if busy:
             raise Overloaded(
                 f"every worker serving '{req.model}' is busy with embeddings; retry shortly",

@@ -92,6 +92,7 @@ class EmbeddingsRequest(RequestBody):
     model: ModelName
     prompt: str = Field(min_length=1)
     options: Options | None = None
+    keep_alive: str | int | float | None = None
 
     @field_validator("prompt")
     @classmethod

@@ -68,7 +68,9 @@ async def chat(body: ChatRequest, call: CallDep) -> Any:
 @router.post("/embed")
 async def embed_route(body: EmbedRequest, call: CallDep) -> dict[str, Any]:
     response = await embed(
-        call, service.embed_request(body.model, body.input, body.truncate, call.request_id)
+        call,
+        service.embed_request(body.model, body.input, body.truncate, call.request_id),
+        keep_alive_ms(body.keep_alive),
     )
     return {
         "model": body.model,
@@ -81,7 +83,11 @@ async def embed_route(body: EmbedRequest, call: CallDep) -> dict[str, Any]:
 
 @router.post("/embeddings")
 async def embeddings(body: EmbeddingsRequest, call: CallDep) -> dict[str, Any]:
-    response = await embed(call, service.embed_request(body.model, body.prompt, True, call.request_id))
+    response = await embed(
+        call,
+        service.embed_request(body.model, body.prompt, True, call.request_id),
+        keep_alive_ms(body.keep_alive),
+    )
     return {"embedding": list(response.embeddings[0].values)}
 
 
