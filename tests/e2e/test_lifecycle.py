@@ -287,12 +287,16 @@ def small(redis_url: str, logs_dir: Path) -> Iterator[LocalCluster]:
         yield c
 
 
-def evictions(cluster: LocalCluster) -> float:
+def metric(cluster: LocalCluster, series: str) -> float:
     text = httpx.get(cluster.metrics_urls["scheduler"], timeout=10).text
     for line in text.splitlines():
-        if line.startswith('hyperllama_scheduler_model_unloads_total{reason="evicted"}'):
+        if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
-    raise AssertionError("no eviction counter in the scheduler's metrics")
+    raise AssertionError(f"no {series} in the scheduler's metrics")
+
+
+def evictions(cluster: LocalCluster) -> float:
+    return metric(cluster, 'hyperllama_scheduler_model_unloads_total{reason="evicted"}')
 
 
 def test_eviction_makes_room_and_never_takes_a_busy_model(small: LocalCluster) -> None:
@@ -325,6 +329,7 @@ def test_eviction_makes_room_and_never_takes_a_busy_model(small: LocalCluster) -
     assert told.done and told.done_reason in ("length", "stop") and told.eval_count
     assert set(ps(client)) == {MODEL}
     assert evictions(small) == before + 2
+    assert metric(small, 'hyperllama_scheduler_model_unload_seconds_count{reason="evicted"}') == before + 2
 
 
 @pytest.fixture(scope="module")

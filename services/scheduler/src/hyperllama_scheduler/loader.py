@@ -264,6 +264,7 @@ class ModelLoader:
         """Unload one idle copy; False if streams use it (or another replica is unloading it)."""
         if await self.leases.retire(worker.worker_id, model, UNLOADING_MS) != 1:
             return False
+        started = time.monotonic()
         try:
             info = await self.workers.unload(worker.address, model)
         except ModelNotFound:
@@ -279,6 +280,7 @@ class ModelLoader:
         await self.registry.heartbeat(info)
         await self.leases.forget_copy(worker.worker_id, model)
         self.metrics.unloads.labels(reason).inc()
+        self.metrics.unload_seconds.labels(reason).observe(time.monotonic() - started)
         log.info("unloaded %s from %s (%s)", model, worker.worker_id, reason)
         return True
 

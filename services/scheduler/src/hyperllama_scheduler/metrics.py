@@ -100,6 +100,13 @@ class SchedulerMetrics:
             ["reason"],
             registry=r,
         )
+        self.unload_seconds = Histogram(
+            "hyperllama_scheduler_model_unload_seconds",
+            "From asking a worker to unload a copy to its answer, by reason",
+            ["reason"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=r,
+        )
         self.loaded_models = Gauge(
             "hyperllama_scheduler_loaded_models",
             "Models loaded on each live worker",
@@ -110,6 +117,7 @@ class SchedulerMetrics:
             self.loads.labels(outcome)
         for reason in UNLOAD_REASONS:
             self.unloads.labels(reason)
+            self.unload_seconds.labels(reason)
 
     def start_model(self, model: str) -> None:
         """Create a model's labelled series at 0, so dashboards read 0 rather than "No data" until
