@@ -168,8 +168,20 @@ class ModelSource:
                     found.append("sha256:" + match.group(1))
         return sorted(found)
 
-    async def describe(self, name: str) -> dict[str, Any]:
-        """The store's ``/store/show`` of ``name``."""
+    async def describe(self, name: str, digest: str = "") -> dict[str, Any]:
+        """The store's ``/store/show`` of ``name``; given ``digest`` (the manifest's, as the scheduler
+        knew it), a model changed in the store since is refused."""
+        info = await self._show(name)
+        current = str(info.get("digest") or "").removeprefix("sha256:")
+        if digest and _hex(digest) != current:
+            raise ModelChanged(
+                f"model {quote(name)!r} changed in the store: expected manifest {_hex(digest)[:12]}, "
+                f"the store has {current[:12] or 'none'}",
+                param="model",
+            )
+        return info
+
+    async def _show(self, name: str) -> dict[str, Any]:
         try:
             response = await self._http.post("/store/show", json={"model": name})
         except httpx.HTTPError as err:
@@ -190,22 +202,10 @@ class ModelSource:
             raise Unavailable(f"the model store answered no model description for {quote(name)!r}")
         return data
 
-    async def _describe_current(self, name: str, digest: str) -> dict[str, Any]:
-        """The store's description of ``name``; given ``digest`` (the manifest's, as the scheduler knew
-        it), a model changed in the store since is refused."""
-        info = await self.describe(name)
-        current = str(info.get("digest") or "").removeprefix("sha256:")
-        if digest and _hex(digest) != current:
-            raise ModelChanged(
-                f"model {quote(name)!r} changed in the store: expected manifest {_hex(digest)[:12]}, "
-                f"the store has {current[:12] or 'none'}",
-                param="model",
-            )
-        return info
-
-    async def fetch(self, name: str, digest: str = "") -> StoreModel:
-        """Describe ``name``, make sure its model blob is in the cache, and say how to load it."""
-        info = await self._describe_current(name, digest)
+    async def fetch(self, name: str, digest: str = "", info: dict[str, Any] | None = None) -> StoreModel:
+        """Describe ``name`` (unless ``info`` is its description already), make sure its model blob is
+        in the cache, and say how to load it."""
+        info = info or await self.describe(name, digest)
         layer = next((x for x in _layers(info) if x.get("mediaType") == MEDIA_MODEL), None)
         if layer is None:
             raise InvalidRequest(f"model {quote(name)!r} has no model layer in the store", param="model")
@@ -213,11 +213,14 @@ class ModelSource:
         path = await self.blob(str(layer.get("digest")), size if isinstance(size, int) else None)
         return _store_model(name, info, path, path.stat().st_size)
 
-    async def fetch_directory(self, name: str, digest: str = "") -> StoreModel:
+    async def fetch_directory(
+        self, name: str, digest: str = "", info: dict[str, Any] | None = None
+    ) -> StoreModel:
         """Describe ``name``, a model kept as the files of a Hugging Face directory, fetch each file into
         the cache and lay the directory out at ``models/<manifest digest>/`` in it (hard links to the
-        cached blobs), for an engine that loads such a directory; ``path`` is that directory."""
-        info = await self._describe_current(name, digest)
+        cached blobs), for an engine that loads such a directory; ``path`` is that directory. ``info``:
+        as in fetch."""
+        info = info or await self.describe(name, digest)
         files = [x for x in _layers(info) if x.get("mediaType") == MEDIA_DIRECTORY_FILE]
         if not files:
             raise InvalidRequest(

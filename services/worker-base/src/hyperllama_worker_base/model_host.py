@@ -107,7 +107,7 @@ class ModelHost:
                     "unload it first",
                     retry_after=1,
                 )
-            described = await self.source.describe(name)
+            described = await self.source.describe(name, digest)
             fmt = str(described.get("details", {}).get("format") or "")
             if fmt != "safetensors":
                 raise InvalidRequest(
@@ -123,7 +123,7 @@ class ModelHost:
             self.loading = worker_pb2.ModelInfo(name=name, format=fmt, memory_bytes=needed)
             self.on_change()
             try:
-                fetched = await self.source.fetch_directory(name, digest)
+                fetched = await self.source.fetch_directory(name, info=described)
                 model = await asyncio.to_thread(
                     describe_hf_model, fetched.name, fetched.path, self._context_length
                 )

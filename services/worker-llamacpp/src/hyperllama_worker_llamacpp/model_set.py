@@ -123,7 +123,7 @@ class ModelSet:
         async with self._lock:
             if name in self.engines:
                 return 0.0
-            described = await self.source.describe(name)
+            described = await self.source.describe(name, digest)
             if described.get("details", {}).get("format", "gguf") != "gguf":
                 raise InvalidRequest(f"model '{name}' is not GGUF; the llama.cpp engine cannot load it")
             kv_per_token = int(described.get("kv_bytes_per_token") or 0)
@@ -132,7 +132,7 @@ class ModelSet:
             self.loading[name] = worker_pb2.ModelInfo(name=name, format="gguf", memory_bytes=needed)
             self.on_change()
             try:
-                fetched = await self.source.fetch(name, digest)
+                fetched = await self.source.fetch(name, info=described)
                 spec = ModelSpec(
                     name=name,
                     path=fetched.path,
