@@ -4,8 +4,6 @@ its slots). Flags and a config file override any part of the plan."""
 
 from __future__ import annotations
 
-import math
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field, replace
@@ -63,15 +61,6 @@ class Plan:
 # ---- the inventory ------------------------------------------------------------------------------------
 
 
-def _cpu_quota() -> float | None:
-    """The cgroup's CPU limit in cores (cpu.max "200000 100000" -> 2.0), if it has one."""
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        return int(quota) / int(period) if quota != "max" else None
-    except (OSError, ValueError):
-        return None
-
-
 def detect_gpus() -> tuple[Gpu, ...]:
     """NVIDIA GPUs from nvidia-smi (none where it is missing or fails)."""
     smi = shutil.which("nvidia-smi")
@@ -94,13 +83,11 @@ def detect_gpus() -> tuple[Gpu, ...]:
 def detect(repo: Path) -> Inventory:
     """This machine: the cores this process may run on (cut to a cgroup's CPU limit), its memory (the
     cgroup's limit when lower), its NVIDIA GPUs, and the engines installed in ``repo``'s virtualenvs."""
-    cores = tuple(sorted(os.sched_getaffinity(0)))
-    quota = _cpu_quota()
-    if quota is not None:
-        cores = cores[: max(1, math.floor(quota))]
-    # The server's own rule (serve runs beside the server packages; the client verbs never load this).
+    # The workers' own rules (serve runs beside the server packages; the client verbs never load them).
+    from hyperllama_common.cpus import usable_cores
     from hyperllama_common.memory import detect_budget_bytes
 
+    cores = tuple(usable_cores())
     memory = detect_budget_bytes()
     engines = ["llamacpp"] + [e for e in GPU_ENGINES if (repo / f".venv-{e}" / "bin" / "python").is_file()]
     return Inventory(cores, memory, detect_gpus(), tuple(engines))

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
+from hyperllama_common.cpus import usable_cores
 from hyperllama_common.grpc_server import GrpcServer
 from hyperllama_common.logs import setup_logging
 from hyperllama_common.memory import detect_budget_bytes
@@ -48,7 +49,7 @@ async def serve(settings: WorkerSettings) -> int:
     supervisor, make run's launcher or Kubernetes, starts a fresh worker)."""
     if settings.cpus:
         os.sched_setaffinity(0, parse_cpus(settings.cpus))
-    threads = settings.threads or len(os.sched_getaffinity(0))
+    threads = settings.threads or len(usable_cores())
     specs = select(load_registry(settings.models_file), settings.models)
     metrics = WorkerMetrics(ENGINE, settings.pool)
     budget = settings.memory_budget_mb * 2**20 or detect_budget_bytes()

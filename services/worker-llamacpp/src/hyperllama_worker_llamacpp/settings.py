@@ -3,7 +3,7 @@ from hyperllama_common.worker_settings import WorkerBaseSettings
 
 class WorkerSettings(WorkerBaseSettings):
     pool: str = "cpu-0"
-    # llama.cpp threads; 0 = one per pinned core.
+    # llama.cpp threads; 0 = one per pinned core, no more than the cgroup's CPU limit.
     threads: int = 0
     # TOML model registry; the default model needs none.
     models_file: str = ""
