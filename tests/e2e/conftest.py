@@ -10,6 +10,7 @@ import ollama
 import openai
 import pytest
 from hyperllama_cli.cluster import LocalCluster, free_port
+from support.registry import RegistryServer, registry_binary
 
 MODEL = "smollm2:135m"
 # The e2e cluster's small bounds make "queue full" and "body too large" cheap to reach.
@@ -50,3 +51,13 @@ def oai(base_url: str) -> openai.OpenAI:
 @pytest.fixture(scope="session")
 def oll(base_url: str) -> ollama.Client:
     return ollama.Client(host=base_url, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """A real OCI registry (Debian's docker-registry) on loopback, one per test module."""
+    if registry_binary() is None:
+        pytest.skip("docker-registry is not installed (make registry-server, from registry.mk)")
+    server = RegistryServer(tmp_path_factory.mktemp("registry")).start()
+    yield server
+    server.stop()

@@ -19,7 +19,7 @@ from hyperllama_cli.cluster import LocalCluster
 from support.cluster_state import ps_raw, wait_until
 from support.model_directory import TINY_MODEL_DIRECTORY
 from support.models import gemma_gguf
-from support.registry import RegistryServer, registry_binary
+from support.registry import RegistryServer
 
 from e2e.conftest import MODEL
 
@@ -234,6 +234,14 @@ def test_the_repl(cluster: LocalCluster, terse: str) -> None:
         repl.expect_exact("Set system message.")
         repl.sendline("/show system")
         repl.expect_exact("Speak like a pirate.")
+        # /save keeps the session as a model: FROM this one (its temperature), with the session's system
+        # and num_predict.
+        repl.sendline("/save cli-saved")
+        repl.expect_exact("Created new model 'cli-saved'")
+        saved = httpx.post(f"{cluster.gateway_url}/api/show", json={"model": "cli-saved"}).json()
+        assert saved["system"] == "Speak like a pirate."
+        assert table(saved["parameters"]) == [["num_predict", "3"], ["temperature", "0"]]
+        assert hyperllama(cluster, "rm", "cli-saved").returncode == 0
         # A message over several lines between triple quotes.
         repl.sendline('"""Name')
         repl.expect_exact("... ")
@@ -275,15 +283,6 @@ def test_ctrl_c_stops_an_answer_and_ctrl_d_leaves(cluster: LocalCluster, terse: 
 
 
 # --- pull and push with progress, from a registry on loopback ---------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
-    if registry_binary() is None:
-        pytest.skip("docker-registry is not installed (make registry-server, from registry.mk)")
-    server = RegistryServer(tmp_path_factory.mktemp("cli-registry")).start()
-    yield server
-    server.stop()
 
 
 def test_push_and_pull_show_progress(cluster: LocalCluster, registry: RegistryServer) -> None:

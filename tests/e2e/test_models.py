@@ -14,7 +14,7 @@ import openai
 import pytest
 from hyperllama_cli.cluster import LocalCluster
 from hyperllama_store.bundled import find_bundled_gguf
-from support.registry import RegistryServer, registry_binary
+from support.registry import RegistryServer
 
 from e2e.conftest import MAX_BODY_BYTES, MODEL
 
@@ -204,15 +204,6 @@ def test_the_cluster_is_a_registry(http: httpx.Client, oll: ollama.Client):
 
 
 # --- pull and push against a real registry on loopback ----------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
-    if registry_binary() is None:
-        pytest.skip("docker-registry is not installed (make registry-server, from registry.mk)")
-    server = RegistryServer(tmp_path_factory.mktemp("registry")).start()
-    yield server
-    server.stop()
 
 
 def test_push_then_pull_through_a_registry(registry: RegistryServer, oll: ollama.Client):

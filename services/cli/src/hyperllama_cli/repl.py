@@ -13,7 +13,7 @@ from hyperllama_cli.api import Api, ApiError
 from hyperllama_cli.chat import stream_answer
 from hyperllama_cli.commands import ensure_model, print_model_info, run_options
 from hyperllama_cli.display import print_metrics
-from hyperllama_cli.modelfile import ModelfileError, typed_parameter
+from hyperllama_cli.modelfile import Modelfile, ModelfileError, create_body, typed_parameter
 
 HELP = """Available Commands:
   /set            Set session variables
@@ -140,14 +140,9 @@ class Repl:
         self.messages = []
 
     def _save(self, name: str) -> None:
-        body: dict[str, Any] = {"model": name, "from": self.model, "stream": False}
-        if self.system is not None:
-            body["system"] = self.system
-        if self.options:
-            body["parameters"] = self.options
-        if self.messages:
-            body["messages"] = self.messages
-        self.api.post("/api/create", body)
+        # The session as a Modelfile would say it: FROM this model, its parameters, system and messages.
+        session = Modelfile(self.model, dict(self.options), None, self.system, [], list(self.messages))
+        self.api.post("/api/create", {**create_body(name, session), "from": self.model, "stream": False})
         print(f"Created new model '{name}'")
 
     def _set(self, words: list[str], line: str) -> None:
