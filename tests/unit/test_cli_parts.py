@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hyperllama_cli.api import ApiError, server_url
+from hyperllama_cli.api import Api, ApiError, server_url
 from hyperllama_cli.display import WordWrapper, print_table
 from hyperllama_cli.humanize import human_bytes, human_time, parse_time
 from hyperllama_cli.modelfile import ModelfileError, create_body, directory_files, local_source, parse
@@ -169,3 +169,13 @@ def test_word_wrap_breaks_between_words() -> None:
         "scattering.",
         "Yes",
     ]
+
+
+def test_an_api_key_goes_as_a_bearer_token() -> None:
+    with_key, without = Api("http://127.0.0.1:1", "hl-secret"), Api("http://127.0.0.1:1")
+    try:
+        assert with_key._http.headers["Authorization"] == "Bearer hl-secret"
+        assert "Authorization" not in without._http.headers
+    finally:
+        with_key.close()
+        without.close()

@@ -79,7 +79,8 @@ class Process:
     # What started it, so a crashed process can be started again the same way.
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    restarts: int = 0
+    restarts: int = 0  # since it last stayed up RESTART_RESET_SECONDS: what the back-off grows with
+    exits: int = 0  # unexpected exits in all
     started_at: float = field(default_factory=time.monotonic)
 
     def alive(self) -> bool:
@@ -180,8 +181,9 @@ class LocalCluster:
                         proc.restarts = 0
                     delay = min(RESTART_MAX_DELAY, RESTART_FIRST_DELAY * 2**proc.restarts)
                     code = proc.popen.returncode
-                    print(f"{proc.name} exited with {code}; starting it again in {delay:.1f}s",
-                          file=sys.stderr, flush=True)  # fmt: skip
+                    proc.exits += 1
+                    print(f"{proc.name} exited with {code}; starting it again in {delay:.1f}s "
+                          f"(exit {proc.exits} since the start)", file=sys.stderr, flush=True)  # fmt: skip
                     due[proc.name] = now + delay
                 elif now >= due[proc.name]:
                     del due[proc.name]
