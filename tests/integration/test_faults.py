@@ -211,12 +211,13 @@ def test_requests_waiting_when_redis_restarts_empty_are_served(cluster: LocalClu
         cluster.processes.remove(proc)
         cluster.start_redis(port=port)
         rdb = redis.Redis.from_url(cluster.redis_url)
-        wait_for(lambda: rdb.zcard(keys.queue(MODEL)) == 3, "the waiters admitted again", None, 10)
+        # Each waiter renews every few seconds (request_lease_seconds / 3) and finds its entry gone.
+        wait_for(lambda: rdb.zcard(keys.queue(MODEL)) == 3, "the waiters admitted again", None, 20)
         for f in stalls:
             f.result(timeout=30)
         outcomes = [f.result(timeout=HANG_SECONDS) for f in queued]
     assert [o.kind for o in outcomes] == ["ok"] * 3
-    assert max(o.seconds for o in outcomes) < 30  # long before the 600 s deadline
+    assert max(o.seconds for o in outcomes) < 45  # long before the 600 s deadline
     assert rdb.zcard(keys.queue(MODEL)) == 0
 
 
