@@ -18,6 +18,7 @@ from hyperllama_gateway.store_client import StoreClient
 log = logging.getLogger(__name__)
 
 _DEFAULT_PREFIX = "registry.ollama.ai/library/"
+PS_STORE_WAIT_SECONDS = 2.0
 
 
 def name_key(name: str) -> str:
@@ -63,7 +64,14 @@ async def running_models(scheduler: SchedulerClient, store: StoreClient) -> list
     """/api/ps items: every model loaded or loading somewhere. A model the store holds carries the
     store's manifest digest, as /api/tags lists it (a worker that loaded it from its own configuration
     knows only its file's digest), so `ps` and `list` show one ID for it."""
-    stored, served = await asyncio.gather(_stored(store), scheduler.list_models())
+    listing = asyncio.ensure_future(_stored(store))
+    served = await scheduler.list_models()
+    try:
+        # A store busy reading a large GGUF's metadata (its first listing after a start) must not hold
+        # ps up: past a moment, the workers' digests stand.
+        stored = await asyncio.wait_for(listing, PS_STORE_WAIT_SECONDS)
+    except TimeoutError:
+        stored = []
     digests = {name_key(str(m.get("name"))): m.get("digest") for m in stored}
     running = []
     for entry in served:
