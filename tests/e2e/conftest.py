@@ -10,6 +10,7 @@ import ollama
 import openai
 import pytest
 from hyperllama_cli.cluster import LocalCluster, free_port
+from support.cluster_state import reported
 from support.registry import RegistryServer, registry_binary
 
 MODEL = "smollm2:135m"
@@ -23,19 +24,13 @@ MAX_BODY_BYTES = 256 * 1024
 def cluster(redis_url: str, logs_dir: Path) -> Iterator[LocalCluster]:
     # Its own Redis database, so the integration tests' FLUSHDB never touches it.
     c = LocalCluster(gateway_port=free_port(), log_dir=logs_dir, redis_url=redis_url.rsplit("/", 1)[0] + "/1")
-    try:
+    with reported(c):
         c.start_store()
         c.start_scheduler(queue_max_per_model=str(QUEUE_MAX), retry_after_seconds="2")
         c.start_worker("worker-llamacpp-0", heartbeat_seconds="0.5", slots=str(SLOTS))
         c.start_gateway(max_body_bytes=str(MAX_BODY_BYTES))
         c.wait_ready(1)
         yield c
-    except BaseException:
-        for p in c.processes:
-            print(f"--- {p.name} ---\n{p.log_tail(80)}")
-        raise
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="session")

@@ -107,11 +107,14 @@ def test_create_show_run_ps_stop(cluster: LocalCluster, terse: str) -> None:
     assert "only one of" in one_line_error(both)
 
     # The created model's PARAMETER num_predict bounds the answer; --verbose adds Ollama's timings.
-    ran = hyperllama(cluster, "run", terse, "Name a color.", "--verbose")
+    # A long answer is cut at exactly those 8 tokens.
+    ran = hyperllama(
+        cluster, "run", terse, "List the numbers from 1 to 100, separated by commas.", "--verbose"
+    )
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip()
     counts = dict(re.findall(r"^(eval count|prompt eval count):\s+(\d+) token\(s\)$", ran.stderr, re.M))
-    assert 1 <= int(counts["eval count"]) <= 8 and int(counts["prompt eval count"]) > 5
+    assert int(counts["eval count"]) == 8 and int(counts["prompt eval count"]) > 5
     assert re.search(r"^eval rate:\s+[\d.]+ tokens/s$", ran.stderr, re.M)
 
     # A prompt piped in is the prompt, as with `echo ... | ollama run`.
@@ -121,8 +124,11 @@ def test_create_show_run_ps_stop(cluster: LocalCluster, terse: str) -> None:
     rows = table(hyperllama(cluster, "ps").stdout)
     assert rows[0] == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL", "WORKER"]
     row = next(r for r in rows if r[0] == terse)
-    listed = next(r for r in table(hyperllama(cluster, "list").stdout) if r[0] == terse)
-    assert row[1] == listed[1]  # one ID for a model in `list` and `ps`, as in Ollama
+    listed = {r[0]: r for r in table(hyperllama(cluster, "list").stdout)}
+    # One ID for a model in `list` and `ps`, as in Ollama: for one loaded on demand, and for the one
+    # the worker loads from its own configuration (it knows only its file's digest).
+    assert row[1] == listed[terse][1]
+    assert next(r for r in rows if r[0] == MODEL)[1] == listed[MODEL][1]
     assert row[3] == "100% CPU" and int(row[4]) > 0
     assert row[5] in ("4 minutes from now", "5 minutes from now")
     assert row[6] == "worker-llamacpp-0"

@@ -19,7 +19,7 @@ import httpx
 import ollama
 import pytest
 from hyperllama_cli.cluster import LocalCluster, free_port
-from support.cluster_state import ps_raw, wait_until
+from support.cluster_state import ps_raw, reported, wait_until
 from support.models import gemma_gguf
 
 MODEL = "smollm2:135m"
@@ -47,7 +47,7 @@ def empty_cluster_of(
         gateway_port=free_port(), log_dir=logs_dir / name, redis_url=redis_url.rsplit("/", 1)[0] + f"/{db}"
     )
     (logs_dir / name).mkdir(exist_ok=True)
-    try:
+    with reported(c):
         c.start_store()
         c.start_scheduler(sweep_seconds="0.25", **scheduler)
         # Each worker on its own cores, as in a deployment: two llama.cpp workers spinning on the same
@@ -67,12 +67,6 @@ def empty_cluster_of(
         c.start_gateway()
         c.wait_ready(len(workers))
         yield c
-    except BaseException:
-        for p in c.processes:
-            print(f"--- {p.name} ---\n{p.log_tail(80)}")
-        raise
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from hyperllama_cli.cluster import LocalCluster, free_port
-from support.cluster_state import wait_until
+from support.cluster_state import reported, wait_until
 
 HYPERLLAMA = str(Path(sys.executable).parent / "hyperllama")
 MODEL = "smollm2:135m"
@@ -66,8 +66,13 @@ def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
         yield proc, url, logs
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            # SIGTERM: serve stops what it started (a SIGKILL would leave its whole cluster running).
+            proc.terminate()
+            try:
+                proc.wait(90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def test_serve_restarts_a_killed_worker_while_the_gateway_answers(
@@ -123,7 +128,7 @@ def test_a_request_admitted_as_its_worker_dies_waits_for_the_restart(redis_url: 
     """Between a worker's crash and its restart the request that was admitted waits, never a 400."""
     db = redis_url.rsplit("/", 1)[0] + "/5"
     cluster = LocalCluster(gateway_port=free_port(), log_dir=tmp_path, redis_url=db)
-    try:
+    with reported(cluster):
         cluster.start_store()
         cluster.start_scheduler()
         worker = cluster.start_worker("crashing-worker", heartbeat_seconds="0.5")
@@ -143,5 +148,3 @@ def test_a_request_admitted_as_its_worker_dies_waits_for_the_restart(redis_url: 
             reply = asked.result()
         assert reply.status_code == 200, reply.text
         assert reply.json()["done"] and reply.json()["eval_count"] <= 4
-    finally:
-        cluster.stop()

@@ -16,6 +16,7 @@ import pytest
 from hyperllama.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
 from hyperllama_cli.cluster import LocalCluster, free_port, wait_for
+from support.cluster_state import reported
 
 MODEL = "smollm2:135m"
 ENGINES = ("llamacpp", "vllm", "max")
@@ -42,7 +43,7 @@ def _registered(scheduler_address: str) -> list[worker_pb2.WorkerInfo]:
 def engine_cluster(redis_url: str, logs_dir: Path) -> Iterator[LocalCluster]:
     # Its own Redis database, apart from the other tiers' clusters.
     c = LocalCluster(gateway_port=free_port(), log_dir=logs_dir, redis_url=redis_url.rsplit("/", 1)[0] + "/2")
-    try:
+    with reported(c):
         c.start_scheduler()
         for engine in ENGINES:
             c.start_engine_worker(engine, f"conformance-{engine}", heartbeat_seconds="0.5")
@@ -50,12 +51,6 @@ def engine_cluster(redis_url: str, logs_dir: Path) -> Iterator[LocalCluster]:
         # A first MAX start compiles the model (a few minutes on 2 cores); later starts use its cache.
         c.wait_ready(len(ENGINES), timeout=900)
         yield c
-    except BaseException:
-        for p in c.processes:
-            print(f"--- {p.name} ---\n{p.log_tail(80)}")
-        raise
-    finally:
-        c.stop()
 
 
 @pytest.fixture(scope="session")

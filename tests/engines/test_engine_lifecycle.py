@@ -12,7 +12,7 @@ from pathlib import Path
 import ollama
 import pytest
 from hyperllama_cli.cluster import MODEL_HF_DIR, LocalCluster, free_port
-from support.cluster_state import ps_raw, wait_until
+from support.cluster_state import ps_raw, reported, wait_until
 
 from engines.conftest import ENGINES
 
@@ -40,7 +40,7 @@ def cluster(redis_url: str, logs_dir: Path) -> Iterator[LocalCluster]:
         log_dir=logs_dir / "engine-lifecycle",
         redis_url=redis_url.rsplit("/", 1)[0] + "/5",
     )
-    try:
+    with reported(c):
         c.start_store()
         c.start_scheduler(sweep_seconds="0.25")
         c.start_gateway()
@@ -53,12 +53,6 @@ def cluster(redis_url: str, logs_dir: Path) -> Iterator[LocalCluster]:
         client.create(model=BASE, files=files)
         client.create(model=PIRATE, from_=BASE, system=PIRATE_SYSTEM)
         yield c
-    except BaseException:
-        for p in c.processes:
-            print(f"--- {p.name} ---\n{p.log_tail(80)}")
-        raise
-    finally:
-        c.stop()
 
 
 def engine_children(pid: int) -> list[str]:

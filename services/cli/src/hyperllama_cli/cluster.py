@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from hyperllama_cli.plan import Plan, WorkerPlan, split_cores
+from hyperllama_cli.plan import Plan, WorkerPlan, cpu_ranges, split_cores
 
 # The checkout this package is installed from (make install installs it editable): the engines'
 # virtualenvs and the converted models live there.
@@ -340,7 +340,7 @@ class LocalCluster:
         cores = sorted(os.sched_getaffinity(0))
         if workers < 2 or len(cores) < workers:
             return []
-        return [",".join(map(str, run)) for run in split_cores(cores, workers)]
+        return [cpu_ranges(run) for run in split_cores(cores, workers)]
 
     def start(
         self,

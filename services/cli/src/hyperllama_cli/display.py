@@ -3,6 +3,7 @@ response streamed with word wrap."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 from collections.abc import Iterable, Iterator
@@ -57,35 +58,31 @@ def show_transfer(events: Iterator[dict[str, Any]], err: TextIO | None = None) -
         console=console,
         transient=False,
     )
+    # At a terminal, a live bar per blob; in a log or a pipe, one line per blob once it is complete.
+    live = console.is_terminal
     tasks: dict[str, TaskID] = {}
+    shown: set[str] = set()
     last: dict[str, Any] = {}
     previous_status = ""
-    if not console.is_terminal:
-        # A log or a pipe gets one line per status, and one per blob when it is complete.
-        done: set[str] = set()
+    with progress if live else contextlib.nullcontext():
         for event in events:
             last = event
             status = str(event.get("status", ""))
-            digest, total = event.get("digest"), event.get("total")
-            if digest and total:
-                if digest not in done and int(event.get("completed") or 0) >= int(total):
-                    done.add(digest)
+            digest, total, completed = (
+                event.get("digest"),
+                event.get("total"),
+                int(event.get("completed") or 0),
+            )
+            if digest and total and live:
+                if digest not in tasks:
+                    tasks[digest] = progress.add_task(status, total=int(total))
+                progress.update(tasks[digest], completed=completed, description=status)
+            elif digest and total:
+                if digest not in shown and completed >= int(total):
+                    shown.add(digest)
                     console.print(f"{status} 100% {human_bytes(int(total))}")
             elif status and status != previous_status:
                 console.print(status)
-            previous_status = status
-        return last
-    with progress:
-        for event in events:
-            last = event
-            status = str(event.get("status", ""))
-            digest, total = event.get("digest"), event.get("total")
-            if digest and total:
-                if digest not in tasks:
-                    tasks[digest] = progress.add_task(status, total=int(total))
-                progress.update(tasks[digest], completed=int(event.get("completed") or 0), description=status)
-            elif status and status != previous_status:
-                progress.console.print(status)
             previous_status = status
     return last
 

@@ -96,7 +96,7 @@ def detect(repo: Path) -> Inventory:
 # ---- the plan -----------------------------------------------------------------------------------------
 
 
-def _ranges(cores: list[int]) -> str:
+def cpu_ranges(cores: list[int]) -> str:
     """[0, 1, 2, 5] -> "0-2,5"."""
     parts, start = [], None
     for i, core in enumerate(cores):
@@ -164,9 +164,8 @@ def make_plan(
         notes.append(f"{count} llama.cpp workers share {len(inv.cores)} cores: each slows the others down")
     parts = split_cores(list(inv.cores), count) if pinned else [[] for _ in range(count)]
     for i, cores in enumerate(parts):
-        workers.append(
-            WorkerPlan(f"worker-llamacpp-{i}", "llamacpp", CPU_POOL, _ranges(cores), None, cpu_share, slots)
-        )
+        name = f"worker-llamacpp-{i}"
+        workers.append(WorkerPlan(name, "llamacpp", CPU_POOL, cpu_ranges(cores), None, cpu_share, slots))
     for engine in cpu_engines:
         # No budget of its own: a CPU vLLM or MAX server sizes its KV cache by its own settings, and its
         # worker measures what a model needs against the machine's memory.

@@ -65,13 +65,15 @@ async def running_models(scheduler: SchedulerClient, store: StoreClient) -> list
     store's manifest digest, as /api/tags lists it (a worker that loaded it from its own configuration
     knows only its file's digest), so `ps` and `list` show one ID for it."""
     listing = asyncio.ensure_future(_stored(store))
-    served = await scheduler.list_models()
     try:
+        served = await scheduler.list_models()
         # A store busy reading a large GGUF's metadata (its first listing after a start) must not hold
         # ps up: past a moment, the workers' digests stand.
         stored = await asyncio.wait_for(listing, PS_STORE_WAIT_SECONDS)
     except TimeoutError:
         stored = []
+    finally:
+        listing.cancel()  # done already, or no longer wanted
     digests = {name_key(str(m.get("name"))): m.get("digest") for m in stored}
     running = []
     for entry in served:
