@@ -1,6 +1,8 @@
-"""The Redis queue and slot leases on a real Redis: order, idempotent admission, the bound, owners,
-atomic grants, lapses and clean-up. Two RequestQueue/SlotLeases objects on one Redis stand for two
-scheduler replicas."""
+"""The Redis queue and slot leases on a real Redis: order (priority, fair share across tenants,
+arrival), idempotent admission, the bound, owners, atomic grants, lapses and clean-up. Two
+RequestQueue/SlotLeases objects on one Redis stand for two scheduler replicas."""
+
+import math
 
 import pytest
 from hyperllama.worker.v1 import worker_pb2
@@ -15,7 +17,7 @@ from hyperllama_scheduler.leases import (
     SlotLeases,
 )
 from hyperllama_scheduler.metrics import SchedulerMetrics
-from hyperllama_scheduler.queue import ADMITTED, REJOINED, SUPERSEDED, RequestQueue
+from hyperllama_scheduler.queue import ADMITTED, REJOINED, SUPERSEDED, RequestQueue, cost
 from hyperllama_scheduler.queue import GRANTED as QUEUE_GRANTED
 
 MODEL = "m:1"
@@ -37,8 +39,37 @@ def worker(wid: str = "w", slots: int = 2, own: int = 0) -> worker_pb2.WorkerInf
     )
 
 
-async def admit(q: RequestQueue, rid: str, priority: int = 0, owner: str = "o", head: bool = False):
-    return await q.admit(MODEL, rid, NEEDS, priority, owner=owner, ttl_ms=60_000, lease_ms=10_000, head=head)
+async def admit(
+    q: RequestQueue,
+    rid: str,
+    priority: int = 0,
+    owner: str = "o",
+    head: bool = False,
+    tenant: str = "",
+    weight: float = 1.0,
+):
+    return await q.admit(
+        MODEL, rid, NEEDS, priority, owner=owner, ttl_ms=60_000, lease_ms=10_000,
+        tenant=tenant, weight=weight, head=head,
+    )  # fmt: skip
+
+
+async def take(q: RequestQueue, count: int = 1000) -> list[str]:
+    """Grant the head of the queue, one request at a time, as dispatch passes do; the ids taken."""
+    leases = SlotLeases(q._redis, 15, SchedulerMetrics())
+    taken: list[str] = []
+    while len(taken) < count and (head := await q.head(MODEL, 1)):
+        assert (await leases.grant(worker(slots=10_000), MODEL, head[0], [], queued=True)).code == GRANTED
+        taken.append(head[0])
+    return taken
+
+
+async def flood(q: RequestQueue, tenant: str, count: int, start: int = 0, **kw) -> list[str]:
+    """``count`` requests of ``tenant`` admitted one after another, ids "<tenant>-<n>" in order."""
+    ids = [f"{tenant}-{n:03}" for n in range(start, start + count)]
+    for rid in ids:
+        await admit(q, rid, tenant=tenant, **kw)
+    return ids
 
 
 async def test_priority_first_then_arrival(redis_client):
@@ -241,3 +272,108 @@ async def test_a_copy_that_queued_requests_wait_for_is_not_retired(redis_client)
     await leases.release(granted.lease, keep_alive_ms=300_000)
     assert await leases.due() == [("w", MODEL)]
     assert await leases.retire("w", MODEL, 60_000) == 1
+
+
+# ---- fair share across tenants within a priority band ---------------------------------------------
+
+
+def of(tenant: str, taken: list[str]) -> list[str]:
+    return [r for r in taken if r.startswith(f"{tenant}-")]
+
+
+async def test_a_tenant_that_floods_the_queue_pushes_back_only_its_own_requests(redis_client):
+    q = make_queue(redis_client, bound=100)
+    a = await flood(q, "a", 50)
+    b = await flood(q, "b", 5)
+    taken = await take(q)
+    assert max(taken.index(r) for r in b) < 10  # interleaved with a's first, not behind all 50
+    assert of("a", taken) == a and of("b", taken) == b  # each tenant's own in arrival order
+
+
+async def test_a_tenant_arriving_later_starts_at_the_queue_s_virtual_time(redis_client):
+    q = make_queue(redis_client, bound=100)
+    a = await flood(q, "a", 50)
+    assert await take(q, 20) == a[:20]
+    # b was idle: it gets no credit for that, nor waits behind what is left of the flood.
+    b = await flood(q, "b", 5)
+    taken = await take(q, 10)
+    assert set(b) <= set(taken)
+    assert of("a", taken) == a[20:25]
+
+
+async def test_weights_share_a_band_in_proportion(redis_client):
+    q = make_queue(redis_client, bound=200)
+    await flood(q, "a", 60, weight=2)
+    await flood(q, "b", 60)  # weight 1
+    taken = await take(q, 60)
+    rounds = [taken[i : i + 3] for i in range(0, 60, 3)]
+    assert all(len(of("a", r)) == 2 and len(of("b", r)) == 1 for r in rounds)
+
+
+def test_weight_0_counts_as_1_and_extreme_weights_are_clamped():
+    assert cost(0) == cost(-2) == cost(math.nan) == cost(math.inf) == cost(1) == 1000
+    assert cost(0.5) == 2000 and cost(4) == 250
+    assert cost(1e9) == cost(1000) == 1  # still moves a tag on
+    assert cost(1e-9) == cost(0.001) == 1_000_000
+
+
+@pytest.mark.parametrize("tenant", ["", "solo"])
+async def test_one_tenant_is_served_in_strict_arrival_order(redis_client, tenant):
+    q = make_queue(redis_client, bound=100)
+    ids = [f"r{n:03}" for n in range(40)]
+    for rid in ids[:20]:
+        await admit(q, rid, tenant=tenant, weight=3)
+    taken = await take(q, 7)
+    for rid in ids[20:30]:
+        await admit(q, rid, tenant=tenant, weight=3)
+    taken += await take(q)
+    for rid in ids[30:]:  # after the band emptied
+        await admit(q, rid, tenant=tenant, weight=3)
+    taken += await take(q)
+    assert taken == ids
+
+
+async def test_priority_comes_before_fair_share(redis_client):
+    q = make_queue(redis_client, bound=100)
+    high = await flood(q, "a", 20, priority=5)
+    low = await flood(q, "b", 3)
+    top = await flood(q, "c", 1, priority=9)
+    assert await take(q) == top + high + low
+
+
+async def test_a_tenant_is_not_held_back_for_what_it_was_served_while_the_band_was_busy(redis_client):
+    q = make_queue(redis_client, bound=100)
+    await flood(q, "a", 30)
+    await take(q)
+    # Nobody waits now: everyone starts even again.
+    b = await flood(q, "b", 3)
+    a = await flood(q, "a", 3, start=30)
+    assert await take(q) == [a[0], b[0], a[1], b[1], a[2], b[2]]
+
+
+async def test_a_request_admitted_again_gets_a_fresh_start_tag(redis_client):
+    q = make_queue(redis_client, bound=100)
+    a = await flood(q, "a", 20)
+    await admit(q, "b-000", tenant="b")
+    before = await redis_client.zscore(keys.queue(MODEL), "b-000")
+    await redis_client.zrem(keys.queue(MODEL), "b-000")  # its entry lost (Redis restarted, say)
+    entry = await q.renew(
+        MODEL, "b-000", NEEDS, 0, owner="o", ttl_ms=60_000, lease_ms=10_000, tenant="b"
+    )  # fmt: skip
+    assert entry.status == REJOINED
+    # Tagged as b's next request: after b's earlier one (that was lost), still ahead of the flood.
+    assert await redis_client.zscore(keys.queue(MODEL), "b-000") > before
+    assert entry.position == 2
+    assert await take(q) == [a[0], a[1], "b-000", *a[2:]]
+
+
+async def test_a_request_sent_back_after_its_worker_failed_goes_first(redis_client):
+    q = make_queue(redis_client, bound=100)
+    a = await flood(q, "a", 10)
+    b = await flood(q, "b", 3)
+    await admit(q, "c-000", tenant="c", head=True)
+    # A newcomer is not pulled to the head along with it.
+    d = await flood(q, "d", 1)
+    taken = await take(q)
+    assert taken[0] == "c-000"
+    assert taken[1:5] == [a[0], b[0], d[0], a[1]]

@@ -182,10 +182,13 @@ class Dispatcher:
         priority: int,
         owner: str,
         deadline: float,
+        *,
+        tenant: str = "",
+        weight: float = 1.0,
     ) -> AsyncIterator[scheduler_pb2.QueuePosition | scheduler_pb2.Lease]:
-        """Until the request (already admitted under ``owner``) is granted a lease: its place in the
-        queue whenever it changes, then the lease. Raises DeadlineExceeded at the deadline, and
-        Cancelled when a newer call for the same request took it over."""
+        """Until the request (already admitted under ``owner``, charged to ``tenant``) is granted a
+        lease: its place in the queue whenever it changes, then the lease. Raises DeadlineExceeded at
+        the deadline, and Cancelled when a newer call for the same request took it over."""
         event = self._granted[request_id] = asyncio.Event()
         encoded = needs.encode()
         last: tuple[int, int] | None = None
@@ -199,6 +202,7 @@ class Dispatcher:
                     entry = await self.queue.renew(
                         model, request_id, encoded, priority, owner=owner,
                         ttl_ms=int(remaining * 1000), lease_ms=self.request_lease_ms,
+                        tenant=tenant, weight=weight,
                     )  # fmt: skip
                 except Unavailable as err:
                     # Redis is away: keep waiting (the deadline still holds); the next renewal

@@ -7,7 +7,8 @@ never from a client's request.
 PREFIX = "hl"
 
 
-# Sorted set of request ids waiting for a slot; score orders by priority, then arrival.
+# Sorted set of request ids waiting for a slot; score orders by priority band, then each request's
+# fair-share start tag (queue.py), which is arrival order within one tenant.
 def queue(model: str) -> str:
     return f"{PREFIX}:queue:{model}"
 
@@ -51,8 +52,13 @@ def model_stats(model: str) -> str:
     return f"{PREFIX}:stats:{model}"
 
 
-# Monotonic arrival counter.
-ARRIVAL_SEQ = f"{PREFIX}:seq"
+# Fair share of a model's priority band (0 highest .. 9) across tenants (hash): "v", the band's virtual
+# time, and "t:<tenant>", each tenant's finish tag. Tenant names are the gateway's configuration, so
+# the fields are bounded; the state is dropped whenever nobody waits in the band, and lapses no
+# sooner than the requests that wait in it.
+def fair_share(model: str, band: int) -> str:
+    return f"{PREFIX}:fair:{model}:{band}"
+
 
 # Sorted set of worker ids scored by lease expiry (unix ms).
 WORKERS = f"{PREFIX}:workers"

@@ -36,7 +36,7 @@ from hyperllama_scheduler.dispatcher import Dispatcher, Needs
 from hyperllama_scheduler.leases import SlotLeases, capacity
 from hyperllama_scheduler.loader import ModelLoader
 from hyperllama_scheduler.metrics import SchedulerMetrics
-from hyperllama_scheduler.queue import RequestQueue
+from hyperllama_scheduler.queue import RequestQueue, check_tenant
 from hyperllama_scheduler.registry import WorkerRegistry
 from hyperllama_scheduler.routing import Requirements
 from hyperllama_scheduler.settings import SchedulerSettings
@@ -160,6 +160,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         req = request.request
         if not req.request_id:
             raise InvalidRequest("request_id is required", param="request_id")
+        check_tenant(request.tenant)
         requirements = routing.for_generate(req, request.engine)
         try:
             model, _ = await self._resolve(req.model, requirements)
@@ -217,6 +218,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             owner=owner,
             ttl_ms=int((deadline - time.time()) * 1000),
             lease_ms=self.dispatcher.request_lease_ms,
+            tenant=request.tenant,
+            weight=request.weight,
             head=request.retry,
         )
         if admission.grant:  # granted before this call: its first call's replica died
@@ -224,7 +227,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             return
         delivered = False
         try:
-            async for item in self.dispatcher.wait(model, rid, needs, request.priority, owner, deadline):
+            waiting = self.dispatcher.wait(
+                model, rid, needs, request.priority, owner, deadline,
+                tenant=request.tenant, weight=request.weight,
+            )  # fmt: skip
+            async for item in waiting:
                 if isinstance(item, scheduler_pb2.Lease):
                     delivered = True
                     yield scheduler_pb2.AcquireEvent(lease=item)
