@@ -64,6 +64,34 @@ class Overloaded(HyperLlamaError):
     code = "queue_full"
 
 
+class RateLimited(HyperLlamaError):
+    """A tenant's own limit (requests or tokens per minute, concurrent requests) is reached. Unlike
+    Overloaded (the cluster is full) Ollama's routes answer it with 429 as well."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 429
+    openai_type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class Unauthenticated(HyperLlamaError):
+    """No API key, or one that is not (or no longer) valid."""
+
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    http_status = 401
+    openai_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(HyperLlamaError):
+    """A valid key whose tenant may not use this model or route."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    http_status = 403
+    openai_type = "permission_error"
+    code = "permission_denied"
+
+
 class DeadlineExceeded(HyperLlamaError):
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
     http_status = 504
@@ -120,6 +148,9 @@ _KINDS: dict[str, type[HyperLlamaError]] = {
         ContextLengthExceeded,
         ModelNotFound,
         Overloaded,
+        RateLimited,
+        Unauthenticated,
+        PermissionDenied,
         DeadlineExceeded,
         Cancelled,
         Unavailable,
@@ -136,6 +167,8 @@ _BY_GRPC_CODE: dict[grpc.StatusCode, type[HyperLlamaError]] = {
     grpc.StatusCode.CANCELLED: Cancelled,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.FAILED_PRECONDITION: ModelInUse,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 
 

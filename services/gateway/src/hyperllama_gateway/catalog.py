@@ -11,21 +11,14 @@ from typing import Any
 from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama_common.errors import HyperLlamaError
 
+from hyperllama_gateway.names import name_key
 from hyperllama_gateway.ollama.service import ps_entry, tag_entry
 from hyperllama_gateway.scheduler_client import SchedulerClient
 from hyperllama_gateway.store_client import StoreClient
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_PREFIX = "registry.ollama.ai/library/"
 PS_STORE_WAIT_SECONDS = 2.0
-
-
-def name_key(name: str) -> str:
-    """One spelling per model: without the default registry and namespace, with its tag, lower case."""
-    name = name.lower().removeprefix(_DEFAULT_PREFIX)
-    last = name.rsplit("/", 1)[-1]
-    return name if ":" in last else f"{name}:latest"
 
 
 def merged_tags(stored: list[dict[str, Any]], served: list[scheduler_pb2.ModelEntry]) -> list[dict[str, Any]]:

@@ -8,14 +8,16 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from hyperllama_common.errors import InvalidRequest, quote
+from hyperllama_common.errors import InvalidRequest, PermissionDenied, quote
 
 from hyperllama_gateway.dispatch import Dispatch
 from hyperllama_gateway.limits import MAX_ENGINE_CHARS, PRIORITY_MAX, PRIORITY_MIN
 from hyperllama_gateway.metrics import GatewayMetrics
+from hyperllama_gateway.quotas import Quotas
 from hyperllama_gateway.scheduler_client import SchedulerClient
 from hyperllama_gateway.settings import GatewaySettings
 from hyperllama_gateway.store_client import StoreClient
+from hyperllama_gateway.tenants import OPEN_DEFAULT, Tenant
 
 PRIORITY_HEADER = "X-HyperLlama-Priority"
 ENGINE_HEADER = "X-HyperLlama-Engine"
@@ -52,6 +54,19 @@ class Call:
     priority: int
     # X-HyperLlama-Engine pins the request to one engine's workers; empty means any engine.
     engine: str
+    # Set by auth.Authenticate; the open default tenant when auth is off.
+    tenant: Tenant = OPEN_DEFAULT
+    # Per-tenant limits and usage (None while auth is off: there are no tenants to tell apart).
+    quotas: Quotas | None = None
+
+    def authorize(self, model: str) -> None:
+        """Raise PermissionDenied unless the caller's tenant may use ``model``."""
+        authorize(self.tenant, model)
+
+
+def authorize(tenant: Tenant, model: str) -> None:
+    if not tenant.allows(model):
+        raise PermissionDenied(f"tenant '{tenant.name}' may not use model '{quote(model)}'", param="model")
 
 
 def parse_priority(raw: str | None) -> int:
@@ -81,7 +96,12 @@ def parse_engine(raw: str | None) -> str:
     return value
 
 
+def tenant_of(request: Request) -> Tenant:
+    return getattr(request.state, "tenant", None) or OPEN_DEFAULT
+
+
 def _call(request: Request) -> Call:
+    tenant = tenant_of(request)
     return Call(
         http=request,
         scheduler=request.app.state.scheduler,
@@ -91,12 +111,16 @@ def _call(request: Request) -> Call:
         metrics=request.app.state.metrics,
         # Set by the edge middleware; minted here only when the app runs without it (unit tests).
         request_id=getattr(request.state, "request_id", None) or uuid.uuid4().hex,
-        priority=parse_priority(request.headers.get(PRIORITY_HEADER)),
+        # A tenant's ceiling bounds what its requests may claim.
+        priority=min(tenant.max_priority, parse_priority(request.headers.get(PRIORITY_HEADER))),
         engine=parse_engine(request.headers.get(ENGINE_HEADER)),
+        tenant=tenant,
+        quotas=request.app.state.quotas,
     )
 
 
 Scheduler = Annotated[SchedulerClient, Depends(_scheduler)]
 Store = Annotated[StoreClient, Depends(_store)]
 Metrics = Annotated[GatewayMetrics, Depends(_metrics)]
+TenantDep = Annotated[Tenant, Depends(tenant_of)]
 CallDep = Annotated[Call, Depends(_call)]

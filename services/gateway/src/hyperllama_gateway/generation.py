@@ -17,6 +17,7 @@ from hyperllama_common.errors import BackendFailed, Cancelled, HyperLlamaError
 from hyperllama_gateway.deps import Call
 from hyperllama_gateway.dispatch import Event
 from hyperllama_gateway.metrics import outcome_of
+from hyperllama_gateway.quotas import Ticket
 
 T = TypeVar("T")
 
@@ -52,12 +53,22 @@ async def embed(
     call: Call, request: worker_pb2.EmbedRequest, keep_alive_ms: int | None = None
 ) -> worker_pb2.EmbedResponse:
     """Run an embedding request (cancelled if the client leaves) and record its metrics."""
+    call.authorize(request.model)
     call.http.state.model = request.model
     started = time.perf_counter()
     timeout = call.settings.request_timeout_seconds
-    response = await until_disconnect(
-        call.http, call.scheduler.embed(request, timeout, call.engine, keep_alive_ms)
-    )
+    ticket = await call.quotas.admit(call.tenant, call.request_id) if call.quotas is not None else None
+    try:
+        response = await until_disconnect(
+            call.http, call.scheduler.embed(request, timeout, call.engine, keep_alive_ms)
+        )
+    except BaseException as err:
+        if ticket is not None and call.quotas is not None:
+            outcome = outcome_of(err) if isinstance(err, HyperLlamaError) else "cancelled"
+            call.quotas.finish_soon(ticket, 0, 0, outcome)
+        raise
+    if ticket is not None and call.quotas is not None:
+        call.quotas.finish_soon(ticket, response.prompt_tokens, 0, "ok")
     call.http.state.recorded = True
     call.metrics.record(call.http.url.path, request.model, "ok", time.perf_counter() - started)
     call.metrics.prompt_tokens.labels(request.model).inc(response.prompt_tokens)
@@ -99,12 +110,17 @@ class Generation:
         positions: bool = False,
         keep_alive_ms: int | None = None,
     ):
+        call.authorize(request.model)
         self.started = time.perf_counter()
         self.created = int(time.time())
         self.request = request
         self.metrics = call.metrics
         self.http = call.http
         self.http.state.model = request.model
+        self._call = call
+        self._ticket: Ticket | None = None
+        # What the stream has charged so far: a cut stream is charged what it used.
+        self._prompt_tokens = self._completion_tokens = 0
         timeout = call.settings.request_timeout_seconds
         self._events = call.dispatch.generate(
             scheduler_pb2.AcquireRequest(
@@ -113,6 +129,8 @@ class Generation:
                 deadline_unix_ms=int((time.time() + timeout) * 1000),
                 engine=call.engine,
                 keep_alive_ms=keep_alive_ms,
+                tenant=call.tenant.name,
+                weight=call.tenant.weight,
             ),
             timeout,
         )
@@ -126,7 +144,19 @@ class Generation:
                     return event
             raise BackendFailed("the stream ended before it started")
 
-        self._first = await until_disconnect(self.http, first())
+        if self._call.quotas is not None:
+            self._ticket = await self._call.quotas.admit(self._call.tenant, self._call.request_id)
+        try:
+            self._first = await until_disconnect(self.http, first())
+        except BaseException as err:
+            self._charge(outcome_of(err) if isinstance(err, HyperLlamaError) else "cancelled")
+            raise
+
+    def _charge(self, outcome: str) -> None:
+        """Charge the tenant what the stream used (once; in the background: this may run while the
+        stream is being torn down)."""
+        if self._ticket is not None and self._call.quotas is not None:
+            self._call.quotas.finish_soon(self._ticket, self._prompt_tokens, self._completion_tokens, outcome)
 
     def _record(self, outcome: str) -> None:
         self.http.state.recorded = True  # the error handler must not count this request again
@@ -163,6 +193,8 @@ class Generation:
                         yield chunk
                     continue
                 now = time.perf_counter()
+                self._completion_tokens += chunk.token_count
+                self._prompt_tokens = chunk.usage.prompt_tokens or self._prompt_tokens
                 if chunk.text:
                     if last_text_at == 0.0:
                         api = "openai" if self.http.url.path.startswith("/v1") else "ollama"
@@ -174,22 +206,27 @@ class Generation:
                     last_text_at = now
                 if chunk.finish_reason != worker_pb2.FINISH_REASON_UNSPECIFIED:
                     final_seen = True
+                    self._completion_tokens = chunk.usage.completion_tokens
                     self.metrics.prompt_tokens.labels(model).inc(chunk.usage.prompt_tokens)
                     self.metrics.output_tokens.labels(model).inc(chunk.usage.completion_tokens)
                 yield chunk
             if not final_seen:
                 raise BackendFailed("the stream ended without a finish")
             self._record("ok")
+            self._charge("ok")
         except HyperLlamaError as err:
             if final_seen:
                 # The final chunk is out: the stream is complete whatever broke after it, and a
                 # second terminal marker (an error after "done") would contradict the first.
                 self._record("ok")
+                self._charge("ok")
                 return
             self._record(outcome_of(err))
+            self._charge(outcome_of(err))
             raise
         except (asyncio.CancelledError, GeneratorExit):
             self._record("cancelled")  # the client went away mid-stream
+            self._charge("cancelled")
             raise
         finally:
             self.metrics.in_flight.dec()

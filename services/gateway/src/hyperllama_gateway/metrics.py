@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from hyperllama_common.errors import Cancelled, InvalidRequest, ModelNotFound, Overloaded
+from hyperllama_common.errors import (
+    Cancelled,
+    InvalidRequest,
+    ModelNotFound,
+    Overloaded,
+    PermissionDenied,
+    RateLimited,
+    Unauthenticated,
+)
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Buckets that fit LLM serving: from a few milliseconds to minutes.
@@ -30,9 +38,9 @@ OUTCOMES = ("ok", "client_error", "rejected", "cancelled", "failed")
 
 
 def outcome_of(err: BaseException) -> str:
-    if isinstance(err, Overloaded):
+    if isinstance(err, (Overloaded, RateLimited)):
         return "rejected"
-    if isinstance(err, (InvalidRequest, ModelNotFound)):
+    if isinstance(err, (InvalidRequest, ModelNotFound, Unauthenticated, PermissionDenied)):
         return "client_error"
     if isinstance(err, Cancelled):
         return "cancelled"
@@ -81,12 +89,53 @@ class GatewayMetrics:
         self.in_flight = Gauge(
             "hyperllama_gateway_requests_in_flight", "Generations being served right now", registry=r
         )
+        # Tenants are configuration (tenants.py), so they are bounded label values.
+        self.tenant_requests = Counter(
+            "hyperllama_gateway_tenant_requests_total",
+            "Generation and embedding requests by tenant and outcome",
+            ["tenant", "outcome"],
+            registry=r,
+        )
+        self.tenant_tokens = Counter(
+            "hyperllama_gateway_tenant_tokens_total",
+            "Tokens charged to a tenant (kind: prompt or completion), cancelled streams included",
+            ["tenant", "kind"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "hyperllama_gateway_rate_limited_total",
+            "Requests refused by a tenant's limit (requests, tokens or concurrency)",
+            ["tenant", "limit"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "hyperllama_gateway_auth_failures_total",
+            "Requests refused for their credentials (reason: missing, invalid, forbidden)",
+            ["reason"],
+            registry=r,
+        )
+        self.usage_lost = Counter(
+            "hyperllama_gateway_usage_lost_total",
+            "Finished requests whose usage could not be recorded (Redis unreachable)",
+            registry=r,
+        )
+        for reason in ("missing", "invalid", "forbidden"):
+            self.auth_failures.labels(reason)
 
         # Models a request has been served for: the scheduler vouched for them, so they may be labels;
         # any other name is whatever a client sent and is counted under "-".
         self._served: set[str] = set()
         for api, endpoint in {*KNOWN_ENDPOINTS.values(), ("other", "other")}:
             self._start(api, endpoint, "-")
+
+    def start_tenants(self, names: list[str]) -> None:
+        for name in names:
+            for outcome in OUTCOMES:
+                self.tenant_requests.labels(name, outcome)
+            for kind in ("prompt", "completion"):
+                self.tenant_tokens.labels(name, kind)
+            for limit in ("requests", "tokens", "concurrency"):
+                self.rate_limited.labels(name, limit)
 
     def _start(self, api: str, endpoint: str, model: str) -> None:
         """Create the series of every outcome at 0, so dashboards read 0 rather than "No data"."""

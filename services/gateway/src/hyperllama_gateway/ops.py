@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 from hyperllama_common.errors import HyperLlamaError
 
-from hyperllama_gateway.deps import Scheduler
+from hyperllama_gateway.deps import Scheduler, TenantDep
 
 router = APIRouter()
 
@@ -33,7 +33,7 @@ async def ready(scheduler: Scheduler) -> JSONResponse:
 
 
 @router.get("/api/queue")
-async def queue(scheduler: Scheduler) -> dict[str, Any]:
+async def queue(scheduler: Scheduler, tenant: TenantDep) -> dict[str, Any]:
     """Per model: requests waiting, the longest wait so far, the estimated wait of a request sent
     now (0: no estimate yet), and the slots of its workers (leased to running streams, total)."""
     return {
@@ -47,6 +47,7 @@ async def queue(scheduler: Scheduler) -> dict[str, Any]:
                 "slots_total": q.slots_total,
             }
             for q in await scheduler.queue_status()
+            if tenant.allows(q.model)
         ]
     }
 

@@ -1,8 +1,20 @@
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The admin key guards every key; shorter is guessable.
+MIN_ADMIN_KEY_CHARS = 16
+
+
+def _env(name: str) -> AliasChoices:
+    """A setting read from its cluster-wide name (HYPERLLAMA_<NAME>: `HYPERLLAMA_AUTH=on make run`
+    reaches every process) or the gateway's own (HYPERLLAMA_GATEWAY_<NAME>)."""
+    return AliasChoices(f"HYPERLLAMA_{name}", f"HYPERLLAMA_GATEWAY_{name}")
 
 
 class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="HYPERLLAMA_GATEWAY_")
+    model_config = SettingsConfigDict(env_prefix="HYPERLLAMA_GATEWAY_", populate_by_name=True)
 
     host: str = "127.0.0.1"
     port: int = 11434
@@ -27,5 +39,33 @@ class GatewaySettings(BaseSettings):
     store_stream_idle_seconds: float = 600.0
     # Record prompt text on trace spans (off: prompts are user data).
     trace_prompts: bool = False
+    # API keys: "on" makes every route but /health, /ready, /metrics and GET / need a key (auth.py).
+    auth: bool = Field(default=False, validation_alias=_env("AUTH"))
+    # The admin key (/admin: keys and tenants), or a file holding it (a mounted Secret).
+    admin_key: SecretStr = Field(default=SecretStr(""), validation_alias=_env("ADMIN_KEY"))
+    admin_key_file: str = Field(default="", validation_alias=_env("ADMIN_KEY_FILE"))
+    # Keys, limits and usage are shared by every gateway replica through Redis (auth on only).
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    # Tenants (tenants.py); none: every key belongs to the default tenant.
+    tenants_file: str = ""
+    # Origins a browser may call the API from (comma-separated; "*" any, never with credentials).
+    # Empty: no CORS headers at all.
+    cors_origins: str = ""
     log_level: str = "INFO"
     log_json: bool = False
+
+    def admin_key_value(self) -> str:
+        """The admin key, from the file when one is named. Raises ValueError when auth is on and there
+        is none, or it is too short to be a secret."""
+        key = self.admin_key.get_secret_value()
+        if self.admin_key_file:
+            key = Path(self.admin_key_file).read_text(encoding="utf-8").strip()
+        if self.auth and len(key) < MIN_ADMIN_KEY_CHARS:
+            raise ValueError(
+                "HYPERLLAMA_AUTH=on needs an admin key of at least "
+                f"{MIN_ADMIN_KEY_CHARS} characters in HYPERLLAMA_ADMIN_KEY or HYPERLLAMA_ADMIN_KEY_FILE"
+            )
+        return key
+
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]

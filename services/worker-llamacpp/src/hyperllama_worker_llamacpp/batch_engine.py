@@ -49,6 +49,7 @@ class Job:
     arrived_ns: int
     started_ns: int = 0
     first_token_ns: int = 0
+    prompt_reported: bool = False
 
 
 def _deliver(outbox: list[tuple[Emit, object]]) -> None:
@@ -322,7 +323,12 @@ class BatchEngine:
         self.planner.sampled(seq, token)
         text, hit = job.stops.feed(job.utf8.feed(self.model.piece(token)))
         if text:
-            self._post(seq, worker_pb2.GenerateChunk(text=text, token_count=1))
+            chunk = worker_pb2.GenerateChunk(text=text, token_count=1)
+            if not job.prompt_reported:
+                # So a stream cut before its end is still charged its prompt (the gateway's usage).
+                chunk.usage.prompt_tokens = len(seq.prompt)
+                job.prompt_reported = True
+            self._post(seq, chunk)
         if hit:
             self._finish(seq, worker_pb2.FINISH_REASON_STOP)
         elif seq.produced >= seq.limit:

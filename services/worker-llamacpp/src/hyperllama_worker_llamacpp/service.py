@@ -33,6 +33,8 @@ def merge_chunks(chunks: list[worker_pb2.GenerateChunk]) -> worker_pb2.GenerateC
     merged.CopyFrom(chunks[-1])
     merged.text = "".join(c.text for c in chunks)
     merged.token_count = sum(c.token_count for c in chunks)
+    if not merged.usage.prompt_tokens:  # the first text chunk's count of prompt tokens
+        merged.usage.prompt_tokens = max(c.usage.prompt_tokens for c in chunks)
     return merged
 
 

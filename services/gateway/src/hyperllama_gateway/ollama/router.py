@@ -10,7 +10,7 @@ from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.durations import keep_alive_ms
 
 from hyperllama_gateway import __version__, catalog
-from hyperllama_gateway.deps import Call, CallDep, Scheduler, Store
+from hyperllama_gateway.deps import Call, CallDep, Scheduler, Store, TenantDep
 from hyperllama_gateway.generation import Generation, embed, until_disconnect
 from hyperllama_gateway.ollama import service
 from hyperllama_gateway.ollama.protocol import (
@@ -28,6 +28,7 @@ _NDJSON = "application/x-ndjson"
 async def _load_or_unload(call: Call, model: str, keep_alive: int | None, chat: bool) -> dict[str, Any]:
     """Ollama's request with nothing to generate: loads the model (and sets its keep_alive), or with
     keep_alive 0 unloads it."""
+    call.authorize(model)
     if keep_alive == 0:
         name = await until_disconnect(call.http, call.scheduler.unload_model(model))
         return service.load_response(name, chat, "unload")
@@ -92,8 +93,9 @@ async def embeddings(body: EmbeddingsRequest, call: CallDep) -> dict[str, Any]:
 
 
 @router.get("/ps")
-async def ps(scheduler: Scheduler, store: Store) -> dict[str, Any]:
-    return {"models": await catalog.running_models(scheduler, store)}
+async def ps(scheduler: Scheduler, store: Store, tenant: TenantDep) -> dict[str, Any]:
+    running = await catalog.running_models(scheduler, store)
+    return {"models": [m for m in running if tenant.allows(m["name"])]}
 
 
 @router.get("/version")

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request, Response
 from hyperllama_common.errors import InvalidRequest, ModelNotFound, Unavailable, quote
 
 from hyperllama_gateway import catalog
-from hyperllama_gateway.deps import Scheduler, Store
+from hyperllama_gateway.deps import Scheduler, Store, TenantDep, authorize
 from hyperllama_gateway.ollama import service
 from hyperllama_gateway.ollama import show as show_card
 from hyperllama_gateway.ollama.protocol import (
@@ -45,13 +45,14 @@ def _digest(digest: str) -> str:
 
 
 @router.get("/tags")
-async def tags(scheduler: Scheduler, store: Store) -> dict[str, Any]:
-    return {"models": await catalog.all_models(scheduler, store)}
+async def tags(scheduler: Scheduler, store: Store, tenant: TenantDep) -> dict[str, Any]:
+    return {"models": [m for m in await catalog.all_models(scheduler, store) if tenant.allows(m["name"])]}
 
 
 @router.post("/show")
-async def show(body: ShowRequest, scheduler: Scheduler, store: Store) -> dict[str, Any]:
+async def show(body: ShowRequest, scheduler: Scheduler, store: Store, tenant: TenantDep) -> dict[str, Any]:
     model = _required(body.target())
+    authorize(tenant, model)
     try:
         return show_card.show_stored(await store.show(model))
     except (ModelNotFound, Unavailable):

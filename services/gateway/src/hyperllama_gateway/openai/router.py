@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 from hyperllama_common.errors import ModelNotFound, quote
 
 from hyperllama_gateway import catalog
-from hyperllama_gateway.deps import CallDep, Scheduler, Store
+from hyperllama_gateway.deps import CallDep, Scheduler, Store, TenantDep, authorize
 from hyperllama_gateway.generation import Generation, embed
 from hyperllama_gateway.openai import service
 from hyperllama_gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -67,13 +67,15 @@ def _model_card(tag: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.get("/models")
-async def list_models(scheduler: Scheduler, store: Store) -> dict[str, Any]:
-    return {"object": "list", "data": [_model_card(t) for t in await catalog.all_models(scheduler, store)]}
+async def list_models(scheduler: Scheduler, store: Store, tenant: TenantDep) -> dict[str, Any]:
+    tags = await catalog.all_models(scheduler, store)
+    return {"object": "list", "data": [_model_card(t) for t in tags if tenant.allows(t["name"])]}
 
 
 @router.get("/models/{model:path}")
-async def get_model(model: str, scheduler: Scheduler, store: Store) -> dict[str, Any]:
-    tags = await catalog.all_models(scheduler, store)
+async def get_model(model: str, scheduler: Scheduler, store: Store, tenant: TenantDep) -> dict[str, Any]:
+    authorize(tenant, model)
+    tags = [t for t in await catalog.all_models(scheduler, store) if tenant.allows(t["name"])]
     for tag in tags:
         if tag["name"] == model or catalog.name_key(tag["name"]) == catalog.name_key(model):
             return _model_card(tag)
