@@ -348,6 +348,33 @@ def test_a_fuzzed_authorization_header_never_gets_a_5xx(secured: dict[str, Any])
             assert status in (400, 401), (name, value[:40], status)
 
 
+def test_the_cli_manages_keys_with_the_admin_key(secured: dict[str, Any]) -> None:
+    url = secured["urls"][0]
+    env = {**os.environ, "HYPERLLAMA_HOST": url, "HYPERLLAMA_ADMIN_KEY": ADMIN_KEY}
+    env.pop("HYPERLLAMA_API_KEY", None)
+
+    def hyperllama(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "hyperllama_cli.main", *args]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+
+    made = hyperllama("keys", "create", "--tenant", "narrow", "--name", "from-cli")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    assert key.startswith("hl-") and "shown only this once" in made.stderr
+    assert _chat(url, key).status_code == 200
+    listed = hyperllama("keys", "ls")
+    row = next(line for line in listed.stdout.splitlines() if "from-cli" in line)
+    assert "narrow" in row and key not in listed.stdout and key[:7] in row
+    assert hyperllama("keys", "revoke", row.split()[0]).returncode == 0
+    assert _chat(url, key).status_code == 401
+    shown = hyperllama("tenants")
+    assert shown.returncode == 0 and "paced" in shown.stdout and "4 req/min" in shown.stdout
+    # Without the admin key the admin API refuses, and the CLI says so in one line.
+    env["HYPERLLAMA_ADMIN_KEY"] = "wrong-" + "x" * 20
+    refused = hyperllama("keys", "ls")
+    assert refused.returncode == 1 and refused.stderr.startswith("Error: invalid API key")
+
+
 def test_no_key_appears_in_any_log_or_span(secured: dict[str, Any]) -> None:
     """Runs after the others (file order): every key made above, the admin key and a canary used
     on every route must be absent from every process's log (spans included: they print there)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -310,3 +311,49 @@ def bench(api: Api, args: argparse.Namespace) -> int:
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
     return 1 if any(r[2] != "0" for r in rows) else 0
+
+
+def keys_create(api: Api, args: argparse.Namespace) -> int:
+    made = api.post("/admin/keys", {"tenant": args.tenant, "name": args.name})
+    print(made["key"])
+    print(
+        f"Created key {made['id']} of tenant '{made['tenant']}'. It is shown only this once.", file=sys.stderr
+    )
+    return 0
+
+
+def keys_list(api: Api, args: argparse.Namespace) -> int:
+    rows = [
+        [
+            k["id"],
+            k["tenant"],
+            k["name"] or "-",
+            k["hint"],
+            human_time(datetime.fromtimestamp(k["created_at"], UTC)),
+        ]
+        for k in api.get("/admin/keys")["keys"]
+    ]
+    print_table(["ID", "TENANT", "NAME", "KEY", "CREATED"], rows)
+    return 0
+
+
+def keys_revoke(api: Api, args: argparse.Namespace) -> int:
+    for key_id in args.ids:
+        api.delete(f"/admin/keys/{key_id}", {})
+        print(f"revoked '{key_id}'")
+    return 0
+
+
+def tenants(api: Api, args: argparse.Namespace) -> int:
+    rows = []
+    for t in api.get("/admin/tenants")["tenants"]:
+        limits = [f"{t['requests_per_minute']} req/min" if t["requests_per_minute"] else "",
+                  f"{t['tokens_per_minute']} tok/min" if t["tokens_per_minute"] else "",
+                  f"{t['max_concurrent']} at once" if t["max_concurrent"] else ""]  # fmt: skip
+        usage = t["usage"]
+        tokens = usage["prompt_tokens"] + usage["completion_tokens"]
+        shown_limits = ", ".join(x for x in limits if x) or "-"
+        rows.append([t["name"], ", ".join(t["models"]), str(t["weight"]), shown_limits,
+                     str(usage["requests"]), str(tokens), str(usage["rejected"])])  # fmt: skip
+    print_table(["TENANT", "MODELS", "WEIGHT", "LIMITS", "REQUESTS", "TOKENS", "REFUSED"], rows)
+    return 0

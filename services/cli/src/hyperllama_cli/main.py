@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from hyperllama_cli import __version__, commands, serve
 from hyperllama_cli.api import Api, ApiError, server_url
@@ -77,6 +78,22 @@ def parser() -> argparse.ArgumentParser:
     stop = verb("stop", commands.stop, "Stop (unload) a running model")
     stop.add_argument("model")
 
+    keys = verb("keys", commands.keys_list, "Manage API keys (with the admin key: $HYPERLLAMA_ADMIN_KEY)")
+    key_verbs = keys.add_subparsers(dest="keys_command", metavar="ACTION")
+    created = key_verbs.add_parser("create", help="Create a key (shown once)", description="Create a key")
+    created.add_argument(
+        "--tenant", default="default", help="the tenant the key belongs to (default: default)"
+    )
+    created.add_argument("--name", default="", help="what the key is for, to tell keys apart")
+    created.set_defaults(handler=commands.keys_create)
+    key_verbs.add_parser("ls", help="List keys", aliases=["list"]).set_defaults(handler=commands.keys_list)
+    revoked = key_verbs.add_parser(
+        "revoke", help="Revoke keys", description="Revoke keys (at once, everywhere)"
+    )
+    revoked.add_argument("ids", nargs="+", metavar="id")
+    revoked.set_defaults(handler=commands.keys_revoke)
+    verb("tenants", commands.tenants, "List tenants: their limits and usage (with the admin key)")
+
     verb("workers", commands.workers, "List the cluster's workers: engine, pool, models, slots, memory")
     verb("queue", commands.queue, "Show each model's queue: requests waiting, oldest wait, ETA")
     bench = verb(
@@ -89,6 +106,21 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-tokens", type=int, default=128, help="output tokens per request (default: 128)")
     bench.add_argument("--compare", help="a second server to run the same load against, for a ratio")
     return p
+
+
+# Verbs of the admin API: they send the admin key instead of HYPERLLAMA_API_KEY.
+ADMIN_VERBS = {"keys", "tenants"}
+
+
+def admin_key() -> str:
+    """$HYPERLLAMA_ADMIN_KEY, else the file $HYPERLLAMA_ADMIN_KEY_FILE names, else the one `serve`
+    made (~/.hyperllama/admin_key), else $HYPERLLAMA_API_KEY."""
+    if os.environ.get("HYPERLLAMA_ADMIN_KEY"):
+        return os.environ["HYPERLLAMA_ADMIN_KEY"]
+    path = Path(os.environ.get("HYPERLLAMA_ADMIN_KEY_FILE") or Path.home() / ".hyperllama" / "admin_key")
+    if path.is_file():
+        return path.read_text(encoding="utf-8").strip()
+    return os.environ.get("HYPERLLAMA_API_KEY", "")
 
 
 def version(api: Api) -> int:
@@ -107,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     api: Api | None = None
     try:
-        api = Api(server_url(args.host), os.environ.get("HYPERLLAMA_API_KEY") or None)
+        key = admin_key() if args.command in ADMIN_VERBS else os.environ.get("HYPERLLAMA_API_KEY")
+        api = Api(server_url(args.host), key or None)
         if args.version:
             return version(api)
         if not args.command:
