@@ -36,7 +36,6 @@ MANAGE_ROUTES = {
     ("DELETE", "/api/delete"),
     ("GET", "/api/workers"),
 }
-_BEARER = "bearer "
 
 
 def is_open(method: str, path: str) -> bool:
@@ -53,8 +52,8 @@ def presented_key(headers: list[tuple[bytes, bytes]]) -> str | None:
     found = None
     for name, value in headers:
         if name == b"authorization":
-            text = value.decode("latin-1").strip()
-            found = text[len(_BEARER) :].strip() if text[: len(_BEARER)].lower() == _BEARER else text
+            scheme, _, rest = value.decode("latin-1").strip().partition(" ")
+            found = rest.strip() if scheme.lower() == "bearer" else scheme  # "Bearer <key>" or "<key>"
             break
         if name == b"x-api-key" and found is None:
             found = value.decode("latin-1").strip()
