@@ -18,7 +18,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 	$(call cpu_flag,avx512_vnni,GGML_AVX512_VNNI) $(call cpu_flag,avx512vbmi,GGML_AVX512_VBMI) \
 	$(call cpu_flag,avx512_bf16,GGML_AVX512_BF16)
 
-.PHONY: install proto run test test-unit lint bench clean
+.PHONY: install proto run test test-unit lint bench clean dev-ca
 LLAMA_SERVER := build/llama-server/llama-server
 
 include engines.mk
@@ -85,6 +85,11 @@ bench: proto $(LLAMA_SERVER)
 
 $(LLAMA_SERVER): | $(VENV)/bin/python
 	loadtests/build_llama_server.sh $(LLAMA_CPP_VERSION) "$(LLAMA_CMAKE_ARGS)" build/llama-server $(BIN)/pip
+
+# A development CA and certificates for the services' mTLS (HYPERLLAMA_TLS_CA/_CERT/_KEY); see deploy/tls/dev_ca.py.
+DEV_CA := build/dev-ca
+dev-ca:
+	$(PYTHON) deploy/tls/dev_ca.py $(DEV_CA)
 
 lint: proto
 	$(BIN)/ruff check services tests deploy loadtests

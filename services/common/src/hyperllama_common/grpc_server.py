@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from hyperllama_common.errors import HyperLlamaError, abort_with
+from hyperllama_common.internal_auth import InternalAuth
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
 
 class GrpcServer:
-    """An aio server with the standard health service and a graceful stop on SIGTERM/SIGINT."""
+    """An aio server with the standard health service and a graceful stop on SIGTERM/SIGINT. Internal
+    auth (the token, mTLS) comes from the environment unless ``auth`` is given."""
 
     def __init__(
         self,
@@ -76,10 +78,13 @@ class GrpcServer:
         service_name: str,
         grace_seconds: float = 10.0,
         interceptors: list[grpc.aio.ServerInterceptor] | None = None,
+        auth: InternalAuth | None = None,
     ):
-        # Outer interceptors (tracing) see the status the error interceptor sets.
+        self.auth = InternalAuth.from_env() if auth is None else auth
+        # Outer interceptors (tracing) see the status the error interceptor sets; the token check
+        # comes first, so a refused call reaches nothing else.
         self.server = grpc.aio.server(
-            interceptors=[*(interceptors or []), ErrorInterceptor()],
+            interceptors=[*self.auth.server_interceptors(), *(interceptors or []), ErrorInterceptor()],
             options=[("grpc.so_reuseport", 0), *MESSAGE_SIZE_OPTIONS],
         )
         self.health = health.aio.HealthServicer()
@@ -91,10 +96,11 @@ class GrpcServer:
         self._stopping = asyncio.Event()
 
     async def start(self) -> int:
-        self.port = self.server.add_insecure_port(self.address)
+        self.port = self.auth.add_port(self.server, self.address)
         if self.port == 0:
             raise RuntimeError(f"cannot bind gRPC server to {self.address}")
         await self.server.start()
+        log.info("%s on port %d, internal auth: %s", self.service_name, self.port, self.auth.describe())
         await self.set_serving(True)
         return self.port
 

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 from hyperllama_common.grpc_server import MESSAGE_SIZE_OPTIONS
+from hyperllama_common.internal_auth import InternalAuth
 
 BALANCED_OPTIONS: list[tuple[str, Any]] = [
     *MESSAGE_SIZE_OPTIONS,
@@ -48,9 +49,17 @@ def grpc_target(addresses: str) -> str:
 
 
 def scheduler_channel(
-    addresses: str, interceptors: list[grpc.aio.ClientInterceptor] | None = None
+    addresses: str,
+    interceptors: list[grpc.aio.ClientInterceptor] | None = None,
+    auth: InternalAuth | None = None,
 ) -> grpc.aio.Channel:
-    """One channel to all the scheduler replicas named by ``addresses``."""
-    return grpc.aio.insecure_channel(
-        grpc_target(addresses), options=BALANCED_OPTIONS, interceptors=interceptors
-    )
+    """One channel to all the scheduler replicas named by ``addresses``; every call on it carries the
+    internal token (and speaks mTLS) as the environment says, unless ``auth`` is given."""
+    auth = InternalAuth.from_env() if auth is None else auth
+    options = BALANCED_OPTIONS
+    if "," in addresses and auth.tls is not None:
+        # A list's authority is the list itself, which no certificate names: TLS checks the first
+        # replica's host instead (every replica's certificate names it on one machine; elsewhere
+        # HYPERLLAMA_TLS_SERVER_NAME overrides both).
+        options = [*options, ("grpc.default_authority", addresses.split(",")[0].strip())]
+    return auth.channel(grpc_target(addresses), options, interceptors or ())

@@ -1,5 +1,6 @@
 """gRPC calls to workers (the gateway streams from them, the scheduler embeds), one cached channel
-per worker address, and what each kind of failure means."""
+per worker address, and what each kind of failure means. Every call carries the internal token (and
+the channels speak mTLS) as hyperllama_common.internal_auth says."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from opentelemetry import trace
 
 from hyperllama_common.errors import BackendFailed, HyperLlamaError, from_rpc_error, raised_by_peer
 from hyperllama_common.grpc_server import MESSAGE_SIZE_OPTIONS
+from hyperllama_common.internal_auth import InternalAuth
 
 
 class WorkerLost(BackendFailed):
@@ -46,16 +48,22 @@ def worker_error(err: grpc.aio.AioRpcError) -> HyperLlamaError:
 
 
 class WorkerClients:
-    def __init__(self, interceptors: list[grpc.aio.ClientInterceptor] | None = None) -> None:
+    def __init__(
+        self, interceptors: list[grpc.aio.ClientInterceptor] | None = None, auth: InternalAuth | None = None
+    ) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._interceptors = interceptors or []
         self._closing: set[asyncio.Task[None]] = set()
+        self._auth = InternalAuth.from_env() if auth is None else auth
+        # Passed on each call rather than by an interceptor: an intercepted stream relays every token
+        # through one more task and generator.
+        self._metadata = self._auth.metadata
 
     def _stub(self, address: str) -> worker_pb2_grpc.WorkerServiceStub:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(
-                address, options=MESSAGE_SIZE_OPTIONS, interceptors=self._interceptors
+            channel = self._channels[address] = self._auth.channel(
+                address, MESSAGE_SIZE_OPTIONS, self._interceptors, add_token=False
             )
         return worker_pb2_grpc.WorkerServiceStub(channel)
 
@@ -70,7 +78,9 @@ class WorkerClients:
         current only while the call is created (the tracing interceptor reads it then), never
         across this generator's yields, which may resume in another task."""
         with trace.use_span(parent, end_on_exit=False) if parent else contextlib.nullcontext():
-            call = self._stub(address).Generate(request, timeout=max(0.001, deadline - time.time()))
+            call = self._stub(address).Generate(
+                request, timeout=max(0.001, deadline - time.time()), metadata=self._metadata
+            )
         try:
             async for chunk in call:
                 yield chunk
@@ -83,14 +93,14 @@ class WorkerClients:
         self, address: str, request: worker_pb2.EmbedRequest, timeout: float
     ) -> worker_pb2.EmbedResponse:
         try:
-            return await self._stub(address).Embed(request, timeout=timeout)
+            return await self._stub(address).Embed(request, timeout=timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as err:
             raise self._error(address, err) from None
 
     async def load(self, address: str, model: str, digest: str, timeout: float) -> worker_pb2.WorkerInfo:
         try:
             reply = await self._stub(address).Load(
-                worker_pb2.LoadRequest(model=model, digest=digest), timeout=timeout
+                worker_pb2.LoadRequest(model=model, digest=digest), timeout=timeout, metadata=self._metadata
             )
         except grpc.aio.AioRpcError as err:
             raise self._error(address, err) from None
@@ -98,7 +108,9 @@ class WorkerClients:
 
     async def unload(self, address: str, model: str, timeout: float = 30.0) -> worker_pb2.WorkerInfo:
         try:
-            reply = await self._stub(address).Unload(worker_pb2.UnloadRequest(model=model), timeout=timeout)
+            reply = await self._stub(address).Unload(
+                worker_pb2.UnloadRequest(model=model), timeout=timeout, metadata=self._metadata
+            )
         except grpc.aio.AioRpcError as err:
             raise self._error(address, err) from None
         return reply.worker
