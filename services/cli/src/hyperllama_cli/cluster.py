@@ -3,6 +3,8 @@
 ``hyperllama serve`` (and so ``make run``) starts it from a plan; the tests and loadtests/bench.py start
 the same topology on free ports. Every process it starts is started again when it exits (supervise), and
 stopped on Ctrl-C or SIGTERM. It starts the server packages as processes and imports none of them.
+Every process gets this one's environment (HYPERLLAMA_TLS_* for mTLS among it) and ``env`` on top: the
+internal token from internal_auth_env, for one.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -20,7 +23,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -56,6 +59,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def internal_auth_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The internal token for every process of a cluster (hyperllama_common.internal_auth): none when
+    the environment sets one (the processes inherit it), else a new random one for this start, so a
+    local cluster refuses gRPC calls from anything it did not start."""
+    if environ.get("HYPERLLAMA_INTERNAL_TOKEN") or environ.get("HYPERLLAMA_INTERNAL_TOKEN_FILE"):
+        return {}
+    return {"HYPERLLAMA_INTERNAL_TOKEN": secrets.token_urlsafe(32)}
 
 
 def redis_server_binary() -> str:
@@ -317,6 +329,9 @@ class LocalCluster:
         }
         if self.store_url:
             env["HYPERLLAMA_GATEWAY_STORE_URL"] = self.store_url
+        if self.redis_url:
+            # The scheduler's Redis: with HYPERLLAMA_AUTH=on the gateway keeps API keys there.
+            env["HYPERLLAMA_GATEWAY_REDIS_URL"] = self.redis_url
         env.update({f"HYPERLLAMA_GATEWAY_{k.upper()}": v for k, v in settings.items()})
         self.metrics_urls["gateway"] = f"{self.gateway_url}/metrics"
         proc = self._spawn("gateway", [sys.executable, "-m", "hyperllama_gateway.main"], env)

@@ -93,7 +93,7 @@ def print_plan(inv: Inventory, plan: Plan) -> None:
 
 
 def serve(_: object, args: argparse.Namespace) -> int:
-    from hyperllama_cli.cluster import DEFAULT_MODELS_DIR, REPO, LocalCluster
+    from hyperllama_cli.cluster import DEFAULT_MODELS_DIR, REPO, LocalCluster, internal_auth_env
 
     s = settings(args)
     inv = detect(REPO)
@@ -111,6 +111,8 @@ def serve(_: object, args: argparse.Namespace) -> int:
         fixed_ports=not args.free_ports,
         redis_url=os.environ.get("HYPERLLAMA_REDIS_URL", ""),
         models_dir=os.environ.get("HYPERLLAMA_MODELS", str(DEFAULT_MODELS_DIR.expanduser())),
+        # The processes authenticate each other with a token made for this start (or the one set).
+        env=internal_auth_env(),
     )
 
     def on_signal(signum: int, frame: object) -> None:
