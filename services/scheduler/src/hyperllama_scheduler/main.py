@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 
 import redis.asyncio as redis
 from hyperllama.scheduler.v1 import scheduler_pb2_grpc
 from hyperllama_common.errors import HyperLlamaError
 from hyperllama_common.grpc_server import GrpcServer
 from hyperllama_common.logs import setup_logging
+from hyperllama_common.redis_access import RedisCredentialsRefused, check_credentials
 from hyperllama_common.tracing import Tracing
 from hyperllama_common.worker_client import WorkerClients
 from prometheus_client import start_http_server
@@ -33,6 +35,11 @@ async def serve(settings: SchedulerSettings) -> None:
         socket_timeout=settings.redis_timeout_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
     )
+    try:
+        await check_credentials(client, settings.redis_url)
+    except RedisCredentialsRefused:
+        await client.aclose()
+        raise
     metrics = SchedulerMetrics()
     queue = RequestQueue(client, settings.queue_max_per_model, settings.retry_after_seconds, metrics)
     registry = WorkerRegistry(client, settings.worker_lease_seconds, metrics)
@@ -100,7 +107,11 @@ async def refresh_gauges(scheduler: SchedulerServicer, every: float = 2.0) -> No
 def main() -> None:
     settings = SchedulerSettings()
     setup_logging("scheduler", settings.log_level, settings.log_json)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except RedisCredentialsRefused as err:
+        log.error("%s (HYPERLLAMA_SCHEDULER_REDIS_URL)", err)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
