@@ -63,7 +63,7 @@ def rendered(
 
 def test_overlays_exist():
     assert OVERLAYS == ["cpu", "gpu"]
-    assert COMPONENTS == ["external-redis"]
+    assert COMPONENTS == ["external-redis", "mtls"]
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -107,7 +107,8 @@ def test_slow_starters_have_startup_probes_longer_than_a_model_load(rendered):
         if obj["metadata"]["labels"].get("app.kubernetes.io/component") != "worker":
             continue
         probe = pod["containers"][0]["startupProbe"]
-        assert "grpc" in probe
+        # The kubelet's gRPC probe, or (with mTLS, which it cannot speak) the service's own.
+        assert "grpc" in probe or "hyperllama_common.healthcheck" in probe["exec"]["command"]
         assert probe["periodSeconds"] * probe["failureThreshold"] >= 600, obj["metadata"]["name"]
 
 
@@ -269,3 +270,128 @@ def test_store_keeps_models_on_a_claim_and_is_reached_from_inside_only(rendered)
     gateway = by_kind[("Deployment", "hyperllama-gateway")]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in gateway["env"]}
     assert env["HYPERLLAMA_GATEWAY_STORE_URL"] == "http://hyperllama-store:11435"
+
+
+SECRETS_DIR = "/run/secrets/hyperllama"
+GRPC_COMPONENTS = {"scheduler", "gateway", "worker"}
+
+
+def grpc_services(objects: list[dict]):
+    """(workload, its pod spec, its container) of every scheduler, gateway and worker."""
+    for obj, pod in pod_specs(objects):
+        if (
+            obj["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component")
+            in GRPC_COMPONENTS
+        ):
+            yield obj, pod, pod["containers"][0]
+
+
+def test_the_internal_token_comes_from_the_operators_secret(rendered):
+    """Every gRPC service reads the token from the Secret hyperllama-internal, mounted read-only with
+    only the keys it needs; the Secret itself is never rendered from the repository."""
+    name, objects = rendered
+    assert not [
+        o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == "hyperllama-internal"
+    ]
+    components = set()
+    for obj, pod, container in grpc_services(objects):
+        where = f"{name}: {obj['metadata']['name']}"
+        component = obj["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        components.add(component)
+        env = {e["name"]: e for e in container["env"]}
+        assert env["HYPERLLAMA_INTERNAL_TOKEN_FILE"]["value"] == f"{SECRETS_DIR}/internal-token", where
+        assert "HYPERLLAMA_INTERNAL_TOKEN" not in env, where
+        (volume,) = [
+            v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "hyperllama-internal"
+        ]
+        keys = {item["key"] for item in volume["secret"]["items"]}
+        assert keys == ({"internal-token", "admin-key"} if component == "gateway" else {"internal-token"}), (
+            where
+        )
+        # Readable by the pod's group, which the kubelet gives the files.
+        assert volume["secret"]["defaultMode"] == 0o440 and pod["securityContext"]["fsGroup"] == 65532, where
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount == {"name": volume["name"], "mountPath": SECRETS_DIR, "readOnly": True}, where
+    assert components == GRPC_COMPONENTS, name
+
+
+def test_the_gateway_authenticates_clients_against_the_schedulers_redis(rendered):
+    name, objects = rendered
+    (gateway,) = [o for o, _, _ in grpc_services(objects) if o["metadata"]["name"] == "hyperllama-gateway"]
+    scheduler = _one(objects, "Deployment", "hyperllama-scheduler")
+    env = {e["name"]: e for e in gateway["spec"]["template"]["spec"]["containers"][0]["env"]}
+    scheduler_env = {e["name"]: e for e in scheduler["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["HYPERLLAMA_AUTH"]["value"] == "on"
+    assert env["HYPERLLAMA_ADMIN_KEY_FILE"]["value"] == f"{SECRETS_DIR}/admin-key"
+    assert (
+        env["HYPERLLAMA_GATEWAY_REDIS_URL"]["valueFrom"]
+        == scheduler_env["HYPERLLAMA_SCHEDULER_REDIS_URL"]["valueFrom"]
+    )
+    assert "HYPERLLAMA_GATEWAY_TENANTS_FILE" not in env
+
+
+def _component(labels: dict) -> str:
+    return str(labels.get("app.kubernetes.io/component") or labels.get("app.kubernetes.io/name"))
+
+
+# Who may call whom inside the namespace (besides Prometheus on the metrics ports), by component.
+CALLERS = {
+    "hyperllama-scheduler": (50051, {"gateway", "worker"}),
+    "hyperllama-worker": (50061, {"gateway", "scheduler"}),
+    "hyperllama-store": (11435, {"gateway", "worker", "scheduler"}),
+    "hyperllama-redis": (6379, {"scheduler", "gateway"}),
+}
+
+
+def test_network_policies_admit_only_each_components_callers(rendered):
+    name, objects = rendered
+    policies = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "NetworkPolicy"}
+    workloads = {_component(o["spec"]["template"]["metadata"]["labels"]): o for o, _ in pod_specs(objects)}
+    for policy_name, (port, callers) in CALLERS.items():
+        if policy_name == "hyperllama-redis" and name.endswith("+external-redis"):
+            assert policy_name not in policies  # no Redis of ours to guard
+            continue
+        spec = policies[policy_name]
+        # The policy selects the pods it is about.
+        wanted = spec["podSelector"]["matchLabels"].items()
+        selected = [
+            c for c, o in workloads.items() if wanted <= o["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert selected, f"{name}: {policy_name} selects no pod"
+        admitted = {
+            _component(peer["podSelector"]["matchLabels"])
+            for rule in spec["ingress"]
+            if any(p["port"] == port for p in rule["ports"])
+            for peer in rule["from"]
+            if "podSelector" in peer
+        }
+        assert admitted == callers, f"{name}: {policy_name} admits {admitted}"
+        for rule in spec["ingress"]:
+            for peer in rule["from"]:
+                # Only Prometheus's namespace besides the callers, and on the metrics ports.
+                assert "podSelector" in peer or peer["namespaceSelector"]["matchLabels"] == {
+                    "hyperllama.io/monitoring": "true"
+                }, policy_name
+    (gateway_rule,) = policies["hyperllama-gateway"]["ingress"]
+    assert "from" not in gateway_rule and gateway_rule["ports"] == [{"port": 11434, "protocol": "TCP"}]
+
+
+def test_mtls_component_gives_every_grpc_service_the_certificates(rendered):
+    name, objects = rendered
+    tls = name.endswith("+mtls")
+    for obj, pod, container in grpc_services(objects):
+        where = f"{name}: {obj['metadata']['name']}"
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        volumes = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "hyperllama-tls"]
+        if not tls:
+            assert not volumes and not {k for k in env if k.startswith("HYPERLLAMA_TLS_")}, where
+            continue
+        (volume,) = volumes
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount["readOnly"] is True
+        for setting, key in (("CA", "ca.crt"), ("CERT", "tls.crt"), ("KEY", "tls.key")):
+            assert env[f"HYPERLLAMA_TLS_{setting}"] == f"{mount['mountPath']}/{key}", where
+        assert env["HYPERLLAMA_TLS_SERVER_NAME"] == "hyperllama"
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            # The kubelet's own gRPC probe has no TLS: the service's health check runs instead.
+            assert "grpc" not in container[probe], f"{where}: {probe}"
