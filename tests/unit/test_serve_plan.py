@@ -136,3 +136,17 @@ def test_bad_settings_are_clear_errors(tmp_path: Path, toml: str, argv: tuple[st
     config.write_text(toml)
     with pytest.raises(ApiError, match=error):
         settings(args_of("--config", str(config), *argv))
+
+
+def test_serve_makes_an_admin_key_once_when_auth_is_on(tmp_path: Path) -> None:
+    from hyperllama_cli.serve import admin_key_env
+
+    key_file = tmp_path / "hl" / "admin_key"
+    assert admin_key_env({}, key_file) == {} and not key_file.exists()
+    assert admin_key_env({"HYPERLLAMA_AUTH": "on", "HYPERLLAMA_ADMIN_KEY": "k" * 20}, key_file) == {}
+    env = admin_key_env({"HYPERLLAMA_AUTH": "on"}, key_file)
+    assert env == {"HYPERLLAMA_ADMIN_KEY_FILE": str(key_file)}
+    key = key_file.read_text().strip()
+    assert len(key) >= 32 and key_file.stat().st_mode & 0o777 == 0o600
+    admin_key_env({"HYPERLLAMA_AUTH": "true"}, key_file)
+    assert key_file.read_text().strip() == key  # kept across starts

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ from hyperllama_cli.humanize import human_bytes
 from hyperllama_cli.plan import Inventory, Plan, detect, make_plan, with_overrides
 
 DEFAULT_LOG_DIR = Path("~/.hyperllama/logs")
+# Made by `HYPERLLAMA_AUTH=on hyperllama serve` when no admin key is set; read by `hyperllama keys`.
+ADMIN_KEY_FILE = Path("~/.hyperllama/admin_key")
 # What a config file may set: the flags' names, with underscores.
 CONFIG_KEYS = {"port", "schedulers", "workers", "engines", "slots", "memory_budget_mb", "log_dir"}
 
@@ -92,6 +96,24 @@ def print_plan(inv: Inventory, plan: Plan) -> None:
     sys.stdout.flush()
 
 
+_TRUE = {"1", "true", "on", "yes"}
+
+
+def admin_key_env(environ: Mapping[str, str], key_file: Path) -> dict[str, str]:
+    """With HYPERLLAMA_AUTH on and no admin key set, the admin key in ``key_file`` (made on the first
+    start, readable by its owner only), which `hyperllama keys` reads too."""
+    if environ.get("HYPERLLAMA_AUTH", "").strip().lower() not in _TRUE:
+        return {}
+    if environ.get("HYPERLLAMA_ADMIN_KEY") or environ.get("HYPERLLAMA_ADMIN_KEY_FILE"):
+        return {}
+    if not key_file.is_file():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return {"HYPERLLAMA_ADMIN_KEY_FILE": str(key_file)}
+
+
 def serve(_: object, args: argparse.Namespace) -> int:
     from hyperllama_cli.cluster import DEFAULT_MODELS_DIR, REPO, LocalCluster, internal_auth_env
 
@@ -103,6 +125,10 @@ def serve(_: object, args: argparse.Namespace) -> int:
     print_plan(inv, plan)
     if args.plan:
         return 0
+    admin_env = admin_key_env(os.environ, ADMIN_KEY_FILE.expanduser())
+    if admin_env:
+        print(f"API keys are on; the admin key is in {admin_env['HYPERLLAMA_ADMIN_KEY_FILE']} "
+              "(hyperllama keys create --tenant default)", flush=True)  # fmt: skip
     log_dir = Path(s.get("log_dir") or DEFAULT_LOG_DIR).expanduser()
     log_dir.mkdir(parents=True, exist_ok=True)
     cluster = LocalCluster(
@@ -112,7 +138,7 @@ def serve(_: object, args: argparse.Namespace) -> int:
         redis_url=os.environ.get("HYPERLLAMA_REDIS_URL", ""),
         models_dir=os.environ.get("HYPERLLAMA_MODELS", str(DEFAULT_MODELS_DIR.expanduser())),
         # The processes authenticate each other with a token made for this start (or the one set).
-        env=internal_auth_env(),
+        env={**internal_auth_env(), **admin_env},
     )
 
     def on_signal(signum: int, frame: object) -> None:
