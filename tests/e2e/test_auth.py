@@ -99,6 +99,10 @@ def new_key(url: str, tenant: str, name: str = "") -> str:
     return str(body["key"])
 
 
+def _keys(url: str) -> list[dict[str, Any]]:
+    return list(httpx.get(f"{url}/admin/keys", headers=_admin(url), timeout=10).json()["keys"])
+
+
 def _chat(url: str, key: str, model: str = MODEL, max_tokens: int = 4) -> httpx.Response:
     return httpx.post(
         f"{url}/v1/chat/completions",
@@ -152,12 +156,22 @@ def _assert_envelope(path: str, r: httpx.Response, status: int, code: str) -> No
         assert isinstance(r.json()["error"], str) and r.json()["error"], (path, r.text)
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer hl-wrong"}, {"x-api-key": "nope"}],
-                         ids=["no key", "wrong bearer", "wrong x-api-key"])  # fmt: skip
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer hl-wrong"}, {"x-api-key": "nope"}, "revoked"],
+    ids=["no key", "wrong bearer", "wrong x-api-key", "revoked key"],
+)
 def test_every_route_but_the_probes_needs_a_valid_key(
-    secured: dict[str, Any], headers: dict[str, str]
+    secured: dict[str, Any], headers: dict[str, str] | str
 ) -> None:
     url = secured["urls"][0]
+    if headers == "revoked":
+        key = new_key(url, "ops", "soon revoked")
+        assert _send(url, "GET", "/api/workers", None, {"Authorization": f"Bearer {key}"}).status_code == 200
+        key_id = next(k["id"] for k in _keys(url) if k["name"] == "soon revoked")
+        assert httpx.delete(f"{url}/admin/keys/{key_id}", headers=_admin(url), timeout=10).status_code == 200
+        headers = {"Authorization": f"Bearer {key}"}
+    assert isinstance(headers, dict)
     for method, path, body in ROUTES:
         r = _send(url, method, path, body, headers)
         _assert_envelope(path, r, 401, "invalid_api_key")
