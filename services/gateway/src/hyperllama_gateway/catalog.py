@@ -60,8 +60,7 @@ async def running_models(scheduler: SchedulerClient, store: StoreClient) -> list
     listing = asyncio.ensure_future(_stored(store))
     try:
         served = await scheduler.list_models()
-        # A store busy reading a large GGUF's metadata (its first listing after a start) must not hold
-        # ps up: past a moment, the workers' digests stand.
+        # A slow or busy store must not hold ps up: past a moment, the workers' digests stand.
         stored = await asyncio.wait_for(listing, PS_STORE_WAIT_SECONDS)
     except TimeoutError:
         stored = []

@@ -1,12 +1,14 @@
-"""GGUF metadata for the catalog, read with llama.cpp's ``gguf`` package.
+"""GGUF metadata for the catalog, read from the file's header (read_header).
 
-The reader maps the file rather than reading it; only the header pages (key/values and tensor infos) are
-touched, never tensor data. Parsing a header with a large vocabulary still takes a while, so results are
-cached per blob digest: a blob's content never changes.
+The file is mapped rather than read; only the header pages (key/values and tensor infos) are touched,
+never tensor data. Results are cached per blob digest: a blob's content never changes.
 """
 
 from __future__ import annotations
 
+import math
+import mmap
+import struct
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,25 +74,22 @@ def file_type_name(value: int | None) -> str:
 
 
 def read_gguf_info(path: Path) -> GGUFInfo:
-    reader = gguf.GGUFReader(path, "r")
+    header = read_header(path)
     kv: dict[str, Any] = {}
     # Every key of the architecture in full: a per-layer head_count_kv array is longer than model_info keeps.
     arch_kv: dict[str, Any] = {}
-    arch = _architecture(reader)
+    found = header.kv.get("general.architecture")
+    arch = found if isinstance(found, str) and found else "unknown"
     arch_prefix = arch + "."
-    for key, fld in reader.fields.items():
-        # The reader reports the file header (version, counts) as fields of its own; they are no metadata.
-        if key.startswith("GGUF.") or not fld.types:
-            continue
+    for key, value in header.kv.items():
         if key.startswith(arch_prefix):
-            arch_kv[key.removeprefix(arch_prefix)] = _plain(fld.contents())
-        if fld.types[0] == gguf.GGUFValueType.ARRAY and len(fld.data) > _MAX_ARRAY_ITEMS:
-            kv[key] = None
-            continue
-        kv[key] = _plain(fld.contents())
+            arch_kv[key.removeprefix(arch_prefix)] = value
+        # Ollama's /api/show leaves long arrays out (null) unless asked to be verbose.
+        long = isinstance(value, Skipped) or (isinstance(value, list) and len(value) > _MAX_ARRAY_ITEMS)
+        kv[key] = None if long else value
     count = kv.get("general.parameter_count")
     if not isinstance(count, int):
-        count = sum(int(tensor.n_elements) for tensor in reader.tensors)
+        count = header.parameter_count
     kv["general.parameter_count"] = count
     file_type = kv.get("general.file_type")
     template = kv.get("tokenizer.chat_template")
@@ -107,10 +106,99 @@ def read_gguf_info(path: Path) -> GGUFInfo:
     )
 
 
-def _architecture(reader: gguf.GGUFReader) -> str:
-    fld = reader.fields.get("general.architecture")
-    value = _plain(fld.contents()) if fld is not None and fld.types else None
-    return value if isinstance(value, str) and value else "unknown"
+@dataclass(frozen=True)
+class Skipped:
+    """An array stepped over (a vocabulary, merges, scores): its length only."""
+
+    length: int
+
+
+@dataclass(frozen=True)
+class Header:
+    kv: dict[str, Any]
+    parameter_count: int
+
+
+# GGUF value types (gguf.GGUFValueType) of fixed size, as struct formats.
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+# Numeric arrays up to this long are read whole: per-layer counts (head_count_kv of a model with
+# hundreds of layers) feed the KV estimate. Longer ones (token scores, types) are stepped over.
+_MAX_NUMERIC_ARRAY_READ = 4096
+
+
+def read_header(path: Path) -> Header:
+    """A GGUF file's key/values and its parameter count, from its header alone.
+
+    gguf.GGUFReader builds an object for every element of every array: Gemma 3's 262k-token vocabulary
+    took it about 20 s. Here long arrays are stepped over (strings by their lengths, numbers in one
+    step), so a header takes a fraction of a second. Raises ValueError for a malformed header."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        try:
+            return _parse(m)
+        except struct.error as err:  # a count or length that runs past the file
+            raise ValueError(f"malformed GGUF header: {err}") from None
+
+
+def _parse(m: mmap.mmap) -> Header:
+    if m[:4] != GGUF_MAGIC:
+        raise ValueError("not a GGUF file")
+    version, tensors, count = struct.unpack_from("<IQQ", m, 4)
+    if version < 2:
+        raise ValueError(f"GGUF version {version} is not supported")
+    pos = 24
+    kv: dict[str, Any] = {}
+    for _ in range(count):
+        key, pos = _string(m, pos)
+        (kind,) = struct.unpack_from("<I", m, pos)
+        kv[key], pos = _value(m, pos + 4, kind, key)
+    parameters = 0
+    for _ in range(tensors):
+        _, pos = _string(m, pos)
+        (dims,) = struct.unpack_from("<I", m, pos)
+        parameters += math.prod(struct.unpack_from(f"<{dims}Q", m, pos + 4))
+        pos += 4 + 8 * dims + 4 + 8  # the dimensions, then the tensor's type and offset
+    return Header(kv, parameters)
+
+
+def _string(m: mmap.mmap, pos: int) -> tuple[str, int]:
+    (length,) = struct.unpack_from("<Q", m, pos)
+    end = pos + 8 + length
+    if end > len(m):
+        raise ValueError("malformed GGUF header: a string runs past the end of the file")
+    return m[pos + 8 : end].decode("utf-8", "replace"), end
+
+
+def _value(m: mmap.mmap, pos: int, kind: int, key: str) -> tuple[Any, int]:
+    if kind in _SCALARS:
+        fmt = "<" + _SCALARS[kind]
+        (value,) = struct.unpack_from(fmt, m, pos)
+        return value, pos + struct.calcsize(fmt)
+    if kind == _STRING:
+        return _string(m, pos)
+    if kind != _ARRAY:
+        raise ValueError(f"malformed GGUF header: key {key} has an unknown value type {kind}")
+    item, length = struct.unpack_from("<IQ", m, pos)
+    pos += 12
+    if item in _SCALARS:
+        end = pos + struct.calcsize("<" + _SCALARS[item]) * length
+        if end > len(m):
+            raise ValueError(f"malformed GGUF header: array {key} runs past the end of the file")
+        if length > _MAX_NUMERIC_ARRAY_READ:
+            return Skipped(length), end
+        return list(struct.unpack_from(f"<{length}{_SCALARS[item]}", m, pos)), end
+    if item == _STRING:
+        if length <= _MAX_ARRAY_ITEMS:
+            strings = []
+            for _ in range(length):
+                text, pos = _string(m, pos)
+                strings.append(text)
+            return strings, pos
+        for _ in range(length):  # each string stepped over by its length
+            (size,) = struct.unpack_from("<Q", m, pos)
+            pos += 8 + size
+        return Skipped(length), pos
+    raise ValueError(f"malformed GGUF header: array {key} holds items of an unsupported type {item}")
 
 
 def kv_bytes_per_token(arch: dict[str, Any]) -> int:
@@ -156,17 +244,6 @@ def _per_layer(value: Any, layers: int) -> list[int]:
     ):
         return [int(v) for v in value]
     return []
-
-
-def _plain(value: Any) -> Any:
-    # numpy scalars do not serialise to JSON; bytes of a non-UTF-8 string are shown as text anyway.
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value
 
 
 class GGUFCache:
