@@ -111,7 +111,7 @@ def _oai_chat(b: openai_protocol.ChatCompletionRequest) -> Any:
 
 
 def _oai_completion(b: openai_protocol.CompletionRequest) -> Any:
-    return openai.completion_request(b, "rid")
+    return openai.completion_requests(b, "rid")[0]
 
 
 def _oai_embedding(b: openai_protocol.EmbeddingRequest) -> Any:

@@ -63,7 +63,9 @@ def test_openai_image_parts_are_rejected():
         openai.chat_request(body, "rid")
 
 
-@pytest.mark.parametrize("bad", [{"max_tokens": -1}, {"max_tokens": 10**9}, {"n": 2}, {"temperature": 5}])
+@pytest.mark.parametrize(
+    "bad", [{"max_tokens": -1}, {"max_tokens": 10**9}, {"n": 9}, {"n": 0}, {"temperature": 5}]
+)
 def test_openai_out_of_range_parameters_fail_validation(bad):
     with pytest.raises(ValueError):
         openai_protocol.ChatCompletionRequest.model_validate(
@@ -73,7 +75,7 @@ def test_openai_out_of_range_parameters_fail_validation(bad):
 
 def test_legacy_completions_default_to_16_tokens():
     body = openai_protocol.CompletionRequest.model_validate({"model": "m", "prompt": "Once"})
-    req = openai.completion_request(body, "rid")
+    req = openai.completion_requests(body, "rid")[0]
     assert req.prompt == "Once" and req.sampling.max_tokens == 16
 
 

@@ -138,6 +138,12 @@ class Generation:
         self._first: Event | None = None
 
     async def start(self) -> None:
+        await until_disconnect(self.http, self.begin())
+
+    async def begin(self) -> None:
+        """``start`` without watching the client: for a caller that watches it for several
+        generations at once (n > 1), since only one may read the request's disconnect."""
+
         async def first() -> Event:
             async for event in self._events:
                 if self._positions or isinstance(event, worker_pb2.GenerateChunk):
@@ -145,9 +151,10 @@ class Generation:
             raise BackendFailed("the stream ended before it started")
 
         if self._call.quotas is not None:
-            self._ticket = await self._call.quotas.admit(self._call.tenant, self._call.request_id)
+            # Each choice is a stream of its own: it counts against the tenant's limits as one.
+            self._ticket = await self._call.quotas.admit(self._call.tenant, self.request.request_id)
         try:
-            self._first = await until_disconnect(self.http, first())
+            self._first = await first()
         except BaseException as err:
             self._charge(outcome_of(err) if isinstance(err, HyperLlamaError) else "cancelled")
             raise
@@ -232,16 +239,23 @@ class Generation:
             self.metrics.in_flight.dec()
 
     async def collect(self) -> Result:
-        async def gather() -> Result:
-            result = Result()
-            parts = []
-            async for chunk in self.chunks():
-                parts.append(chunk.text)
-                apply_final(result, chunk)
-            result.text = "".join(parts)
-            return result
+        return await until_disconnect(self.http, self.gathered())
 
-        return await until_disconnect(self.http, gather())
+    async def gathered(self) -> Result:
+        """``collect`` without watching the client (see ``begin``)."""
+        result = Result()
+        parts = []
+        async for chunk in self.chunks():
+            parts.append(chunk.text)
+            apply_final(result, chunk)
+        result.text = "".join(parts)
+        return result
+
+    async def close(self) -> None:
+        """Give up a generation that will not be read (another choice of its request failed): its
+        stream ends, which gives its slot back."""
+        await self._events.aclose()
+        self._charge("cancelled")
 
     def total_duration_ns(self) -> int:
         return int((time.perf_counter() - self.started) * 1e9)

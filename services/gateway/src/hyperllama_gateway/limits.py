@@ -36,6 +36,9 @@ MAX_JSON_DEPTH = 64
 MAX_EMBED_INPUTS = 2048
 # Longer than any embedding model's context (32k tokens at about 4 characters a token).
 MAX_EMBED_INPUT_CHARS = 128 * 1024
+# Choices in one request (OpenAI's n, times the prompts of a completions request): each is a stream
+# of its own, and one request should not take more than a worker's slots.
+MAX_CHOICES = 8
 # Largest output length a client may ask for.
 MAX_TOKENS_LIMIT = 1 << 20
 # Echoed X-Request-Id: printable ASCII only (it goes back as a header and into logs).

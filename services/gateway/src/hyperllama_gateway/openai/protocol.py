@@ -7,9 +7,10 @@ from __future__ import annotations
 from typing import Literal
 
 from hyperllama_common.errors import quote
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from hyperllama_gateway.limits import (
+    MAX_CHOICES,
     MAX_MESSAGES,
     MAX_TOKENS_LIMIT,
     EmbedInputs,
@@ -73,7 +74,9 @@ class _Sampling(RequestBody):
     presence_penalty: Float32 | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: Float32 | None = Field(default=None, ge=-2, le=2)
     repetition_penalty: Float32 | None = Field(default=None, gt=0)
-    n: int = Field(default=1, ge=1, le=1, description="only one choice per request is supported")
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
+    # Accepted and ignored, as a tenant comes from the API key (OpenAI uses it for abuse monitoring).
+    user: str | None = Field(default=None, max_length=256)
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
@@ -107,13 +110,23 @@ class CompletionRequest(_Sampling):
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list):
-            if len(v) != 1:
-                raise ValueError("exactly one prompt per request is supported")
-            v = v[0]
-        if not v:
+        prompts = [v] if isinstance(v, str) else v
+        if not prompts or len(prompts) > MAX_CHOICES:
+            raise ValueError(f"give 1 to {MAX_CHOICES} prompts ({len(prompts)} given)")
+        if not all(prompts):
             raise ValueError("prompt must not be empty")
         return v
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    @model_validator(mode="after")
+    def _choices(self) -> CompletionRequest:
+        if len(self.prompts()) * self.n > MAX_CHOICES:
+            raise ValueError(
+                f"prompts x n is at most {MAX_CHOICES} choices per request ({len(self.prompts())} x {self.n})"
+            )
+        return self
 
 
 class EmbeddingRequest(RequestBody):
@@ -121,6 +134,7 @@ class EmbeddingRequest(RequestBody):
     input: EmbedInputs
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
+    user: str | None = Field(default=None, max_length=256)
 
     @field_validator("dimensions")
     @classmethod

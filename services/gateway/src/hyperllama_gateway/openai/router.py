@@ -6,10 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
+from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import ModelNotFound, quote
 
 from hyperllama_gateway import catalog
-from hyperllama_gateway.deps import CallDep, Scheduler, Store, TenantDep, authorize
+from hyperllama_gateway.choices import collect_all, stream_all
+from hyperllama_gateway.deps import Call, CallDep, Scheduler, Store, TenantDep, authorize
 from hyperllama_gateway.generation import Generation, embed
 from hyperllama_gateway.openai import service
 from hyperllama_gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -23,32 +25,40 @@ def _include_usage(body: ChatCompletionRequest | CompletionRequest) -> bool:
     return bool(body.stream_options and body.stream_options.include_usage)
 
 
+def _generations(call: Call, requests: list[worker_pb2.GenerateRequest], stream: bool) -> list[Generation]:
+    # Only the first choice reports queue positions: one place in line per request.
+    return [Generation(call, r, positions=stream and i == 0) for i, r in enumerate(requests)]
+
+
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, call: CallDep) -> dict[str, Any] | StreamingResponse:
     call.http.state.model = body.model
-    gen = Generation(call, service.chat_request(body, call.request_id), positions=bool(body.stream))
-    await gen.start()
+    requests = service.choice_requests(service.chat_request(body, call.request_id), body.n)
+    gens = _generations(call, requests, body.stream)
     if body.stream:
+        events = await stream_all(call.http, gens)
         return StreamingResponse(
-            service.sse_stream(gen, call.request_id, _include_usage(body), chat=True),
+            service.sse_stream(gens, events, call.request_id, _include_usage(body), chat=True, n=body.n),
             media_type="text/event-stream",
             headers=_SSE_HEADERS,
         )
-    return service.chat_completion(gen, await gen.collect(), call.request_id)
+    return service.chat_completion(gens, await collect_all(call.http, gens), call.request_id)
 
 
 @router.post("/completions", response_model=None)
 async def completions(body: CompletionRequest, call: CallDep) -> dict[str, Any] | StreamingResponse:
     call.http.state.model = body.model
-    gen = Generation(call, service.completion_request(body, call.request_id), positions=bool(body.stream))
-    await gen.start()
+    gens = _generations(call, service.completion_requests(body, call.request_id), body.stream)
     if body.stream:
+        events = await stream_all(call.http, gens)
+        usage = _include_usage(body)
         return StreamingResponse(
-            service.sse_stream(gen, call.request_id, _include_usage(body), chat=False, echo=body.echo),
+            service.sse_stream(gens, events, call.request_id, usage, chat=False, echo=body.echo, n=body.n),
             media_type="text/event-stream",
             headers=_SSE_HEADERS,
         )
-    return service.text_completion(gen, await gen.collect(), call.request_id, body.echo)
+    results = await collect_all(call.http, gens)
+    return service.text_completion(gens, results, call.request_id, body.echo, body.n)
 
 
 @router.post("/embeddings")

@@ -13,6 +13,7 @@ from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import HyperLlamaError, InvalidRequest, quote
 
+from hyperllama_gateway.choices import ChoiceEvents
 from hyperllama_gateway.errors import openai_error_event
 from hyperllama_gateway.generation import Generation, Result, apply_final
 from hyperllama_gateway.openai.protocol import (
@@ -78,14 +79,33 @@ def chat_request(body: ChatCompletionRequest, request_id: str) -> worker_pb2.Gen
     return request
 
 
-def completion_request(body: CompletionRequest, request_id: str) -> worker_pb2.GenerateRequest:
-    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
-    return worker_pb2.GenerateRequest(
-        request_id=request_id,
-        model=body.model,
-        prompt=prompt,
-        sampling=sampling_params(body, body.max_tokens),
-    )
+def completion_requests(body: CompletionRequest, request_id: str) -> list[worker_pb2.GenerateRequest]:
+    """One generation per prompt, ``n`` per prompt, in the order of their choice indexes."""
+    request = worker_pb2.GenerateRequest(request_id=request_id, model=body.model,
+                                         sampling=sampling_params(body, body.max_tokens))  # fmt: skip
+    choices = []
+    for p, prompt in enumerate(body.prompts()):
+        for i, one in enumerate(choice_requests(request, body.n)):
+            if p:
+                one.request_id = f"{request_id}-p{p}" + (f"-{i}" if i else "")
+            one.prompt = prompt
+            choices.append(one)
+    return choices
+
+
+def choice_requests(request: worker_pb2.GenerateRequest, n: int) -> list[worker_pb2.GenerateRequest]:
+    """``n`` copies of a request, one per choice: each its own request id (the first keeps the
+    request's) and, with a seed, its own seed, so that choices differ and each is reproducible."""
+    copies = []
+    for i in range(n):
+        one = worker_pb2.GenerateRequest()
+        one.CopyFrom(request)
+        if i:
+            one.request_id = f"{request.request_id}-{i}"
+            if request.sampling.HasField("seed"):
+                one.sampling.seed = request.sampling.seed + i
+        copies.append(one)
+    return copies
 
 
 def usage(result: Result) -> dict[str, Any]:
@@ -97,33 +117,51 @@ def usage(result: Result) -> dict[str, Any]:
     }
 
 
-def chat_completion(gen: Generation, result: Result, request_id: str) -> dict[str, Any]:
+def total_usage(results: list[Result], n: int) -> dict[str, Any]:
+    """Usage of a request's choices: each prompt counted once (``n`` choices share one), every
+    choice's completion."""
+    prompts = results[::n]
+    total = Result(
+        prompt_tokens=sum(r.prompt_tokens for r in prompts),
+        completion_tokens=sum(r.completion_tokens for r in results),
+        cached_prompt_tokens=sum(r.cached_prompt_tokens for r in prompts),
+    )
+    return usage(total)
+
+
+def chat_completion(gens: list[Generation], results: list[Result], request_id: str) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-{request_id}",
         "object": "chat.completion",
-        "created": gen.created,
-        "model": gen.request.model,
+        "created": gens[0].created,
+        "model": gens[0].request.model,
         "choices": [
             {
-                "index": 0,
+                "index": i,
                 "message": {"role": "assistant", "content": result.text},
                 "finish_reason": result.finish_reason,
                 "logprobs": None,
             }
+            for i, result in enumerate(results)
         ],
-        "usage": usage(result),
+        "usage": total_usage(results, len(results)),
     }
 
 
-def text_completion(gen: Generation, result: Result, request_id: str, echo: bool) -> dict[str, Any]:
-    text = (gen.request.prompt + result.text) if echo else result.text
+def text_completion(
+    gens: list[Generation], results: list[Result], request_id: str, echo: bool, n: int
+) -> dict[str, Any]:
+    choices = []
+    for i, (gen, result) in enumerate(zip(gens, results, strict=True)):
+        text = (gen.request.prompt + result.text) if echo else result.text
+        choices.append({"index": i, "text": text, "finish_reason": result.finish_reason, "logprobs": None})
     return {
         "id": f"cmpl-{request_id}",
         "object": "text_completion",
-        "created": gen.created,
-        "model": gen.request.model,
-        "choices": [{"index": 0, "text": text, "finish_reason": result.finish_reason, "logprobs": None}],
-        "usage": usage(result),
+        "created": gens[0].created,
+        "model": gens[0].request.model,
+        "choices": choices,
+        "usage": total_usage(results, n),
     }
 
 
@@ -140,44 +178,53 @@ def _sse(payload: dict[str, Any]) -> bytes:
 
 
 async def sse_stream(
-    gen: Generation, request_id: str, include_usage: bool, chat: bool, echo: bool = False
+    gens: list[Generation],
+    events: ChoiceEvents,
+    request_id: str,
+    include_usage: bool,
+    chat: bool,
+    echo: bool = False,
+    n: int = 1,
 ) -> AsyncIterator[bytes]:
-    """SSE events for a chat or text completion; ends with ``[DONE]`` or one error event."""
+    """SSE events for a chat or text completion (each choice's with its ``index``); ends with
+    ``[DONE]`` or one error event."""
     base: dict[str, Any] = {
         "id": f"{'chatcmpl' if chat else 'cmpl'}-{request_id}",
         "object": "chat.completion.chunk" if chat else "text_completion",
-        "created": gen.created,
-        "model": gen.request.model,
+        "created": gens[0].created,
+        "model": gens[0].request.model,
     }
     extra = {"usage": None} if include_usage else {}
 
-    def event(text: str | None, finish: str | None, first: bool = False) -> bytes:
+    def event(index: int, text: str | None, finish: str | None, first: bool = False) -> bytes:
         if chat:
             delta: dict[str, Any] = {"role": "assistant", "content": text or ""} if first else {}
             if text and not first:
                 delta["content"] = text
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            choice: dict[str, Any] = {"index": index, "delta": delta}
         else:
-            choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+            choice = {"index": index, "text": text or ""}
+        choice.update(finish_reason=finish, logprobs=None)
         return _sse({**base, "choices": [choice], **extra})
 
-    result = Result()
+    results = [Result() for _ in gens]
+    first = [True] * len(gens)
     try:
-        first = True
         if echo:
-            yield event(gen.request.prompt, None)
-            first = False
-        async for chunk in gen.events():
+            for i, gen in enumerate(gens):
+                yield event(i, gen.request.prompt, None)
+                first[i] = False
+        async for index, chunk in events:
             if isinstance(chunk, scheduler_pb2.QueuePosition):
                 yield queued_comment(chunk)
                 continue
-            if chunk.text or first:
-                yield event(chunk.text, None, first=first)
-                first = False
-            if apply_final(result, chunk):
-                yield event(None, result.finish_reason)
+            if chunk.text or first[index]:
+                yield event(index, chunk.text, None, first=first[index])
+                first[index] = False
+            if apply_final(results[index], chunk):
+                yield event(index, None, results[index].finish_reason)
         if include_usage:
-            yield _sse({**base, "choices": [], "usage": usage(result)})
+            yield _sse({**base, "choices": [], "usage": total_usage(results, n)})
         yield b"data: [DONE]\n\n"
     except HyperLlamaError as err:
         yield _sse(openai_error_event(err))
