@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from hyperllama_gateway.limits import (
     INT32_MAX,
@@ -29,6 +30,32 @@ class _Part(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+# Options Ollama documents that the cluster does not apply to a request: a value for one is refused by
+# name rather than dropped. Sampling ones the engines here do not offer, and load-time ones that a
+# worker's own settings decide (HYPERLLAMA_WORKER_*), since a request does not load the model.
+UNSUPPORTED_OPTIONS = {
+    "num_keep": "the engines keep no tokens aside when the context fills",
+    "typical_p": "typical sampling is not offered",
+    "repeat_last_n": "the repeat penalty window is the engine's",
+    "penalize_newline": "newlines are penalised like any token",
+    "mirostat": "mirostat sampling is not offered",
+    "mirostat_tau": "mirostat sampling is not offered",
+    "mirostat_eta": "mirostat sampling is not offered",
+    "tfs_z": "tail-free sampling is not offered",
+    "numa": "a worker's settings decide it (HYPERLLAMA_WORKER_*)",
+    "num_batch": "a worker's settings decide it (HYPERLLAMA_WORKER_BATCH_TOKENS)",
+    "num_gpu": "a worker's settings decide it (HYPERLLAMA_WORKER_GPUS)",
+    "main_gpu": "a worker's settings decide it (HYPERLLAMA_WORKER_GPUS)",
+    "num_thread": "a worker's settings decide it (HYPERLLAMA_WORKER_THREADS)",
+    "low_vram": "a worker's settings decide it",
+    "f16_kv": "a worker's settings decide it",
+    "vocab_only": "a worker's settings decide it",
+    "use_mmap": "a worker's settings decide it",
+    "use_mlock": "a worker's settings decide it",
+    "logits_all": "a worker's settings decide it",
+}
+
+
 class Options(_Part):
     num_ctx: int | None = Field(default=None, ge=1, le=INT32_MAX)
     # -1 = no limit, -2 = fill the context.
@@ -43,6 +70,19 @@ class Options(_Part):
     frequency_penalty: Float32 | None = None
     presence_penalty: Float32 | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _supported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, why in UNSUPPORTED_OPTIONS.items():
+                if data.get(name) is not None:  # null means unset: clients send every field
+                    raise PydanticCustomError(
+                        "unsupported_option",
+                        "options.{name} is not supported: {why}",
+                        {"name": name, "why": why, "param": f"options.{name}"},
+                    )
+        return data
+
 
 def _schema_format(v: Any) -> Any:
     return check_schema(v) if isinstance(v, dict) else v
@@ -54,6 +94,10 @@ Format = Annotated[Literal["json", ""] | dict[str, Any] | None, AfterValidator(_
 class GenerateRequest(RequestBody):
     model: ModelName
     prompt: str = ""
+    # Fill-in-the-middle: refused (no model template here renders a suffix), as Ollama refuses it
+    # for a model whose template does not.
+    suffix: str | None = None
+    think: bool | None = None
     system: str | None = None
     raw: bool = False
     stream: bool = True
@@ -72,6 +116,7 @@ class Message(_Part):
 class ChatRequest(RequestBody):
     model: ModelName
     messages: list[Message] = Field(default_factory=list, max_length=MAX_MESSAGES)
+    think: bool | None = None
     stream: bool = True
     format: Format = None
     options: Options | None = None

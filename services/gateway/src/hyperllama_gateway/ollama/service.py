@@ -55,7 +55,17 @@ def _apply_format(request: worker_pb2.GenerateRequest, fmt: Format) -> None:
         request.response_format.json_schema = json.dumps(fmt)
 
 
+def check_unsupported(model: str, think: bool | None, suffix: str | None = None) -> None:
+    """What Ollama refuses for a model that cannot do it, refused the same way (no model served
+    here thinks, and none has a template that renders a suffix)."""
+    if think:
+        raise InvalidRequest(f'"{quote(model)}" does not support thinking', param="think")
+    if suffix:
+        raise InvalidRequest(f'"{quote(model)}" does not support insert', param="suffix")
+
+
 def generate_request(body: GenerateRequest, request_id: str) -> worker_pb2.GenerateRequest:
+    check_unsupported(body.model, body.think, body.suffix)
     if body.images:
         raise InvalidRequest("image input is not supported by this model")
     sampling, num_ctx = sampling_params(body.options)
@@ -73,6 +83,7 @@ def generate_request(body: GenerateRequest, request_id: str) -> worker_pb2.Gener
 
 
 def chat_request(body: ChatRequest, request_id: str) -> worker_pb2.GenerateRequest:
+    check_unsupported(body.model, body.think)
     messages = []
     for i, m in enumerate(body.messages):
         if m.role not in _ROLES:
