@@ -21,6 +21,7 @@ ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.
 KNOWN_ENDPOINTS = {
     "/v1/chat/completions": ("openai", "chat"),
     "/v1/completions": ("openai", "completions"),
+    "/v1/responses": ("openai", "responses"),
     "/v1/embeddings": ("openai", "embeddings"),
     "/api/chat": ("ollama", "chat"),
     "/api/generate": ("ollama", "generate"),

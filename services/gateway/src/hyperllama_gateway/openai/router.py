@@ -13,8 +13,9 @@ from hyperllama_gateway import catalog
 from hyperllama_gateway.choices import collect_all, stream_all
 from hyperllama_gateway.deps import Call, CallDep, Scheduler, Store, TenantDep, authorize
 from hyperllama_gateway.generation import Generation, embed
-from hyperllama_gateway.openai import service
+from hyperllama_gateway.openai import responses, service
 from hyperllama_gateway.openai.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from hyperllama_gateway.openai.responses import ResponsesRequest
 
 router = APIRouter(prefix="/v1")
 
@@ -91,3 +92,17 @@ async def get_model(model: str, scheduler: Scheduler, store: Store, tenant: Tena
             return _model_card(tag)
     names = ", ".join(t["name"] for t in tags)
     raise ModelNotFound(f"model '{quote(model)}' not found; available models: {names}", param="model")
+
+
+@router.post("/responses", response_model=None)
+async def create_response(body: ResponsesRequest, call: CallDep) -> dict[str, Any] | StreamingResponse:
+    call.http.state.model = body.model
+    gen = Generation(call, responses.generate_request(body, call.request_id))
+    builder = responses.ResponseBuilder(body, call.request_id)
+    await gen.start()
+    if body.stream:
+        return StreamingResponse(
+            responses.event_stream(gen, builder), media_type="text/event-stream", headers=_SSE_HEADERS
+        )
+    result = await gen.collect()
+    return builder.response(result, result.text)

@@ -1,0 +1,98 @@
+"""OpenAI's Responses API (stateless) through the official openai client on the real cluster."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import jsonschema
+import openai
+import pytest
+
+from e2e.conftest import MODEL
+
+
+def test_a_response_to_a_string_input(oai: openai.OpenAI) -> None:
+    r = oai.responses.create(model=MODEL, input="What is the capital of France?", max_output_tokens=16,
+                             temperature=0)  # fmt: skip
+    assert r.object == "response" and r.id.startswith("resp_") and r.model == MODEL
+    assert r.status in ("completed", "incomplete")
+    assert r.output[0].type == "message" and r.output[0].role == "assistant"
+    assert r.output_text and r.output_text == r.output[0].content[0].text
+    assert r.usage is not None and r.usage.output_tokens > 0 and r.usage.input_tokens > 0
+    assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
+    # The same conversation through chat completions answers the same (greedy).
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    chat = oai.chat.completions.create(model=MODEL, messages=question, max_tokens=16, temperature=0)
+    assert r.output_text == chat.choices[0].message.content
+
+
+def test_instructions_items_and_the_output_limit(oai: openai.OpenAI) -> None:
+    r = oai.responses.create(
+        model=MODEL,
+        instructions="You answer in one word.",
+        input=[
+            {"role": "user", "content": "Name a color."},
+            {"role": "assistant", "content": [{"type": "output_text", "text": "Blue."}]},
+            {"role": "user", "content": [{"type": "input_text", "text": "Another one, with a long story."}]},
+        ],
+        max_output_tokens=3,
+        temperature=0,
+    )
+    assert r.status == "incomplete" and r.incomplete_details is not None
+    assert (
+        r.incomplete_details.reason == "max_output_tokens"
+        and r.usage is not None
+        and r.usage.output_tokens == 3
+    )
+    assert r.instructions == "You answer in one word."
+
+
+def test_a_streamed_response_sends_the_responses_events_in_order(oai: openai.OpenAI) -> None:
+    events = list(oai.responses.create(model=MODEL, input="Say hello.", max_output_tokens=12, temperature=0,
+                                       stream=True))  # fmt: skip
+    kinds = [e.type for e in events]
+    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"]  # fmt: skip
+    assert kinds[-4:-1] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ]
+    assert kinds[-1] in ("response.completed", "response.incomplete")
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    done = events[-1].response
+    assert deltas and deltas == done.output_text
+    single = oai.responses.create(model=MODEL, input="Say hello.", max_output_tokens=12, temperature=0)
+    assert single.output_text == deltas
+
+
+def test_text_format_json_schema_is_followed(oai: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+              "additionalProperties": False}  # fmt: skip
+    fmt = {"format": {"type": "json_schema", "name": "city", "schema": schema}}
+    r = oai.responses.create(model=MODEL, input="Name a city as JSON.", max_output_tokens=40, temperature=0,
+                             text=fmt)  # type: ignore[arg-type]  # fmt: skip
+    jsonschema.validate(json.loads(r.output_text), schema)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id"),
+        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]}, "input.0"),
+        ({"input": "x", "tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
+        ({"input": ""}, "input"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+            "input.0.content.0.type",
+        ),
+    ],
+)
+def test_what_a_stateless_server_cannot_do_is_a_clear_400(
+    base_url: str, body: dict[str, object], param: str
+) -> None:
+    r = httpx.post(f"{base_url}/v1/responses", json={"model": MODEL, **body}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param and r.json()["error"]["message"]
