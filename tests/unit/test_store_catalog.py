@@ -55,7 +55,7 @@ def test_bundled_smollm2_entry(bundled_root: Path) -> None:
     assert entry.parameter_size == "134.52M"
     assert entry.quantization_level == "Q4_1"
     assert entry.context_length == 8192
-    assert entry.capabilities == ["completion"]
+    assert entry.capabilities == ["completion", "tools"]
     assert entry.template is not None and "<|im_start|>{{ .Role }}" in entry.template
     assert entry.template_from_layer
     assert entry.kv_bytes_per_token == 23040

@@ -253,4 +253,6 @@ def _capabilities(info: GGUFInfo | None) -> list[str]:
     # As Ollama: a model with a pooling type embeds and does not complete.
     if info is not None and info.embedding_only:
         return ["embedding"]
-    return ["completion"]
+    # Tools work with every model that completes: the gateway describes them in a generic format and
+    # constrains a required call to the functions' schemas (hyperllama_gateway.tools).
+    return ["completion", "tools"]

@@ -111,12 +111,17 @@ class Message(_Part):
     role: str
     content: str = ""
     images: list[str] | None = None
+    # An assistant's earlier calls ({"function": {"name", "arguments": {...}}}), and the function a
+    # "tool" message answers.
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_name: str | None = None
 
 
 class ChatRequest(RequestBody):
     model: ModelName
     messages: list[Message] = Field(default_factory=list, max_length=MAX_MESSAGES)
     think: bool | None = None
+    tools: list[dict[str, Any]] | None = None
     stream: bool = True
     format: Format = None
     options: Options | None = None

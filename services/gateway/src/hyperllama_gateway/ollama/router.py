@@ -63,7 +63,15 @@ async def chat(body: ChatRequest, call: CallDep) -> Any:
     keep_alive = keep_alive_ms(body.keep_alive)
     if not body.messages:
         return await _load_or_unload(call, body.model, keep_alive, chat=True)
-    return await _run(call, service.chat_request(body, call.request_id), body.stream, True, keep_alive)
+    request = service.chat_request(body, call.request_id)
+    plan = service.tool_plan(body)
+    if plan is None:
+        return await _run(call, request, body.stream, True, keep_alive)
+    gen = Generation(call, request, keep_alive_ms=keep_alive)
+    await gen.start()
+    if body.stream:
+        return StreamingResponse(service.tool_ndjson_stream(gen, plan), media_type=_NDJSON)
+    return service.tool_response(gen, await gen.collect(), plan)
 
 
 @router.post("/embed")

@@ -12,6 +12,7 @@ from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import HyperLlamaError, InvalidRequest, quote
 
+from hyperllama_gateway import tools
 from hyperllama_gateway.generation import Generation, Result, apply_final
 from hyperllama_gateway.ollama.protocol import ChatRequest, Format, GenerateRequest, Options
 
@@ -93,7 +94,12 @@ def chat_request(body: ChatRequest, request_id: str) -> worker_pb2.GenerateReque
             )
         if m.images:
             raise InvalidRequest("image input is not supported by this model")
-        messages.append(worker_pb2.ChatMessage(role=m.role, content=m.content))
+        content = m.content
+        if m.tool_calls:  # an earlier answer that called functions: the calls as the model wrote them
+            functions = [c.get("function") or {} for c in m.tool_calls]
+            calls = [tools.call_text(str(f.get("name")), f.get("arguments")) for f in functions]
+            content = "\n".join([content, *calls]) if content else "\n".join(calls)
+        messages.append(worker_pb2.ChatMessage(role=m.role, content=content))
     sampling, num_ctx = sampling_params(body.options)
     request = worker_pb2.GenerateRequest(
         request_id=request_id,
@@ -103,7 +109,55 @@ def chat_request(body: ChatRequest, request_id: str) -> worker_pb2.GenerateReque
         num_ctx=num_ctx,
     )
     _apply_format(request, body.format)
+    plan = tool_plan(body)
+    if plan is not None:
+        tools.apply(request, plan)
     return request
+
+
+def tool_plan(body: ChatRequest) -> tools.ToolPlan | None:
+    """Ollama has no tool_choice: with tools, the model decides between text and a call."""
+    return tools.plan(tools.parse_tools(body.tools), "auto")
+
+
+def tool_message(call: tools.ToolCall) -> dict[str, Any]:
+    return {"role": "assistant", "content": "",
+            "tool_calls": [{"function": {"name": call.name, "arguments": call.arguments}}]}  # fmt: skip
+
+
+def tool_response(gen: Generation, result: Result, plan: tools.ToolPlan) -> dict[str, Any]:
+    answer = response(gen, result, chat=True)
+    call = plan.parse(result.text) if result.finish_reason == "stop" else None
+    if call is not None:
+        answer["message"] = tool_message(call)
+    return answer
+
+
+async def tool_ndjson_stream(gen: Generation, plan: tools.ToolPlan) -> AsyncIterator[bytes]:
+    """As ``ndjson_stream``, but an answer that opens with '{' is held until it ends, then sent as
+    one message with its call (as Ollama sends calls) or as text."""
+    result = Result()
+    opening = tools.Opening()
+    try:
+        async for chunk in gen.chunks():
+            text = opening.feed(chunk.text) if chunk.text else ""
+            if text:
+                yield _line({"model": gen.request.model, "created_at": now(), **_text_field(True, text),
+                             "done": False})  # fmt: skip
+            if apply_final(result, chunk):
+                held = opening.held()
+                if held:
+                    call = plan.parse(held) if result.finish_reason == "stop" else None
+                    message = tool_message(call) if call else {"role": "assistant", "content": held}
+                    yield _line({"model": gen.request.model, "created_at": now(), "message": message,
+                                 "done": False})  # fmt: skip
+                yield _line({"model": gen.request.model, "created_at": now(), **_text_field(True, ""),
+                             **final_fields(gen, result)})  # fmt: skip
+    except HyperLlamaError as err:
+        yield _line({"error": err.message})
+    except Exception:
+        log.exception("unexpected error in the stream of request %s", gen.request.request_id)
+        yield _line({"error": "internal error; the stream was cut short"})
 
 
 def embed_request(
@@ -266,6 +320,6 @@ def show(entry: scheduler_pb2.ModelEntry) -> dict[str, Any]:
         "template": info.chat_template,
         "details": model_details(info),
         "model_info": model_info,
-        "capabilities": ["completion", "embedding"],
+        "capabilities": ["completion", "embedding", "tools"],
         "modified_at": _modified_at(info),
     }

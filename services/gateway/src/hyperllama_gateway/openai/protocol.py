@@ -4,7 +4,7 @@ Bounds and their reasons are in ``limits``; every number fits the protobuf field
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from hyperllama_common.errors import quote
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -33,6 +33,9 @@ class ChatMessage(BaseModel):
     role: str
     content: str | list[TextPart] | None = None
     name: str | None = None
+    # An assistant's earlier calls, and the call a "tool" message answers.
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -99,6 +102,9 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT)
     response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(_Sampling):

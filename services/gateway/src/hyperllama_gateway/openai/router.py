@@ -34,7 +34,19 @@ def _generations(call: Call, requests: list[worker_pb2.GenerateRequest], stream:
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, call: CallDep) -> dict[str, Any] | StreamingResponse:
     call.http.state.model = body.model
-    requests = service.choice_requests(service.chat_request(body, call.request_id), body.n)
+    request = service.chat_request(body, call.request_id)
+    plan = service.tool_plan(body)
+    if plan is not None:
+        gen = Generation(call, request, positions=False)
+        await gen.start()
+        if body.stream:
+            return StreamingResponse(
+                service.tool_sse_stream(gen, plan, call.request_id, _include_usage(body)),
+                media_type="text/event-stream",
+                headers=_SSE_HEADERS,
+            )
+        return service.chat_tool_completion(gen, await gen.collect(), plan, call.request_id)
+    requests = service.choice_requests(request, body.n)
     gens = _generations(call, requests, body.stream)
     if body.stream:
         events = await stream_all(call.http, gens)

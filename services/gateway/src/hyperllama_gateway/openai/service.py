@@ -13,6 +13,7 @@ from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import HyperLlamaError, InvalidRequest, quote
 
+from hyperllama_gateway import tools
 from hyperllama_gateway.choices import ChoiceEvents
 from hyperllama_gateway.errors import openai_error_event
 from hyperllama_gateway.generation import Generation, Result, apply_final
@@ -59,9 +60,14 @@ def chat_request(body: ChatCompletionRequest, request_id: str) -> worker_pb2.Gen
                 param=f"messages.{i}.role",
             )
         try:
-            messages.append(worker_pb2.ChatMessage(role=role, content=m.text()))
+            content = m.text()
         except ValueError as err:
             raise InvalidRequest(f"messages[{i}].content: {err}", param=f"messages.{i}.content") from None
+        if m.tool_calls:  # an earlier answer that called functions: the calls as the model wrote them
+            functions = [c.get("function") or {} for c in m.tool_calls]
+            calls = [tools.call_text(str(f.get("name")), f.get("arguments")) for f in functions]
+            content = "\n".join([content, *calls]) if content else "\n".join(calls)
+        messages.append(worker_pb2.ChatMessage(role=role, content=content))
     request = worker_pb2.GenerateRequest(
         request_id=request_id,
         model=body.model,
@@ -76,7 +82,95 @@ def chat_request(body: ChatCompletionRequest, request_id: str) -> worker_pb2.Gen
             raise InvalidRequest("response_format.json_schema.schema is required", param="response_format")
         request.response_format.kind = worker_pb2.ResponseFormat.KIND_JSON_SCHEMA
         request.response_format.json_schema = json.dumps(fmt.json_schema.schema_)
+    plan = tool_plan(body)
+    if plan is not None:
+        tools.apply(request, plan)
     return request
+
+
+def tool_plan(body: ChatCompletionRequest) -> tools.ToolPlan | None:
+    plan = tools.plan(tools.parse_tools(body.tools), body.tool_choice)
+    if plan is not None and body.n > 1:
+        raise InvalidRequest("n > 1 cannot be combined with tools", param="n")
+    return plan
+
+
+def tool_call_json(call: tools.ToolCall, index: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": call.id, "type": "function",
+                           "function": {"name": call.name, "arguments": call.arguments_json()}}  # fmt: skip
+    if index is not None:
+        out["index"] = index
+    return out
+
+
+def chat_tool_completion(
+    gen: Generation, result: Result, plan: tools.ToolPlan, request_id: str
+) -> dict[str, Any]:
+    """A chat completion whose answer may be a call: ``message.tool_calls`` and finish_reason
+    "tool_calls" when it is."""
+    response = chat_completion([gen], [result], request_id)
+    call = plan.parse(result.text) if result.finish_reason == "stop" else None
+    if call is not None:
+        choice = response["choices"][0]
+        choice["message"] = {"role": "assistant", "content": None, "tool_calls": [tool_call_json(call)]}
+        choice["finish_reason"] = "tool_calls"
+    return response
+
+
+async def tool_sse_stream(
+    gen: Generation, plan: tools.ToolPlan, request_id: str, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """A chat stream that may be a call. A required call streams its arguments in pieces as they are
+    generated; with "auto" an answer that opens with '{' is held until it ends, then sent as a call
+    or as text."""
+    base: dict[str, Any] = {"id": f"chatcmpl-{request_id}", "object": "chat.completion.chunk",
+                            "created": gen.created, "model": gen.request.model}  # fmt: skip
+    extra = {"usage": None} if include_usage else {}
+
+    def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return _sse({**base, "choices": [choice], **extra})
+
+    result = Result()
+    arguments = tools.ArgumentStream()
+    call_id = tools.new_call_id()
+    opening = tools.Opening()
+    try:
+        yield event({"role": "assistant", "content": None if plan.required else ""})
+        async for chunk in gen.chunks():
+            text = chunk.text
+            if plan.required and text:
+                name, piece = arguments.feed(text)
+                if name is not None:
+                    yield event({"tool_calls": [{"index": 0, "id": call_id, "type": "function",
+                                                 "function": {"name": name, "arguments": ""}}]})  # fmt: skip
+                if piece:
+                    yield event({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+            elif text:
+                sendable = opening.feed(text)
+                if sendable:
+                    yield event({"content": sendable})
+            apply_final(result, chunk)
+        finish = result.finish_reason
+        held = opening.held()
+        if plan.required and arguments.name is not None and finish == "stop":
+            finish = "tool_calls"
+        elif held:
+            call = plan.parse(held) if finish == "stop" else None
+            if call is None:
+                yield event({"content": held})
+            else:
+                yield event({"tool_calls": [tool_call_json(call, 0)]})
+                finish = "tool_calls"
+        yield event({}, finish)
+        if include_usage:
+            yield _sse({**base, "choices": [], "usage": usage(result)})
+        yield b"data: [DONE]\n\n"
+    except HyperLlamaError as err:
+        yield _sse(openai_error_event(err))
+    except Exception:
+        log.exception("unexpected error in the stream of request %s", request_id)
+        yield _sse(openai_error_event(HyperLlamaError("internal error; the stream was cut short")))
 
 
 def completion_requests(body: CompletionRequest, request_id: str) -> list[worker_pb2.GenerateRequest]:
