@@ -81,8 +81,16 @@ def test_text_format_json_schema_is_followed(oai: openai.OpenAI) -> None:
     ("body", "param"),
     [
         ({"input": "x", "previous_response_id": "resp_1"}, "previous_response_id"),
-        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]}, "input.0"),
-        ({"input": "x", "tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
+        ({"input": [{"type": "reasoning", "summary": []}]}, "input.0"),
+        ({"input": "x", "tools": [{"type": "web_search"}]}, "tools.0"),
+        (
+            {
+                "input": "x",
+                "tools": [{"type": "function", "name": "f"}],
+                "tool_choice": {"type": "function", "name": "g"},
+            },
+            "tool_choice",
+        ),
         ({"input": ""}, "input"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
@@ -96,3 +104,36 @@ def test_what_a_stateless_server_cannot_do_is_a_clear_400(
     r = httpx.post(f"{base_url}/v1/responses", json={"model": MODEL, **body}, timeout=30)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == param and r.json()["error"]["message"]
+
+
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                   "additionalProperties": False},
+}  # fmt: skip
+
+
+def test_a_required_function_call_and_its_result(oai: openai.OpenAI) -> None:
+    ask = "What is the weather in Paris?"
+    r = oai.responses.create(model=MODEL, input=ask, tools=[WEATHER], tool_choice="required",  # type: ignore[list-item]
+                             max_output_tokens=60, temperature=0)  # fmt: skip
+    call = r.output[0]
+    assert call.type == "function_call" and call.name == "get_weather" and call.call_id.startswith("call_")
+    jsonschema.validate(json.loads(call.arguments), WEATHER["parameters"])  # type: ignore[arg-type]
+    streamed = list(oai.responses.create(model=MODEL, input=ask, tools=[WEATHER], tool_choice="required",  # type: ignore[list-item]
+                                         max_output_tokens=60, temperature=0, stream=True))  # fmt: skip
+    kinds = [e.type for e in streamed]
+    assert "response.function_call_arguments.delta" in kinds and kinds[-1] == "response.completed"
+    done = next(e for e in streamed if e.type == "response.function_call_arguments.done")
+    assert json.loads(done.arguments) == json.loads(call.arguments)
+    # The call and its output continue the conversation as input items.
+    history = [
+        {"role": "user", "content": ask},
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "21 degrees and clear"},
+    ]
+    follow = oai.responses.create(model=MODEL, input=history, tools=[WEATHER], tool_choice="none",  # type: ignore[arg-type,list-item]
+                                  max_output_tokens=16, temperature=0)  # fmt: skip
+    assert follow.output[0].type == "message" and follow.output_text

@@ -20,6 +20,7 @@ from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import HyperLlamaError, InvalidRequest, quote
 from pydantic import BaseModel, ConfigDict, Field
 
+from hyperllama_gateway import tools
 from hyperllama_gateway.generation import Generation, Result, apply_final
 from hyperllama_gateway.limits import MAX_MESSAGES, MAX_TOKENS_LIMIT, Float32, JsonSchema, ModelName
 from hyperllama_gateway.wellformed import RequestBody
@@ -42,6 +43,11 @@ class InputItem(_Part):
     type: str = "message"
     role: str | None = None
     content: str | list[ContentPart] | None = None
+    # An earlier function call ("function_call") and its result ("function_call_output").
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+    output: str | None = None
 
 
 class TextFormat(_Part):
@@ -93,8 +99,6 @@ def generate_request(body: ResponsesRequest, request_id: str) -> worker_pb2.Gene
             "conversation as input",
             param="previous_response_id",
         )
-    if body.tools:
-        raise InvalidRequest("tools are not supported on /v1/responses", param="tools")
     messages = [worker_pb2.ChatMessage(role="system", content=body.instructions)] if body.instructions else []
     if isinstance(body.input, str):
         messages.append(worker_pb2.ChatMessage(role="user", content=body.input))
@@ -102,6 +106,13 @@ def generate_request(body: ResponsesRequest, request_id: str) -> worker_pb2.Gene
         if len(body.input) > MAX_MESSAGES:
             raise InvalidRequest(f"input holds at most {MAX_MESSAGES} items", param="input")
         for i, item in enumerate(body.input):
+            if item.type == "function_call":
+                call = tools.call_text(item.name or "", item.arguments or "{}")
+                messages.append(worker_pb2.ChatMessage(role="assistant", content=call))
+                continue
+            if item.type == "function_call_output":
+                messages.append(worker_pb2.ChatMessage(role="tool", content=item.output or ""))
+                continue
             role = _ROLES.get(item.role or "")
             if item.type != "message" or role is None:
                 raise InvalidRequest(
@@ -132,7 +143,23 @@ def generate_request(body: ResponsesRequest, request_id: str) -> worker_pb2.Gene
             raise InvalidRequest("text.format.schema is required for json_schema", param="text.format.schema")
         request.response_format.kind = worker_pb2.ResponseFormat.KIND_JSON_SCHEMA
         request.response_format.json_schema = json.dumps(fmt.schema_)
+    plan = tool_plan(body)
+    if plan is not None:
+        tools.apply(request, plan)
     return request
+
+
+def tool_plan(body: ResponsesRequest) -> tools.ToolPlan | None:
+    """The Responses API's tools are flat ({"type": "function", "name", "parameters"}) and so is a
+    named tool_choice ({"type": "function", "name"}): read as the chat API's."""
+    as_chat = [
+        {"type": t.get("type"), "function": {k: v for k, v in t.items() if k != "type"}}
+        for t in body.tools or []
+    ]
+    choice = body.tool_choice
+    if isinstance(choice, dict) and "name" in choice:
+        choice = {"type": "function", "function": {"name": choice["name"]}}
+    return tools.plan(tools.parse_tools(as_chat), choice)
 
 
 class ResponseBuilder:
@@ -149,12 +176,22 @@ class ResponseBuilder:
         return {"id": self.item_id, "type": "message", "status": status, "role": "assistant",
                 "content": content}  # fmt: skip
 
-    def response(self, result: Result | None, text: str = "") -> dict[str, Any]:
+    def call_item(self, call: tools.ToolCall, status: str) -> dict[str, Any]:
+        arguments = call.arguments_json() if status == "completed" else ""
+        return {"id": f"fc_{call.id.removeprefix('call_')}", "type": "function_call", "status": status,
+                "call_id": call.id, "name": call.name, "arguments": arguments}  # fmt: skip
+
+    def response(
+        self, result: Result | None, text: str = "", call: tools.ToolCall | None = None
+    ) -> dict[str, Any]:
         body = self.body
         fmt = body.text.format if body.text and body.text.format else None
         done = result is not None
         incomplete = done and result is not None and result.finish_reason == "length"
         status = "in_progress" if not done else ("incomplete" if incomplete else "completed")
+        output = []
+        if done:
+            output = [self.call_item(call, "completed") if call else self.item(text, "completed")]
         out: dict[str, Any] = {
             "id": self.id,
             "object": "response",
@@ -165,15 +202,15 @@ class ResponseBuilder:
             "instructions": body.instructions,
             "max_output_tokens": body.max_output_tokens,
             "model": body.model,
-            "output": [self.item(text, "completed")] if done else [],
+            "output": output,
             "parallel_tool_calls": True,
             "previous_response_id": None,
             "reasoning": {"effort": None, "summary": None},
             "store": False,
             "temperature": body.temperature if body.temperature is not None else 1.0,
             "text": {"format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"}},
-            "tool_choice": "auto",
-            "tools": [],
+            "tool_choice": body.tool_choice if body.tool_choice is not None else "auto",
+            "tools": body.tools or [],
             "top_p": body.top_p if body.top_p is not None else 1.0,
             "truncation": "disabled",
             "usage": None,
@@ -181,7 +218,7 @@ class ResponseBuilder:
             "metadata": body.metadata or {},
         }
         if result is not None:
-            out["output_text"] = text
+            out["output_text"] = "" if call else text
             out["usage"] = {
                 "input_tokens": result.prompt_tokens,
                 "input_tokens_details": {"cached_tokens": result.cached_prompt_tokens},
@@ -192,8 +229,17 @@ class ResponseBuilder:
         return out
 
 
-async def event_stream(gen: Generation, builder: ResponseBuilder) -> AsyncIterator[bytes]:
-    """The Responses streaming events; a failure is one ``error`` event, the stream's last."""
+def finished(result: Result, plan: tools.ToolPlan | None) -> tools.ToolCall | None:
+    """The call a finished answer makes (only with tools, and only an answer that ended by itself)."""
+    return plan.parse(result.text) if plan is not None and result.finish_reason == "stop" else None
+
+
+async def event_stream(
+    gen: Generation, builder: ResponseBuilder, plan: tools.ToolPlan | None = None
+) -> AsyncIterator[bytes]:
+    """The Responses streaming events; a failure is one ``error`` event, the stream's last. With
+    tools, an answer that may be a call is held until it ends (tools.Opening), then sent as a
+    function call's events or as text."""
     sequence = 0
 
     def event(kind: str, **fields: Any) -> bytes:
@@ -208,16 +254,46 @@ async def event_stream(gen: Generation, builder: ResponseBuilder) -> AsyncIterat
     try:
         yield event("response.created", response=builder.response(None))
         yield event("response.in_progress", response=builder.response(None))
-        yield event("response.output_item.added", output_index=0, item=builder.item("", "in_progress"))
-        yield event("response.content_part.added", **where, part={"type": "output_text", "text": "",
-                                                                  "annotations": []})  # fmt: skip
+        opening = tools.Opening() if plan is not None else None
+        started = False
         async for chunk in gen.events():
             if isinstance(chunk, scheduler_pb2.QueuePosition):
                 continue
-            if chunk.text:
-                parts.append(chunk.text)
-                yield event("response.output_text.delta", **where, delta=chunk.text, logprobs=[])
+            piece = opening.feed(chunk.text) if opening is not None and chunk.text else chunk.text
+            if piece and not started:
+                started = True
+                yield event(
+                    "response.output_item.added", output_index=0, item=builder.item("", "in_progress")
+                )
+                yield event("response.content_part.added", **where, part={"type": "output_text", "text": "",
+                                                                          "annotations": []})  # fmt: skip
+            if piece:
+                parts.append(piece)
+                yield event("response.output_text.delta", **where, delta=piece, logprobs=[])
             apply_final(result, chunk)
+        held = opening.held() if opening is not None else ""
+        result.text = "".join(parts) + held
+        call = finished(result, plan) if held else None
+        if call is not None:
+            yield event(
+                "response.output_item.added", output_index=0, item=builder.call_item(call, "in_progress")
+            )
+            fc = {"item_id": builder.call_item(call, "completed")["id"], "output_index": 0}
+            yield event("response.function_call_arguments.delta", **fc, delta=call.arguments_json())
+            yield event("response.function_call_arguments.done", **fc, arguments=call.arguments_json())
+            yield event(
+                "response.output_item.done", output_index=0, item=builder.call_item(call, "completed")
+            )
+            final = builder.response(result, "", call)
+            yield event(f"response.{final['status']}", response=final)
+            return
+        if not started:
+            yield event("response.output_item.added", output_index=0, item=builder.item("", "in_progress"))
+            yield event("response.content_part.added", **where, part={"type": "output_text", "text": "",
+                                                                      "annotations": []})  # fmt: skip
+        if held:
+            parts.append(held)
+            yield event("response.output_text.delta", **where, delta=held, logprobs=[])
         text = "".join(parts)
         yield event("response.output_text.done", **where, text=text, logprobs=[])
         yield event("response.content_part.done", **where, part={"type": "output_text", "text": text,

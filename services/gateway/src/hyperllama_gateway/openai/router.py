@@ -110,11 +110,12 @@ async def get_model(model: str, scheduler: Scheduler, store: Store, tenant: Tena
 async def create_response(body: ResponsesRequest, call: CallDep) -> dict[str, Any] | StreamingResponse:
     call.http.state.model = body.model
     gen = Generation(call, responses.generate_request(body, call.request_id))
+    plan = responses.tool_plan(body)
     builder = responses.ResponseBuilder(body, call.request_id)
     await gen.start()
     if body.stream:
         return StreamingResponse(
-            responses.event_stream(gen, builder), media_type="text/event-stream", headers=_SSE_HEADERS
+            responses.event_stream(gen, builder, plan), media_type="text/event-stream", headers=_SSE_HEADERS
         )
     result = await gen.collect()
-    return builder.response(result, result.text)
+    return builder.response(result, result.text, responses.finished(result, plan))
