@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import codecs
 import threading
+from collections import deque
 from functools import lru_cache
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
 class Utf8Assembler:
@@ -171,3 +175,50 @@ class StopStringFilter:
         """At the end of the stream the held-back text was not a stop string after all."""
         out, self._pending = self._pending, ""
         return "" if self.stopped else out
+
+
+class HeldWithText(Generic[T]):
+    """Items tied to the end of a token's text in a stream that passes through StopStringFilter
+    (logprob entries): each item is let go once the filter has released the text up to its end, so an
+    item never arrives before its token's text, and items whose text the filter withholds for good (a
+    matched stop string) never arrive.
+
+    Positions count characters of the filter's input; its output is always a prefix of that input.
+    """
+
+    __slots__ = ("_items", "_fed", "_released")
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[int, T]] = deque()
+        self._fed = 0
+        self._released = 0
+
+    def add(self, item: T, chars: int, pending: int = 0) -> None:
+        """``item``'s token fed ``chars`` characters to the filter; ``pending``: characters of the
+        token's text still to come (1 when its bytes end inside a character not yet complete, or what
+        an engine holds back of it)."""
+        self._fed += chars
+        self._items.append((self._fed + pending, item))
+
+    @property
+    def fed(self) -> int:
+        return self._fed
+
+    def text(self, chars: int) -> None:
+        """The filter was fed ``chars`` characters that belong to no item."""
+        self._fed += chars
+
+    def release(self, chars: int) -> list[T]:
+        """The filter released ``chars`` more characters: the items whose text has now all gone out."""
+        self._released += chars
+        items = self._items
+        out = []
+        while items and items[0][0] <= self._released:
+            out.append(items.popleft()[1])
+        return out
+
+    def flush(self) -> list[T]:
+        """At the end of a stream that no stop string cut: whatever is left (a token with no text)."""
+        out = [item for _, item in self._items]
+        self._items.clear()
+        return out
