@@ -29,6 +29,7 @@ from hyperllama_common.worker_metrics import ModelMetrics
 
 from hyperllama_worker_llamacpp.batching import BatchPlanner, Feed, Seat, Sequence
 from hyperllama_worker_llamacpp.grammar import GrammarChecker, grammar_text
+from hyperllama_worker_llamacpp.logprobs import LogprobMeter, meter_for
 from hyperllama_worker_llamacpp.model import LoadedModel
 from hyperllama_worker_llamacpp.sampling import SamplerChain
 
@@ -47,6 +48,7 @@ class Job:
     stops: StopStringFilter
     ignore_eos: bool
     arrived_ns: int
+    logprobs: LogprobMeter | None = None  # only for requests that ask for them
     started_ns: int = 0
     first_token_ns: int = 0
     prompt_reported: bool = False
@@ -140,6 +142,7 @@ class BatchEngine:
             self.grammars.check(grammar)
         stops = list(s.stop) or [str(x) for x in self.model.spec.options.get("stop", [])]  # type: ignore[attr-defined]
         stop_filter = StopStringFilter(stops)
+        meter = meter_for(self.model, s)
         job = Job(
             emit=emit,
             sampler=SamplerChain(self.model.vocab, s, self.model.spec.options, grammar),
@@ -147,6 +150,7 @@ class BatchEngine:
             stops=stop_filter,
             ignore_eos=s.ignore_eos,
             arrived_ns=arrived,
+            logprobs=meter,
         )
         return Sequence(prompt=tokens, limit=limit, state=job)
 
@@ -310,9 +314,9 @@ class BatchEngine:
                         ),
                     )
                 else:
-                    self._on_token(f.seq, token)
+                    self._on_token(f.seq, token, i)
 
-    def _on_token(self, seq: Sequence, token: int) -> None:
+    def _on_token(self, seq: Sequence, token: int, index: int) -> None:
         job: Job = seq.state
         if seq.produced == 0:
             job.first_token_ns = time.perf_counter_ns()
@@ -321,9 +325,19 @@ class BatchEngine:
             self._finish(seq, worker_pb2.FINISH_REASON_STOP)
             return
         self.planner.sampled(seq, token)
-        text, hit = job.stops.feed(job.utf8.feed(self.model.piece(token)))
-        if text:
-            chunk = worker_pb2.GenerateChunk(text=text, token_count=1)
+        piece = self.model.piece(token)
+        decoded = job.utf8.feed(piece)
+        text, hit = job.stops.feed(decoded)
+        chunk = worker_pb2.GenerateChunk(text=text, token_count=1) if text else None
+        if job.logprobs is not None:
+            # An entry goes out with the end of its token's text: held back while that text is, never
+            # sent if a stop string withholds it for good.
+            job.logprobs.hold(self.ctx, index, token, piece, decoded)
+            entries = job.logprobs.held.release(len(text))
+            if entries:
+                chunk = chunk or worker_pb2.GenerateChunk(token_count=1)
+                chunk.logprobs.extend(entries)
+        if chunk is not None:
             if not job.prompt_reported:
                 # So a stream cut before its end is still charged its prompt (the gateway's usage).
                 chunk.usage.prompt_tokens = len(seq.prompt)
@@ -345,6 +359,11 @@ class BatchEngine:
         job: Job = seq.state
         tail, _ = job.stops.feed(job.utf8.flush())
         tail += job.stops.flush()
+        entries: list[worker_pb2.TokenLogprob] = []
+        if job.logprobs is not None:
+            entries = job.logprobs.held.release(len(tail))
+            if not job.stops.stopped:
+                entries += job.logprobs.held.flush()
         done = time.perf_counter_ns()
         chunk = worker_pb2.GenerateChunk(
             text=tail,
@@ -359,6 +378,7 @@ class BatchEngine:
                 prompt_eval_duration_ns=job.first_token_ns - job.started_ns,
                 eval_duration_ns=done - job.first_token_ns,
             ),
+            logprobs=entries,
         )
         job.sampler.close()
         self.metrics.prompt_tokens.inc(len(seq.prompt))

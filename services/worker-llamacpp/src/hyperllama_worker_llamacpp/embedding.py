@@ -89,14 +89,22 @@ class Embedder:
         self._turn = asyncio.Lock()  # FIFO: whoever holds it owns the embedding context
         self._context: EmbeddingContext | None = None
 
-    def tokenize(self, inputs: list[str], truncate: bool) -> list[list[int]]:
-        """Each input's tokens, cut to the context when ``truncate``; refuses what cannot be embedded."""
-        if not inputs:
+    def tokenize(
+        self, inputs: list[str], truncate: bool, token_inputs: list[list[int]] | None = None
+    ) -> list[list[int]]:
+        """Each input's tokens (token inputs as they are), cut to the context when ``truncate``;
+        refuses what cannot be embedded."""
+        if inputs and token_inputs:
+            raise InvalidRequest("give inputs as text or as token ids, not both", param="input")
+        if not inputs and not token_inputs:
             raise InvalidRequest("no input to embed", param="input")
         n_ctx = self.n_ctx
         out = []
-        for i, text in enumerate(inputs):
-            tokens = self.model.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+        if token_inputs:
+            given = [self.model.check_token_ids(ids, "input") for ids in token_inputs]
+        else:
+            given = [self.model.llm.tokenize(t.encode("utf-8"), add_bos=True, special=False) for t in inputs]
+        for i, tokens in enumerate(given):
             if not tokens:
                 raise InvalidRequest(f"input {i} is empty", param="input")
             if len(tokens) > n_ctx:
@@ -110,9 +118,11 @@ class Embedder:
             out.append(tokens)
         return out
 
-    async def embed(self, inputs: list[str], truncate: bool) -> worker_pb2.EmbedResponse:
+    async def embed(
+        self, inputs: list[str], truncate: bool, token_inputs: list[list[int]] | None = None
+    ) -> worker_pb2.EmbedResponse:
         started = time.perf_counter_ns()
-        batches = await asyncio.to_thread(self.tokenize, inputs, truncate)
+        batches = await asyncio.to_thread(self.tokenize, inputs, truncate, token_inputs)
         if self._turn.locked() and self.waiting >= self.max_waiting:
             raise Overloaded(
                 f"{self.waiting} embedding calls for {self.model.spec.name} are already waiting on this "

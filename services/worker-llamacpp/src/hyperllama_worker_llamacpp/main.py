@@ -30,7 +30,10 @@ log = logging.getLogger("hyperllama_worker_llamacpp")
 
 ENGINE = "llamacpp"
 FORMATS = ["gguf"]
-CAPABILITIES = ["generate", "chat", "embed", "json_object", "json_schema", "seed", "stop"]
+CAPABILITIES = [
+    "generate", "chat", "embed", "json_object", "json_schema", "seed", "stop",
+    "logprobs", "logit_bias", "token_prompt",
+]  # fmt: skip
 
 
 def parse_cpus(spec: str) -> set[int]:

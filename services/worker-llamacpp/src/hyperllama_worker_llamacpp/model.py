@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 
@@ -37,6 +38,8 @@ class LoadedModel:
         # batch engine decodes in a context of its own.
         self.llm = Llama(model_path=str(spec.path), n_ctx=64, n_batch=64, n_threads=threads, verbose=False)
         self.vocab = self.llm._model.vocab
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self._texts: dict[int, bytes] = {}  # token_text's, filled as logprobs ask (decode thread only)
         metadata = self.llm.metadata
         self.info = describe(
             spec.name,
@@ -79,9 +82,13 @@ class LoadedModel:
         return self._formatter(messages=chat).prompt  # type: ignore[arg-type]
 
     def prompt_tokens(self, req: worker_pb2.GenerateRequest) -> list[int]:
-        """The request's prompt as tokens (chat rendered with the model's template), checked to fit."""
-        prompt = self.render_chat(list(req.chat.messages)) if req.HasField("chat") else req.prompt
-        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        """The request's prompt as tokens (chat rendered with the model's template; token ids as they
+        are), checked to fit."""
+        if req.HasField("tokens"):
+            tokens = self.check_token_ids(req.tokens.ids, "prompt")
+        else:
+            prompt = self.render_chat(list(req.chat.messages)) if req.HasField("chat") else req.prompt
+            tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         ctx = self.context_for(req)
         if len(tokens) >= ctx:
             raise ContextLengthExceeded(
@@ -97,5 +104,29 @@ class LoadedModel:
     def is_end_of_generation(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
+    def check_token_ids(self, ids: list[int], param: str) -> list[int]:
+        """``ids`` as a list, refused if any is outside the vocabulary: llama.cpp would read past its
+        embedding table."""
+        out = list(ids)
+        bad = next((t for t in out if not 0 <= t < self.n_vocab), None)
+        if bad is not None:
+            raise InvalidRequest(
+                f"token id {bad} is not in the model's vocabulary (ids 0-{self.n_vocab - 1})", param=param
+            )
+        return out
+
     def piece(self, token: int) -> bytes:
         return self.llm.detokenize([token])
+
+    def token_text(self, token: int) -> bytes:
+        """A token's own bytes as logprobs show it: special tokens by their text (``<|im_end|>``),
+        which the stream itself leaves out."""
+        text = self._texts.get(token)
+        if text is None:
+            buf = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+            if n < 0:  # the buffer was too small: -n is what it takes
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+            text = self._texts[token] = buf.raw[: max(n, 0)]
+        return text

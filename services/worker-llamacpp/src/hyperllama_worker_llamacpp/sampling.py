@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import math
 import random
+from collections.abc import Mapping
 
 import llama_cpp
 import numpy as np
@@ -37,6 +38,25 @@ def resolve(params: worker_pb2.SamplingParams, model_defaults: dict[str, object]
     return out
 
 
+def logit_bias_sampler(n_vocab: int, bias: Mapping[int, float]) -> llama_cpp.llama_sampler_p | None:
+    """llama.cpp's logit-bias sampler (it copies the list); ids outside the vocabulary are refused."""
+    for token, value in bias.items():
+        if not 0 <= token < n_vocab:
+            raise InvalidRequest(
+                f"logit_bias names token id {token}, which is not in the model's vocabulary "
+                f"(ids 0-{n_vocab - 1})",
+                param="logit_bias",
+            )
+        if not math.isfinite(value):
+            raise InvalidRequest(
+                f"logit_bias for token id {token} is not a finite number", param="logit_bias"
+            )
+    entries = (llama_cpp.llama_logit_bias * len(bias))(
+        *(llama_cpp.llama_logit_bias(t, b) for t, b in sorted(bias.items()))
+    )
+    return llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(bias), entries)
+
+
 class SamplerChain:
     """Owns one llama_sampler chain; free it with close().
 
@@ -61,6 +81,9 @@ class SamplerChain:
         self._candidates: np.ndarray | None = None
         try:
             n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+            if params.logit_bias:
+                # First in the chain, as llama-server puts it: every later sampler sees biased logits.
+                self._add("logit_bias", logit_bias_sampler(n_vocab, params.logit_bias))
             penalties = (p["repeat_penalty"], p["frequency_penalty"], p["presence_penalty"])
             self._add(
                 "penalties", llama_cpp.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, *penalties)

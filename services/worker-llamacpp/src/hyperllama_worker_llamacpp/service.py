@@ -35,6 +35,10 @@ def merge_chunks(chunks: list[worker_pb2.GenerateChunk]) -> worker_pb2.GenerateC
     merged.token_count = sum(c.token_count for c in chunks)
     if not merged.usage.prompt_tokens:  # the first text chunk's count of prompt tokens
         merged.usage.prompt_tokens = max(c.usage.prompt_tokens for c in chunks)
+    if any(c.logprobs for c in chunks[:-1]):
+        del merged.logprobs[:]
+        for c in chunks:
+            merged.logprobs.extend(c.logprobs)
     return merged
 
 
@@ -187,7 +191,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._engine(request.model)  # the model is served here and its engine is alive
         self._preparing[request.model] = self._preparing.get(request.model, 0) + 1
         try:
-            return await self.embedders[request.model].embed(list(request.inputs), request.truncate)
+            return await self.embedders[request.model].embed(
+                list(request.inputs), request.truncate, [list(t.ids) for t in request.token_inputs]
+            )
         finally:
             self._preparing[request.model] -= 1
 
