@@ -5,7 +5,9 @@ Each test runs once per engine (llamacpp, vllm, max); the README's conformance t
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import threading
 import uuid
 
@@ -14,6 +16,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_cli.cluster import wait_for
+from hyperllama_worker_llamacpp.registry import load_registry, select
+from llama_cpp import Llama
 
 from engines.conftest import MODEL, EngineWorker
 
@@ -231,4 +235,118 @@ def test_bad_requests_are_rejected_clearly(worker: EngineWorker, mutate, status,
         run(worker, request)
     assert err.value.code() == status
     assert needle in err.value.details().lower()
+    _wait_idle(worker)
+
+
+# ---- logprobs, logit_bias and token-id prompts --------------------------------------------------
+
+PROMPT = "The capital of France is"
+
+
+def _entries(chunks: list[worker_pb2.GenerateChunk]) -> list[worker_pb2.TokenLogprob]:
+    return [e for c in chunks for e in c.logprobs]
+
+
+@functools.cache
+def _tokenizer() -> Llama:
+    """The model's vocabulary, from its GGUF (SmolLM2 adds no BOS; every engine's tokenizer agrees)."""
+    return Llama(model_path=str(select(load_registry(""), MODEL)[0].path), vocab_only=True, verbose=False)
+
+
+def _prompt_ids() -> list[int]:
+    return _tokenizer().tokenize(PROMPT.encode(), add_bos=True, special=True)
+
+
+def _check_greedy_entries(entries: list[worker_pb2.TokenLogprob], text: str, top: int) -> None:
+    assert entries and "".join(e.token for e in entries) == text
+    for e in entries:
+        assert len(e.top_logprobs) == top
+        best = e.top_logprobs[0].logprob
+        # Greedy picks the most likely token: the first entry, or one tied with it (bfloat16 ties).
+        assert e.logprob == pytest.approx(best, abs=1e-6)
+        assert e.token in [t.token for t in e.top_logprobs if t.logprob == pytest.approx(best, abs=1e-6)]
+        assert all(a.logprob >= b.logprob for a, b in zip(e.top_logprobs, e.top_logprobs[1:], strict=False))
+        assert all(t.logprob <= 0 for t in e.top_logprobs)
+        assert 0 < sum(math.exp(t.logprob) for t in e.top_logprobs) <= 1 + 1e-4
+
+
+def test_greedy_logprobs_where_claimed(worker: EngineWorker):
+    if "logprobs" not in worker.info().capabilities:
+        pytest.skip(f"{worker.engine} does not claim logprobs")
+    plain, plain_chunks = run(worker, chat(temperature=0, max_tokens=30))
+    assert not _entries(plain_chunks), "no logprobs unless asked"
+    text, chunks = run(worker, chat(temperature=0, max_tokens=30, logprobs=True, top_logprobs=5))
+    assert text == plain
+    _check_greedy_entries(_entries(chunks), text, 5)
+
+
+def test_no_logprobs_for_a_stop_string(worker: EngineWorker):
+    if "logprobs" not in worker.info().capabilities:
+        pytest.skip(f"{worker.engine} does not claim logprobs")
+    full, chunks = run(worker, chat(STORY, temperature=0, max_tokens=40, logprobs=True))
+    every = [e.token for e in _entries(chunks)]
+    assert "".join(every) == full
+    stop = full[len(full) // 2 : len(full) // 2 + 6]
+    expected = full[: full.find(stop)]
+    text, chunks = run(worker, chat(STORY, temperature=0, max_tokens=40, logprobs=True, stop=[stop]))
+    assert text == expected
+    # The tokens whose text ends before the stop string begins: no more, no fewer.
+    ends = [len("".join(every[: i + 1])) for i in range(len(every))]
+    assert [e.token for e in _entries(chunks)] == [
+        t for t, end in zip(every, ends, strict=True) if end <= len(text)
+    ]
+
+
+def test_a_token_prompt_with_completion_logprobs(worker: EngineWorker):
+    sampling = worker_pb2.SamplingParams(temperature=0, max_tokens=8)
+    as_text, _ = run(
+        worker,
+        worker_pb2.GenerateRequest(
+            request_id=uuid.uuid4().hex, model=MODEL, prompt=PROMPT, sampling=sampling
+        ),
+    )
+    by_ids = worker_pb2.GenerateRequest(
+        request_id=uuid.uuid4().hex,
+        model=MODEL,
+        tokens=worker_pb2.TokenPrompt(ids=_prompt_ids()),
+        sampling=sampling,
+    )
+    text, chunks = run(worker, by_ids)
+    assert text == as_text and "Paris" in text
+    if "logprobs" in worker.info().capabilities:
+        by_ids.sampling.logprobs, by_ids.sampling.top_logprobs = True, 2
+        text, chunks = run(worker, by_ids)
+        assert text == as_text
+        _check_greedy_entries(_entries(chunks), text, 2)
+
+
+def test_logit_bias_where_claimed(worker: EngineWorker):
+    first_id = _prompt_ids()[0]  # "The", the greedy answer's first token
+    assert run(worker, chat(temperature=0, max_tokens=4))[0].startswith("The")
+    request = chat(temperature=0, max_tokens=4, logit_bias={first_id: -100.0})
+    if "logit_bias" not in worker.info().capabilities:
+        with pytest.raises(grpc.RpcError) as err:
+            run(worker, request)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "logit_bias" in err.value.details()
+        return
+    banned, _ = run(worker, request)
+    assert not banned.startswith("The")
+    banana = _tokenizer().tokenize(b" banana", add_bos=False, special=False)
+    assert len(banana) == 1
+    forced, _ = run(worker, chat(temperature=0, max_tokens=4, logit_bias={banana[0]: 100.0}))
+    assert forced.startswith(" banana") or forced.startswith("banana")
+
+
+@pytest.mark.parametrize("ids", [[504, 49152], [-5], []], ids=["past-vocabulary", "negative", "empty"])
+def test_a_bad_token_prompt_is_refused(worker: EngineWorker, ids: list[int]):
+    request = worker_pb2.GenerateRequest(
+        request_id=uuid.uuid4().hex,
+        model=MODEL,
+        tokens=worker_pb2.TokenPrompt(ids=ids),
+        sampling=worker_pb2.SamplingParams(max_tokens=4),
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        run(worker, request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (str(ids[-1]) if ids else "empty") in err.value.details()
     _wait_idle(worker)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.hf_files import human_parameter_count, weights_of
@@ -45,3 +46,33 @@ def describe_hf_model(name: str, directory: Path, context_length: int) -> worker
             "source": str(directory),
         },
     )
+
+
+def vocab_size(directory: Path) -> int:
+    """Rows of the model's embedding table (config.json's vocab_size); 0 when it does not say."""
+    config = json.loads((directory / "config.json").read_text())
+    return int(config.get("vocab_size") or config.get("text_config", {}).get("vocab_size") or 0)
+
+
+def end_tokens(directory: Path) -> frozenset[str]:
+    """The text of the model's end-of-sequence tokens: the tokenizer's eos_token and the tokens that
+    config.json and generation_config.json name by id."""
+
+    def read(name: str) -> dict[str, Any]:
+        path = directory / name
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        return data if isinstance(data, dict) else {}
+
+    ids: set[int] = set()
+    for config in (read("config.json"), read("generation_config.json")):
+        eos = config.get("eos_token_id")
+        ids.update(t for t in (eos if isinstance(eos, list) else [eos]) if isinstance(t, int))
+    texts = {
+        str(a.get("content")) for a in read("tokenizer.json").get("added_tokens") or () if a.get("id") in ids
+    }
+    eos_token = read("tokenizer_config.json").get("eos_token")
+    if isinstance(eos_token, dict):
+        eos_token = eos_token.get("content")
+    if isinstance(eos_token, str):
+        texts.add(eos_token)
+    return frozenset(texts)

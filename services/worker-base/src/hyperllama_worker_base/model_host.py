@@ -28,7 +28,7 @@ from hyperllama_common.errors import (
 )
 from hyperllama_common.model_source import ModelSource
 
-from hyperllama_worker_base.hf_model import describe_hf_model
+from hyperllama_worker_base.hf_model import describe_hf_model, end_tokens, vocab_size
 from hyperllama_worker_base.supervisor import EngineSupervisor
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ class ModelHost:
         self.source = source
         self.model: worker_pb2.ModelInfo | None = None
         self.model_dir: Path | None = None
+        # Token ids a request may name (prompts, logit_bias) are below this; 0 = unknown.
+        self.vocab_size = 0
+        self.end_tokens: frozenset[str] = frozenset()  # their logprob entries are left out
         self.loading: worker_pb2.ModelInfo | None = None
         # A model from the store brings its SYSTEM and PARAMETERS: the defaults under each request's own.
         self.system = ""
@@ -92,6 +95,8 @@ class ModelHost:
         self.supervisor = self._start_engine(directory)
         self._task = asyncio.get_running_loop().create_task(self.supervisor.run(), name="engine-supervisor")
         self.model, self.model_dir = model, directory
+        self.vocab_size = vocab_size(directory)
+        self.end_tokens = end_tokens(directory)
 
     async def load(self, name: str, digest: str) -> float:
         """Load ``name`` from the store and start the engine on it; the seconds it took."""
@@ -172,6 +177,8 @@ class ModelHost:
         """Stop the engine child (its supervisor stops it on the way out) and forget the model."""
         task, self._task = self._task, None
         self.model = self.model_dir = None
+        self.vocab_size = 0
+        self.end_tokens = frozenset()
         self.supervisor = None
         self.system, self.parameters = "", {}
         if task is not None:

@@ -42,6 +42,16 @@ def error_from_status(status: int, body: bytes, param: str | None = None) -> Hyp
     return BackendFailed(f"engine answered {status}: {message}")
 
 
+def _stream_error(event: dict[str, Any], data: str, param: str | None) -> HyperLlamaError:
+    """An error event in a stream: vLLM validates some sampling fields only once the stream has begun
+    and then sends its 400 as an event, which is still the caller's mistake."""
+    err = event["error"]
+    code = err.get("code") if isinstance(err, dict) else None
+    if isinstance(code, int) and 400 <= code < 500:
+        return error_from_status(code, data.encode(), param)
+    return BackendFailed(f"engine failed mid-stream: {_engine_message(data.encode())}")
+
+
 class EngineClient:
     def __init__(self, base_url: str, connect_timeout: float = 5.0):
         # No read timeout on streams: a long generation is fine; a hung engine is the supervisor's job.
@@ -79,7 +89,7 @@ class EngineClient:
                         return
                     event = json.loads(data)
                     if isinstance(event, dict) and "error" in event:
-                        raise BackendFailed(f"engine failed mid-stream: {_engine_message(data.encode())}")
+                        raise _stream_error(event, data, param)
                     yield event
         except httpx.ConnectError as err:
             raise Unavailable(f"the engine is not reachable: {err}") from err

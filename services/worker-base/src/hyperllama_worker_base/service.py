@@ -2,7 +2,11 @@
 
 Text from the engine passes through StopStringFilter even though the engine is given the stop strings
 too: the engine stops early (saves compute) and the filter guarantees that no part of a stop string
-reaches the client, whatever the engine's streaming does with partial matches.
+reaches the client, whatever the engine's streaming does with partial matches. Logprob entries travel
+with their event's text (HeldWithText): held while it is, never sent for text a stop string withholds.
+
+Logprobs are the engine's own: vLLM's are of the raw logits (before logit_bias, penalties and
+temperature), MAX's of what its sampler saw; the llama.cpp worker counts logit_bias in.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -25,7 +30,7 @@ from hyperllama_common.errors import (
     Overloaded,
     Unavailable,
 )
-from hyperllama_common.textstream import StopStringFilter
+from hyperllama_common.textstream import HeldWithText, StopStringFilter, Utf8Assembler
 from hyperllama_common.worker_metrics import ModelMetrics, WorkerMetrics
 
 from hyperllama_worker_base.adapter import EngineAdapter
@@ -38,6 +43,7 @@ ROLES = {"system", "user", "assistant", "tool"}
 # Tokens read past a stop string the worker saw first, waiting for the engine to stop by itself.
 _DRAIN_AFTER_STOP = 8
 FINISH = {"stop": worker_pb2.FINISH_REASON_STOP, "length": worker_pb2.FINISH_REASON_LENGTH}
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound, and both engines' default ceiling
 
 
 @dataclass
@@ -94,12 +100,62 @@ def with_model_defaults(
     return out
 
 
-def request_body(req: worker_pb2.GenerateRequest, engine: EngineAdapter, model_id: str) -> tuple[str, dict]:
-    """The engine endpoint and body for a request: chat goes to the engine's chat template."""
+def _claimed(engine: EngineAdapter, capability: str, param: str, what: str) -> None:
+    """Refuse what this worker does not claim, rather than let its engine ignore it silently."""
+    if capability not in engine.capabilities:
+        raise InvalidRequest(
+            f"the {engine.name} worker cannot honour {what}; use a worker with the '{capability}' capability",
+            param=param,
+        )
+
+
+def _check_ids(ids: list[int], vocab_size: int, param: str) -> None:
+    """Token ids must index the model's embedding table (an engine may not check: MAX does not)."""
+    bad = next((t for t in ids if t < 0 or (vocab_size and t >= vocab_size)), None)
+    if bad is not None:
+        known = f" (ids 0-{vocab_size - 1})" if vocab_size else ""
+        raise InvalidRequest(f"token id {bad} is not in the model's vocabulary{known}", param=param)
+
+
+def _token_fields(req: worker_pb2.GenerateRequest, engine: EngineAdapter, vocab_size: int) -> dict[str, Any]:
+    """logprobs and logit_bias in the OpenAI dialect of the endpoint the request goes to."""
+    s = req.sampling
+    body: dict[str, Any] = {}
+    if not 0 <= s.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise InvalidRequest(
+            f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, not {s.top_logprobs}",
+            param="top_logprobs",
+        )
+    if s.top_logprobs and not s.logprobs:
+        raise InvalidRequest("top_logprobs needs logprobs to be asked for", param="top_logprobs")
+    if s.logprobs:
+        _claimed(engine, "logprobs", "logprobs", "logprobs")
+        # At least one alternative: MAX computes no logprobs at all for 0. The relay cuts the
+        # alternatives back to what was asked.
+        top = max(1, s.top_logprobs)
+        if req.HasField("chat"):
+            body.update(logprobs=True, top_logprobs=top)
+        else:
+            body["logprobs"] = top  # completions: the number of alternatives
+    if s.logit_bias:
+        _claimed(engine, "logit_bias", "logit_bias", "logit_bias")
+        _check_ids(list(s.logit_bias), vocab_size, "logit_bias")
+        if not all(math.isfinite(b) for b in s.logit_bias.values()):
+            raise InvalidRequest("logit_bias values must be finite numbers", param="logit_bias")
+        body["logit_bias"] = {str(t): b for t, b in sorted(s.logit_bias.items())}
+    return body
+
+
+def request_body(
+    req: worker_pb2.GenerateRequest, engine: EngineAdapter, model_id: str, vocab_size: int = 0
+) -> tuple[str, dict]:
+    """The engine endpoint and body for a request: chat goes to the engine's chat template, a prompt
+    (text or token ids) to completions. ``vocab_size``: the model's, to check token ids (0: unknown)."""
     body: dict[str, Any] = {
         "model": model_id,
         "stream_options": {"include_usage": True},
         **engine.sampling(req.sampling),
+        **_token_fields(req, engine, vocab_size),
     }
     kind = req.response_format.kind
     if kind == worker_pb2.ResponseFormat.KIND_JSON_OBJECT:
@@ -120,8 +176,94 @@ def request_body(req: worker_pb2.GenerateRequest, engine: EngineAdapter, model_i
                 )
         body["messages"] = [{"role": m.role, "content": m.content} for m in req.chat.messages]
         return "/v1/chat/completions", body
-    body["prompt"] = req.prompt
+    if req.HasField("tokens"):
+        _claimed(engine, "token_prompt", "prompt", "a prompt of token ids")
+        if not req.tokens.ids:
+            raise InvalidRequest("the prompt is empty", param="prompt")
+        _check_ids(list(req.tokens.ids), vocab_size, "prompt")
+        body["prompt"] = list(req.tokens.ids)
+    else:
+        body["prompt"] = req.prompt
     return "/v1/completions", body
+
+
+def _top(alternatives: list[tuple[str, float, bytes]], n: int) -> list[worker_pb2.TopLogprob]:
+    alternatives.sort(key=lambda a: -a[1])
+    return [worker_pb2.TopLogprob(token=t, logprob=v, bytes=b) for t, v, b in alternatives[:n]]
+
+
+def _logprob(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else -math.inf
+
+
+def engine_logprobs(choice: dict[str, Any], chat: bool, top: int) -> list[worker_pb2.TokenLogprob]:
+    """A streamed choice's logprobs as entries: chat's ``logprobs.content`` (token, logprob, bytes,
+    top_logprobs) or completions' parallel ``tokens`` / ``token_logprobs`` / ``top_logprobs`` (a dict
+    per token, which may hold the sampled token besides the top ``n``: cut to ``top``, best first)."""
+    lp = choice.get("logprobs")
+    if not isinstance(lp, dict):
+        return []
+    out = []
+    if chat:
+        for item in lp.get("content") or ():
+            token = str(item.get("token") or "")
+            entry = worker_pb2.TokenLogprob(
+                token=token,
+                logprob=_logprob(item.get("logprob")),
+                bytes=bytes(item.get("bytes") or token.encode()),
+            )
+            alts = [
+                (
+                    str(a.get("token") or ""),
+                    _logprob(a.get("logprob")),
+                    bytes(a.get("bytes") or str(a.get("token") or "").encode()),
+                )
+                for a in item.get("top_logprobs") or ()
+            ]
+            entry.top_logprobs.extend(_top(alts, top))
+            out.append(entry)
+        return out
+    values = lp.get("token_logprobs") or []
+    tops = lp.get("top_logprobs") or []
+    tokens = lp.get("tokens") or _split_text(str(choice.get("text") or ""), values, tops)
+    for i, token in enumerate(tokens):
+        entry = worker_pb2.TokenLogprob(
+            token=token, logprob=_logprob(values[i] if i < len(values) else None), bytes=token.encode()
+        )
+        alts = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
+        entry.top_logprobs.extend(_top([(t, _logprob(v), t.encode()) for t, v in alts.items()], top))
+        out.append(entry)
+    return out
+
+
+def _split_text(text: str, values: list[Any], tops: list[Any]) -> list[str]:
+    """Tokens for a completions event that gives none (MAX 26.7): its text, which is one token's in
+    practice; were it several, each is the alternative with its logprob that the text starts with."""
+    tokens = []
+    for i, value in enumerate(values):
+        if i == len(values) - 1:
+            tokens.append(text)
+            break
+        alts = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
+        token = next((t for t, v in alts.items() if v == value and t and text.startswith(t)), "")
+        tokens.append(token)
+        text = text[len(token) :]
+    return tokens
+
+
+def _refused_field(err: InvalidRequest, s: worker_pb2.SamplingParams) -> InvalidRequest:
+    """An engine's refusal of a field the request set, named as that field (the engine names it in
+    words of its own: "Log probabilities are not supported ...")."""
+    if type(err) is not InvalidRequest:
+        return err
+    message = err.message.lower()
+    if s.top_logprobs and "top_logprobs" in message:
+        return InvalidRequest(err.message, param="top_logprobs")
+    if s.logprobs and ("logprob" in message or "log prob" in message):
+        return InvalidRequest(err.message, param="logprobs")
+    if s.logit_bias and ("logit_bias" in message or "logit bias" in message):
+        return InvalidRequest(err.message, param="logit_bias")
+    return err
 
 
 class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
@@ -181,7 +323,7 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._check_model(request.model)
         request = with_model_defaults(request, self.host.system, self.host.parameters)
         # The engine's server knows the model by the directory it loaded.
-        path, body = request_body(request, self.engine, str(self.host.model_dir))
+        path, body = request_body(request, self.engine, str(self.host.model_dir), self.host.vocab_size)
         metrics = self.metrics
         if not self.host.ready or metrics is None:
             raise Unavailable(f"the {self.engine.name} engine is not ready: {self.host.last_problem}")
@@ -200,9 +342,12 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
             async for chunk in self._relay(path, body, request, progress):
                 yield chunk
             outcome = "ok"
-        except InvalidRequest:
+        except InvalidRequest as err:
             outcome = "client_error"
-            raise
+            named = _refused_field(err, request.sampling)
+            if named is err:
+                raise
+            raise named from err
         except asyncio.CancelledError:
             outcome = "cancelled"
             if running.cancel_requested:
@@ -238,6 +383,15 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
     ) -> AsyncIterator[worker_pb2.GenerateChunk]:
         chat = request.HasField("chat")
         stops = StopStringFilter(list(request.sampling.stop))
+        held: HeldWithText[worker_pb2.TokenLogprob] | None = (
+            HeldWithText() if request.sampling.logprobs else None
+        )
+        top = request.sampling.top_logprobs
+        # Characters of the entries' tokens so far: an entry ends where its token's text does, or
+        # where its event's text does if later. vLLM holds text back while it may begin a stop string
+        # but sends the tokens' entries at once.
+        token_text, token_chars = Utf8Assembler(), 0
+        engine_stopped = False  # on a stop string of its own finding
         after_stop = 0
         async for event in self.client.stream(path, body, param="messages" if chat else "prompt"):
             usage = event.get("usage")
@@ -246,6 +400,7 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
                 progress.engine_completion_tokens = int(usage.get("completion_tokens") or 0)
             for choice in event.get("choices") or ():
                 piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+                text = ""
                 if piece:
                     if not progress.produced:
                         progress.first_token_ns = time.perf_counter_ns()
@@ -253,10 +408,25 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
                     if stops.stopped:
                         after_stop += 1
                     text, hit = stops.feed(piece)
-                    if text:
-                        yield worker_pb2.GenerateChunk(text=text, token_count=1)
                     if hit:
                         progress.finish = worker_pb2.FINISH_REASON_STOP
+                entries: list[worker_pb2.TokenLogprob] = []
+                if held is not None and not after_stop:
+                    # The event's entries end where its text ends. The end-of-sequence token that
+                    # ends the stream has none, as on the llama.cpp worker (vLLM would send one),
+                    # nor has the token in which the engine found a stop string (vLLM names it
+                    # in stop_reason and sends the token's entry with the text before the stop).
+                    held.text(len(piece or ""))
+                    ending = choice.get("finish_reason") == "stop"
+                    engine_stopped = ending and isinstance(choice.get("stop_reason"), str)
+                    if not engine_stopped:
+                        for entry in engine_logprobs(choice, chat, top):
+                            if not (ending and entry.token in self.host.end_tokens):
+                                token_chars += len(token_text.feed(entry.bytes))
+                                held.add(entry, 0, pending=max(0, token_chars - held.fed))
+                    entries = held.release(len(text))
+                if text or entries:
+                    yield worker_pb2.GenerateChunk(text=text, token_count=1 if text else 0, logprobs=entries)
                 reason = choice.get("finish_reason")
                 if reason and not stops.stopped:
                     if reason not in FINISH:
@@ -268,8 +438,13 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
             if after_stop > _DRAIN_AFTER_STOP:
                 return
         tail = stops.flush()
-        if tail:
-            yield worker_pb2.GenerateChunk(text=tail)
+        entries = []
+        if held is not None:
+            # Left: entries whose text never came (a stop string), or that show more than the text
+            # (a special token); only the latter are sent.
+            entries = held.release(len(tail)) + ([] if stops.stopped or engine_stopped else held.flush())
+        if tail or entries:
+            yield worker_pb2.GenerateChunk(text=tail, logprobs=entries)
         if progress.finish == worker_pb2.FINISH_REASON_UNSPECIFIED:
             raise BackendFailed("the engine's stream ended without a finish_reason")
 

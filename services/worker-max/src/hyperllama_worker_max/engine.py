@@ -12,8 +12,9 @@ from hyperllama_worker_base.pool import DevicePool, format_ids
 
 from hyperllama_worker_max.settings import MaxWorkerSettings
 
-# No "embed": MAX serves embeddings only from embedding-model pipelines.
-BASE_CAPABILITIES = ["generate", "chat", "seed", "stop"]
+# No "embed": MAX serves embeddings only from embedding-model pipelines. No "logit_bias": MAX 26.7
+# takes the field (it is OpenAI's) and ignores it, so the worker refuses it instead.
+BASE_CAPABILITIES = ["generate", "chat", "seed", "stop", "token_prompt"]
 
 
 class MaxEngine:
@@ -28,6 +29,10 @@ class MaxEngine:
         # and the scheduler sends JSON requests elsewhere.
         self.structured = settings.structured_output and pool.device == "gpu"
         self.capabilities = BASE_CAPABILITIES + (["json_object", "json_schema"] if self.structured else [])
+        # MAX refuses logprobs under its overlap scheduler, which it turns on by itself on GPUs for the
+        # models that support it; CPU pools never run it.
+        if pool.device == "cpu":
+            self.capabilities.append("logprobs")
 
     def command(self, port: int) -> list[str]:
         s = self.settings

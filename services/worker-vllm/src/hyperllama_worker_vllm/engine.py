@@ -13,7 +13,10 @@ from hyperllama_worker_base.pool import DevicePool
 from hyperllama_worker_vllm.settings import VllmWorkerSettings
 
 # No "embed": a vLLM instance runs a model either for generation or for pooling, not both.
-CAPABILITIES = ["generate", "chat", "json_object", "json_schema", "seed", "stop"]
+CAPABILITIES = [
+    "generate", "chat", "json_object", "json_schema", "seed", "stop",
+    "logprobs", "logit_bias", "token_prompt",
+]  # fmt: skip
 
 
 class VllmEngine:
