@@ -45,3 +45,23 @@ def test_embed_needs_embed():
     assert not needs.accepts(VLLM)
     assert routing.for_embed().accepts(LLAMACPP)
     assert needs.missing([VLLM]) == "embed"
+
+
+def test_logprobs_logit_bias_and_token_prompts_need_workers_that_offer_them() -> None:
+    request = worker_pb2.GenerateRequest(tokens=worker_pb2.TokenPrompt(ids=[1, 2, 3]))
+    request.sampling.logprobs = True
+    request.sampling.logit_bias[5] = -100
+    needs = routing.for_generate(request)
+    assert needs.capabilities == ("generate", "token_prompt", "logprobs", "logit_bias")
+    max_like = worker_pb2.WorkerInfo(capabilities=["generate", "chat", "token_prompt", "logprobs"])
+    assert not needs.accepts(max_like) and needs.missing([max_like]) == "logit_bias"
+
+
+def test_token_prompts_have_prefixes_of_their_own() -> None:
+    from hyperllama_scheduler.placement import prefix_hashes
+
+    long = list(range(1000, 1600))
+    same = prefix_hashes(worker_pb2.GenerateRequest(tokens=worker_pb2.TokenPrompt(ids=long)))
+    again = prefix_hashes(worker_pb2.GenerateRequest(tokens=worker_pb2.TokenPrompt(ids=[*long, 7, 8])))
+    other = prefix_hashes(worker_pb2.GenerateRequest(tokens=worker_pb2.TokenPrompt(ids=long[::-1])))
+    assert same and again[: len(same)] == same and not set(same) & set(other)

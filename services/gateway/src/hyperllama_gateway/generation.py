@@ -35,6 +35,8 @@ class Result:
     completion_tokens: int = 0
     cached_prompt_tokens: int = 0
     timings: worker_pb2.Timings = field(default_factory=worker_pb2.Timings)
+    # Per generated token, when the request asked for them.
+    logprobs: list[worker_pb2.TokenLogprob] = field(default_factory=list)
 
 
 def apply_final(result: Result, chunk: worker_pb2.GenerateChunk) -> bool:
@@ -247,6 +249,7 @@ class Generation:
         parts = []
         async for chunk in self.chunks():
             parts.append(chunk.text)
+            result.logprobs.extend(chunk.logprobs)
             apply_final(result, chunk)
         result.text = "".join(parts)
         return result

@@ -39,6 +39,10 @@ MAX_EMBED_INPUT_CHARS = 128 * 1024
 # Choices in one request (OpenAI's n, times the prompts of a completions request): each is a stream
 # of its own, and one request should not take more than a worker's slots.
 MAX_CHOICES = 8
+# Tokens a logit_bias may name (OpenAI allows 300; the map is applied on every decoding step).
+MAX_LOGIT_BIAS = 1024
+# Token ids in one token prompt: longer than any context served here.
+MAX_PROMPT_TOKENS = 1 << 17
 # Largest output length a client may ask for.
 MAX_TOKENS_LIMIT = 1 << 20
 # Echoed X-Request-Id: printable ASCII only (it goes back as a header and into logs).

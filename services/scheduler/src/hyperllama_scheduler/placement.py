@@ -33,6 +33,9 @@ def prompt_text(req: worker_pb2.GenerateRequest) -> str:
     if req.HasField("chat"):
         # Separators that cannot be confused with message text keep "ab"+"c" apart from "a"+"bc".
         return "".join(f"\x1e{m.role}\x1f{m.content}" for m in req.chat.messages)
+    if req.HasField("tokens"):
+        # Token ids as text (one character each): a prompt of ids shares blocks with its own repeats.
+        return "\x1c" + "".join(chr(0x10000 + i) if i < 0x100000 else "\ufffd" for i in req.tokens.ids)
     return "\x1d" + req.prompt
 
 

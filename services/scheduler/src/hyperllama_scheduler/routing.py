@@ -39,6 +39,12 @@ def for_generate(req: worker_pb2.GenerateRequest, engine: str = "") -> Requireme
         needed.append("chat")
     if req.response_format.kind in _FORMAT_CAPABILITY:
         needed.append(_FORMAT_CAPABILITY[req.response_format.kind])
+    if req.HasField("tokens"):
+        needed.append("token_prompt")
+    if req.sampling.logprobs:
+        needed.append("logprobs")
+    if req.sampling.logit_bias:
+        needed.append("logit_bias")
     return Requirements(tuple(needed), engine)
 
 

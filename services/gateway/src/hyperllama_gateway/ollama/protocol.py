@@ -98,6 +98,8 @@ class GenerateRequest(RequestBody):
     # for a model whose template does not.
     suffix: str | None = None
     think: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     system: str | None = None
     raw: bool = False
     stream: bool = True
@@ -122,6 +124,8 @@ class ChatRequest(RequestBody):
     messages: list[Message] = Field(default_factory=list, max_length=MAX_MESSAGES)
     think: bool | None = None
     tools: list[dict[str, Any]] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     stream: bool = True
     format: Format = None
     options: Options | None = None

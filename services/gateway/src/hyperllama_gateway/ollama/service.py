@@ -12,7 +12,7 @@ from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import HyperLlamaError, InvalidRequest, quote
 
-from hyperllama_gateway import tools
+from hyperllama_gateway import logprobs, tools
 from hyperllama_gateway.generation import Generation, Result, apply_final
 from hyperllama_gateway.ollama.protocol import ChatRequest, Format, GenerateRequest, Options
 
@@ -48,6 +48,14 @@ def sampling_params(options: Options | None) -> tuple[worker_pb2.SamplingParams,
     return params, options.num_ctx or 0
 
 
+def _apply_logprobs(request: worker_pb2.GenerateRequest, body: GenerateRequest | ChatRequest) -> None:
+    if body.top_logprobs and not body.logprobs:
+        raise InvalidRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+    if body.logprobs:
+        request.sampling.logprobs = True
+        request.sampling.top_logprobs = body.top_logprobs or 0
+
+
 def _apply_format(request: worker_pb2.GenerateRequest, fmt: Format) -> None:
     if fmt == "json":
         request.response_format.kind = worker_pb2.ResponseFormat.KIND_JSON_OBJECT
@@ -80,6 +88,7 @@ def generate_request(body: GenerateRequest, request_id: str) -> worker_pb2.Gener
         messages.append(worker_pb2.ChatMessage(role="user", content=body.prompt))
         request.chat.messages.extend(messages)
     _apply_format(request, body.format)
+    _apply_logprobs(request, body)
     return request
 
 
@@ -109,6 +118,7 @@ def chat_request(body: ChatRequest, request_id: str) -> worker_pb2.GenerateReque
         num_ctx=num_ctx,
     )
     _apply_format(request, body.format)
+    _apply_logprobs(request, body)
     plan = tool_plan(body)
     if plan is not None:
         tools.apply(request, plan)
@@ -188,12 +198,15 @@ def _text_field(chat: bool, text: str) -> dict[str, Any]:
 
 
 def response(gen: Generation, result: Result, chat: bool) -> dict[str, Any]:
-    return {
+    answer = {
         "model": gen.request.model,
         "created_at": now(),
         **_text_field(chat, result.text),
         **final_fields(gen, result),
     }
+    if gen.request.sampling.logprobs:
+        answer["logprobs"] = logprobs.token_entries(result.logprobs)
+    return answer
 
 
 def load_response(model: str, chat: bool, reason: str) -> dict[str, Any]:
@@ -212,14 +225,11 @@ async def ndjson_stream(gen: Generation, chat: bool) -> AsyncIterator[bytes]:
     try:
         async for chunk in gen.chunks():
             if chunk.text:
-                yield _line(
-                    {
-                        "model": gen.request.model,
-                        "created_at": now(),
-                        **_text_field(chat, chunk.text),
-                        "done": False,
-                    }
-                )
+                line = {"model": gen.request.model, "created_at": now(), **_text_field(chat, chunk.text),
+                        "done": False}  # fmt: skip
+                if chunk.logprobs:
+                    line["logprobs"] = logprobs.token_entries(chunk.logprobs)
+                yield _line(line)
             if apply_final(result, chunk):
                 yield _line(
                     {

@@ -4,22 +4,26 @@ Bounds and their reasons are in ``limits``; every number fits the protobuf field
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from hyperllama_common.errors import quote
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from hyperllama_gateway.limits import (
+    INT32_MAX,
     MAX_CHOICES,
+    MAX_EMBED_INPUTS,
+    MAX_LOGIT_BIAS,
     MAX_MESSAGES,
+    MAX_PROMPT_TOKENS,
     MAX_TOKENS_LIMIT,
-    EmbedInputs,
     Float32,
     Int32,
     Int64,
     JsonSchema,
     ModelName,
     StopList,
+    check_embed_inputs,
 )
 from hyperllama_gateway.wellformed import RequestBody
 
@@ -83,13 +87,19 @@ class _Sampling(RequestBody):
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
-    logprobs: bool | int | None = None
+    # Token id (as a string, as JSON keys are) -> bias added to its logit, -100 to 100.
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100, allow_inf_nan=False)]] | None = None
 
-    @field_validator("logprobs")
+    @field_validator("logit_bias")
     @classmethod
-    def _logprobs(cls, v: bool | int | None) -> bool | int | None:
-        if v:
-            raise ValueError("logprobs are not supported")
+    def _logit_bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is None:
+            return v
+        if len(v) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} tokens ({len(v)} given)")
+        for key in v:
+            if not key.isascii() or not key.isdigit() or int(key) > INT32_MAX:
+                raise ValueError(f"keys are token ids (non-negative integers); got '{quote(key, 20)}'")
         return v
 
     def stops(self) -> list[str]:
@@ -105,26 +115,40 @@ class ChatCompletionRequest(_Sampling):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _top_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    # Text, texts, token ids, or lists of token ids.
+    prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool = False
+    # The log-probabilities of each token and of this many alternatives (0-5, as OpenAI).
+    logprobs: int | None = Field(default=None, ge=0, le=5)
     # The legacy completions API stops at 16 tokens unless told otherwise.
     max_tokens: int | None = Field(default=16, ge=1, le=MAX_TOKENS_LIMIT)
 
     @field_validator("prompt")
     @classmethod
-    def _prompt(cls, v: str | list[str]) -> str | list[str]:
-        prompts = [v] if isinstance(v, str) else v
+    def _prompt(cls, v: str | list[str] | list[int] | list[list[int]]) -> Any:
+        prompts = _prompts(v)
         if not prompts or len(prompts) > MAX_CHOICES:
             raise ValueError(f"give 1 to {MAX_CHOICES} prompts ({len(prompts)} given)")
         if not all(prompts):
             raise ValueError("prompt must not be empty")
+        for tokens in _token_lists(prompts):
+            _check_tokens(tokens)
         return v
 
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt: its text, or its token ids."""
+        return _prompts(self.prompt)
 
     @model_validator(mode="after")
     def _choices(self) -> CompletionRequest:
@@ -135,12 +159,46 @@ class CompletionRequest(_Sampling):
         return self
 
 
+def _token_lists(values: list[str | list[int]]) -> list[list[int]]:
+    return [v for v in values if isinstance(v, list)]
+
+
+def _check_tokens(tokens: list[int]) -> None:
+    if not tokens or len(tokens) > MAX_PROMPT_TOKENS or not 0 <= min(tokens) <= max(tokens) <= INT32_MAX:
+        raise ValueError(f"token ids: 1 to {MAX_PROMPT_TOKENS} of them, each 0 or more")
+
+
+def _prompts(v: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    if isinstance(v, str):
+        return [v]
+    if v and all(isinstance(x, int) for x in v):
+        return [list(v)]  # type: ignore[arg-type]
+    return list(v)  # type: ignore[arg-type]
+
+
 class EmbeddingRequest(RequestBody):
     model: ModelName
-    input: EmbedInputs
+    # Text, texts, token ids, or lists of token ids (LangChain sends token ids by default).
+    input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = Field(default=None, max_length=256)
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, v: str | list[str] | list[int] | list[list[int]]) -> Any:
+        inputs = _prompts(v)
+        if not inputs or not all(isinstance(i, list) for i in inputs):
+            return check_embed_inputs(v)  # type: ignore[arg-type]
+        if len(inputs) > MAX_EMBED_INPUTS:
+            raise ValueError(f"at most {MAX_EMBED_INPUTS} inputs per request ({len(inputs)} given)")
+        for tokens in _token_lists(inputs):
+            _check_tokens(tokens)
+        return v
+
+    def token_inputs(self) -> list[list[int]]:
+        """The inputs given as token ids (empty when they are text)."""
+        return _token_lists(_prompts(self.input))
 
     @field_validator("dimensions")
     @classmethod

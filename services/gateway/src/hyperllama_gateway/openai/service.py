@@ -13,7 +13,7 @@ from hyperllama.scheduler.v1 import scheduler_pb2
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import HyperLlamaError, InvalidRequest, quote
 
-from hyperllama_gateway import tools
+from hyperllama_gateway import logprobs, tools
 from hyperllama_gateway.choices import ChoiceEvents
 from hyperllama_gateway.errors import openai_error_event
 from hyperllama_gateway.generation import Generation, Result, apply_final
@@ -46,6 +46,8 @@ def sampling_params(body: _Sampling, max_tokens: int | None) -> worker_pb2.Sampl
     ):
         if value is not None:
             setattr(params, field, value)
+    for token, bias in (body.logit_bias or {}).items():
+        params.logit_bias[int(token)] = bias
     return params
 
 
@@ -74,6 +76,9 @@ def chat_request(body: ChatCompletionRequest, request_id: str) -> worker_pb2.Gen
         chat=worker_pb2.ChatConversation(messages=messages),
         sampling=sampling_params(body, body.max_completion_tokens or body.max_tokens),
     )
+    if body.logprobs:
+        request.sampling.logprobs = True
+        request.sampling.top_logprobs = body.top_logprobs or 0
     fmt = body.response_format
     if fmt is not None and fmt.type == "json_object":
         request.response_format.kind = worker_pb2.ResponseFormat.KIND_JSON_OBJECT
@@ -177,12 +182,20 @@ def completion_requests(body: CompletionRequest, request_id: str) -> list[worker
     """One generation per prompt, ``n`` per prompt, in the order of their choice indexes."""
     request = worker_pb2.GenerateRequest(request_id=request_id, model=body.model,
                                          sampling=sampling_params(body, body.max_tokens))  # fmt: skip
+    if body.logprobs is not None:
+        request.sampling.logprobs = True
+        request.sampling.top_logprobs = body.logprobs
     choices = []
     for p, prompt in enumerate(body.prompts()):
+        if body.echo and not isinstance(prompt, str):
+            raise InvalidRequest("echo needs the prompt as text, not token ids", param="echo")
         for i, one in enumerate(choice_requests(request, body.n)):
             if p:
                 one.request_id = f"{request_id}-p{p}" + (f"-{i}" if i else "")
-            one.prompt = prompt
+            if isinstance(prompt, str):
+                one.prompt = prompt
+            else:
+                one.tokens.ids.extend(prompt)
             choices.append(one)
     return choices
 
@@ -234,9 +247,9 @@ def chat_completion(gens: list[Generation], results: list[Result], request_id: s
                 "index": i,
                 "message": {"role": "assistant", "content": result.text},
                 "finish_reason": result.finish_reason,
-                "logprobs": None,
+                "logprobs": logprobs.chat(result.logprobs) if gen.request.sampling.logprobs else None,
             }
-            for i, result in enumerate(results)
+            for i, (gen, result) in enumerate(zip(gens, results, strict=True))
         ],
         "usage": total_usage(results, len(results)),
     }
@@ -248,7 +261,10 @@ def text_completion(
     choices = []
     for i, (gen, result) in enumerate(zip(gens, results, strict=True)):
         text = (gen.request.prompt + result.text) if echo else result.text
-        choices.append({"index": i, "text": text, "finish_reason": result.finish_reason, "logprobs": None})
+        found = None
+        if gen.request.sampling.logprobs:
+            found = logprobs.completion(result.logprobs, len(text) - len(result.text))
+        choices.append({"index": i, "text": text, "finish_reason": result.finish_reason, "logprobs": found})
     return {
         "id": f"cmpl-{request_id}",
         "object": "text_completion",
@@ -290,15 +306,25 @@ async def sse_stream(
     }
     extra = {"usage": None} if include_usage else {}
 
-    def event(index: int, text: str | None, finish: str | None, first: bool = False) -> bytes:
+    wants_logprobs = gens[0].request.sampling.logprobs
+    offsets = [0] * len(gens)
+
+    def event(index: int, text: str | None, finish: str | None, first: bool = False,
+              entries: Any = ()) -> bytes:  # fmt: skip
+        found = None
         if chat:
             delta: dict[str, Any] = {"role": "assistant", "content": text or ""} if first else {}
             if text and not first:
                 delta["content"] = text
             choice: dict[str, Any] = {"index": index, "delta": delta}
+            if wants_logprobs and entries:
+                found = logprobs.chat(entries)
         else:
             choice = {"index": index, "text": text or ""}
-        choice.update(finish_reason=finish, logprobs=None)
+            if wants_logprobs and entries:
+                found = logprobs.completion(entries, offsets[index])
+            offsets[index] += len(text or "")
+        choice.update(finish_reason=finish, logprobs=found)
         return _sse({**base, "choices": [choice], **extra})
 
     results = [Result() for _ in gens]
@@ -313,7 +339,7 @@ async def sse_stream(
                 yield queued_comment(chunk)
                 continue
             if chunk.text or first[index]:
-                yield event(index, chunk.text, None, first=first[index])
+                yield event(index, chunk.text, None, first=first[index], entries=chunk.logprobs)
                 first[index] = False
             if apply_final(results[index], chunk):
                 yield event(index, None, results[index].finish_reason)
@@ -329,8 +355,13 @@ async def sse_stream(
 
 
 def embedding_request(body: EmbeddingRequest, request_id: str) -> worker_pb2.EmbedRequest:
-    inputs = [body.input] if isinstance(body.input, str) else list(body.input)
-    return worker_pb2.EmbedRequest(request_id=request_id, model=body.model, inputs=inputs, truncate=False)
+    request = worker_pb2.EmbedRequest(request_id=request_id, model=body.model, truncate=False)
+    tokens = body.token_inputs()
+    if tokens:
+        request.token_inputs.extend(worker_pb2.TokenPrompt(ids=t) for t in tokens)
+    else:
+        request.inputs.extend([body.input] if isinstance(body.input, str) else body.input)  # type: ignore[arg-type]
+    return request
 
 
 def embedding_response(body: EmbeddingRequest, response: worker_pb2.EmbedResponse) -> dict[str, Any]:
