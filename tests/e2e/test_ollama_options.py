@@ -45,3 +45,14 @@ def test_a_suffix_is_refused_as_ollama_refuses_a_model_without_insert(oll: ollam
     with pytest.raises(ollama.ResponseError) as err:
         oll.generate(model=MODEL, prompt="def add(a, b):", suffix="    return c")
     assert err.value.status_code == 400 and err.value.error == f'"{MODEL}" does not support insert'
+
+
+def test_num_ctx_past_the_served_context_is_refused_not_cut(oll: ollama.Client) -> None:
+    with pytest.raises(ollama.ResponseError) as err:
+        oll.generate(model=MODEL, prompt="Hi", options={"num_ctx": 100_000, "num_predict": 2})
+    assert err.value.status_code == 400 and "num_ctx 100000 is more than the" in err.value.error
+    # Within it, num_ctx is honoured: a prompt longer than it is refused by its own length.
+    with pytest.raises(ollama.ResponseError) as short:
+        oll.generate(model=MODEL, prompt="word " * 200, options={"num_ctx": 64, "num_predict": 2})
+    assert short.value.status_code == 400 and "the context holds 64" in short.value.error
+    assert oll.generate(model=MODEL, prompt="Hi", options={"num_ctx": 2048, "num_predict": 2}).done

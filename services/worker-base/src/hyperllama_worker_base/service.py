@@ -321,6 +321,14 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[worker_pb2.GenerateChunk]:
         self._check_model(request.model)
+        served = self.host.model.context_length if self.host.model is not None else 0
+        if served and request.num_ctx > served:
+            # The engine's context is fixed when it starts: a larger one is refused, never cut silently.
+            raise InvalidRequest(
+                f"num_ctx {request.num_ctx} is more than the {served} tokens the {self.engine.name} engine "
+                "serves (HYPERLLAMA_WORKER_MAX_MODEL_LEN)",
+                param="options.num_ctx",
+            )
         request = with_model_defaults(request, self.host.system, self.host.parameters)
         # The engine's server knows the model by the directory it loaded.
         path, body = request_body(request, self.engine, str(self.host.model_dir), self.host.vocab_size)

@@ -99,7 +99,15 @@ class LoadedModel:
         return tokens
 
     def context_for(self, req: worker_pb2.GenerateRequest) -> int:
-        return min(req.num_ctx, self.n_ctx) if req.num_ctx > 0 else self.n_ctx
+        """The request's context: its num_ctx (Ollama's option) up to the sequence's; a larger one is
+        refused, never cut silently."""
+        if req.num_ctx > self.n_ctx:
+            raise InvalidRequest(
+                f"num_ctx {req.num_ctx} is more than the {self.n_ctx} tokens this worker gives a sequence "
+                "(HYPERLLAMA_WORKER_NUM_CTX)",
+                param="options.num_ctx",
+            )
+        return req.num_ctx if req.num_ctx > 0 else self.n_ctx
 
     def is_end_of_generation(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
