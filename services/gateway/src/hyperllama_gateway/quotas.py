@@ -128,7 +128,9 @@ class Quotas:
         return Ticket(name, request_id)
 
     def finish_soon(self, ticket: Ticket, prompt_tokens: int, completion_tokens: int, outcome: str) -> None:
-        """``finish`` in the background, kept referenced until it is done."""
+        """Charge what the request used and free its concurrency slot, once, in the background (kept
+        referenced until done). Never raises: the response is out already, and a lost charge must not
+        turn a served request into an error."""
         if ticket.done:
             return
         ticket.done = True
@@ -140,14 +142,6 @@ class Quotas:
         """Wait for the charges still being written (at shutdown)."""
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=5)
-
-    async def finish(self, ticket: Ticket, prompt_tokens: int, completion_tokens: int, outcome: str) -> None:
-        """Charge what the request used and free its concurrency slot. Never raises: the response
-        is out already, and a lost charge must not turn a served request into an error."""
-        if ticket.done:
-            return
-        ticket.done = True
-        await self._write(ticket, prompt_tokens, completion_tokens, outcome)
 
     async def _write(self, ticket: Ticket, prompt_tokens: int, completion_tokens: int, outcome: str) -> None:
         _, minute, _ = _now()

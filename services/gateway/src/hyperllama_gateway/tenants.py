@@ -60,10 +60,6 @@ class Tenant:
         key = name_key(model)
         return any(fnmatch.fnmatchcase(key, _pattern_key(pattern)) for pattern in self.models)
 
-    @property
-    def limited(self) -> bool:
-        return bool(self.requests_per_minute or self.tokens_per_minute or self.max_concurrent)
-
 
 # While auth is off every request is the default tenant's: all models, no limits, may manage models
 # (the loopback developer setup, as Ollama).
