@@ -45,6 +45,8 @@ def for_generate(req: worker_pb2.GenerateRequest, engine: str = "") -> Requireme
         needed.append("logprobs")
     if req.sampling.logit_bias:
         needed.append("logit_bias")
+    if req.context:
+        needed.append("context")
     return Requirements(tuple(needed), engine)
 
 
