@@ -348,3 +348,114 @@ def test_template_is_reusable_and_the_public_api():
 @given(st.text().filter(lambda s: "{{" not in s))
 def test_text_without_actions_renders_to_itself(text):
     assert parse(text).render(messages=[]) == text
+
+
+# Qwen 2.5's TEMPLATE in Ollama's library (its tools part): .Tools printed through their String
+# methods, an assistant's .ToolCalls, and tool results.
+QWEN25_TOOLS = """{{- if or .System .Tools }}<|im_start|>system
+{{- if .System }}
+{{ .System }}
+{{- end }}
+{{- if .Tools }}
+
+<tools>
+{{- range .Tools }}
+{"type": "function", "function": {{ .Function }}}
+{{- end }}
+</tools>
+{{- end }}<|im_end|>
+{{ end }}
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 -}}
+{{- if eq .Role "user" }}<|im_start|>user
+{{ .Content }}<|im_end|>
+{{ else if eq .Role "assistant" }}<|im_start|>assistant
+{{ if .Content }}{{ .Content }}
+{{- else if .ToolCalls }}<tool_call>
+{{ range .ToolCalls }}{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}
+{{ end }}</tool_call>
+{{- end }}{{ if not $last }}<|im_end|>
+{{ end }}
+{{- else if eq .Role "tool" }}<|im_start|>user
+<tool_response>
+{{ .Content }}
+</tool_response><|im_end|>
+{{ end }}
+{{- if and (ne .Role "assistant") $last }}<|im_start|>assistant
+{{ end }}
+{{- end }}"""
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "unit": {"type": "string", "enum": ["c", "f"], "minimum": 3},
+                "city": {"type": "string", "description": "City name"},
+            },
+            "required": ["city"],
+        },
+    },
+}
+
+
+def test_tools_and_tool_calls_render_as_ollama_prints_them():
+    chat = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+                },
+            ],
+        },  # fmt: skip
+        {"role": "tool", "content": "18C", "tool_call_id": "call_1", "name": "get_weather"},
+    ]
+    # Go's json.Marshal of api.ToolFunction: its fields in order, properties sorted by name, only the
+    # property fields Ollama's type has ("minimum" is dropped).
+    function = (
+        '{"name":"get_weather","description":"Weather in a city","parameters":{"type":"object",'
+        '"required":["city"],"properties":{"city":{"type":"string","description":"City name"},'
+        '"unit":{"type":"string","enum":["c","f"]}}}}'
+    )
+    assert render_chat(QWEN25_TOOLS, chat, tools=[WEATHER_TOOL]) == (
+        "<|im_start|>system\n\n<tools>\n"
+        f'{{"type": "function", "function": {function}}}\n'
+        "</tools><|im_end|>\n"
+        "<|im_start|>user\nWeather in Paris?<|im_end|>\n"
+        '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city":"Paris"}}\n'
+        "</tool_call><|im_end|>\n"
+        "<|im_start|>user\n<tool_response>\n18C\n</tool_response><|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    # Without tools the system turn is left out, as the template says.
+    assert (
+        render_chat(QWEN25_TOOLS, chat[:1])
+        == "<|im_start|>user\nWeather in Paris?<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_tool_fields_read_by_name_and_json():
+    tmpl = (
+        "{{ range .Tools }}{{ .Type }}:{{ .Function.Name }}({{ range $k, $v := .Function.Parameters.Properties }}"  # noqa: E501
+        "{{ $k }}:{{ toTypeScriptType $v.Type }},{{ end }}) req={{ .Function.Parameters.Required }}{{ end }}"
+        "|{{ json .Tools }}|{{ range .Messages }}{{ range .ToolCalls }}{{ .ID }}={{ .Function.Arguments.city }}"  # noqa: E501
+        "{{ end }}{{ .ToolName }}{{ .ToolCallID }}{{ end }}"
+    )
+    chat = [
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c1", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+        {"role": "tool", "content": "x", "tool_call_id": "c1", "name": "get_weather"},
+    ]  # fmt: skip
+    out = render_chat(tmpl, chat, tools=[WEATHER_TOOL])
+    head, listed, calls = out.split("|")
+    assert head == "function:get_weather(city:string,unit:string,) req=[city]"
+    assert listed.startswith('[{"type":"function","function":{"name":"get_weather"')
+    assert calls == "c1=Osloget_weatherc1"

@@ -20,8 +20,7 @@ def test_plans_follow_tool_choice() -> None:
     assert tools.plan(parsed, "none") is None and tools.plan([], "auto") is None
     auto = tools.plan(parsed, None)
     assert auto is not None and not auto.required and auto.schema() is None
-    required = tools.plan(parsed, "required")
-    assert required is not None and required.schema() == {"anyOf": [
+    one_call = {"anyOf": [
         {"type": "object", "properties": {"name": {"type": "string", "enum": ["f"]},
                                           "arguments": FN["function"]["parameters"]},  # type: ignore[index]
          "required": ["name", "arguments"], "additionalProperties": False},
@@ -29,33 +28,58 @@ def test_plans_follow_tool_choice() -> None:
                                           "arguments": {"type": "object", "properties": {}}},
          "required": ["name", "arguments"], "additionalProperties": False},
     ]}  # fmt: skip
-    named = tools.plan(parsed, {"type": "function", "function": {"name": "g"}})
+    single = tools.plan(parsed, "required", parallel=False)
+    assert single is not None and single.schema() == one_call
+    # parallel_tool_calls (absent = true): one call or an array of them.
+    required = tools.plan(parsed, "required")
+    assert required is not None and required.parallel
+    assert required.schema() == {"anyOf": [one_call, {"type": "array", "items": one_call, "minItems": 1}]}
+    named = tools.plan(parsed, {"type": "function", "function": {"name": "g"}}, parallel=False)
     assert named is not None and named.forced == "g" and named.schema()["properties"]["name"]["enum"] == ["g"]  # type: ignore[index]
+    assert "JSON array" in required.system_text() and "JSON array" not in named.system_text()
     with pytest.raises(InvalidRequest):
         tools.plan(parsed, {"type": "function", "function": {"name": "h"}})
 
 
 @pytest.mark.parametrize(
-    ("text", "call"),
+    ("text", "calls"),
     [
-        ('{"name": "f", "arguments": {"x": 1}}', ("f", {"x": 1})),
-        ('  \n```json\n{"name": "f", "arguments": {"x": 2}}\n```', ("f", {"x": 2})),
-        ('{"name": "f", "parameters": {"x": 3}}', ("f", {"x": 3})),
-        ('{"name": "h", "arguments": {}}', None),
-        ('{"name": "f", "arguments": "x"}', None),
-        ("The answer is 4.", None),
-        ('{"name": "f", "arguments": {"x": 1}', None),
+        ('{"name": "f", "arguments": {"x": 1}}', [("f", {"x": 1})]),
+        ('  \n```json\n{"name": "f", "arguments": {"x": 2}}\n```', [("f", {"x": 2})]),
+        ('{"name": "f", "parameters": {"x": 3}}', [("f", {"x": 3})]),
+        ('{"name": "f", "arguments": "{\\"x\\": 4}"}', [("f", {"x": 4})]),
+        ('{"name": "h", "arguments": {}}', []),
+        ('{"name": "f", "arguments": "x"}', []),
+        ("The answer is 4.", []),
+        ('{"name": "f", "arguments": {"x": 1}', []),
+        # Several calls: an array, one object after another, as models trained on tools write them.
+        ('[{"name": "f", "arguments": {"x": 1}}, {"name": "g", "arguments": {}}]', [("f", {"x": 1}), ("g", {})]),  # noqa: E501
+        ('{"name": "f", "arguments": {"x": 1}}\n{"name": "f", "arguments": {"x": 2}}', [("f", {"x": 1}), ("f", {"x": 2})]),  # noqa: E501
+        ('<tool_call>\n{"name": "f", "arguments": {"x": 5}}\n</tool_call>\n<tool_call>\n{"name": "g", "arguments": {}}\n</tool_call>',  # noqa: E501
+         [("f", {"x": 5}), ("g", {})]),
+        ('[TOOL_CALLS] [{"name": "f", "arguments": {"x": 6}}]', [("f", {"x": 6})]),
+        ('<|python_tag|>{"name": "f", "parameters": {"x": 7}}', [("f", {"x": 7})]),
+        ('{"name": "f", "arguments": {"x": 1}} and then some text', []),
+        ('[{"name": "f", "arguments": {"x": 1}}, 3]', []),
     ],
-)
-def test_an_answer_is_a_call_only_when_it_names_a_function(
-    text: str, call: tuple[str, dict[str, int]] | None
+)  # fmt: skip
+def test_an_answer_is_calls_only_when_it_is_wholly_calls_of_the_functions(
+    text: str, calls: list[tuple[str, dict[str, int]]]
 ) -> None:
     plan = tools.plan(tools.parse_tools([FN, G]), "auto")
     assert plan is not None
     found = plan.parse(text)
-    assert (found.name, found.arguments) == call if call else found is None  # type: ignore[union-attr]
-    if found:
-        assert found.id.startswith("call_") and json.loads(found.arguments_json()) == found.arguments
+    assert [(c.name, c.arguments) for c in found] == calls
+    assert len({c.id for c in found}) == len(found)
+    for c in found:
+        assert c.id.startswith("call_") and json.loads(c.arguments_json()) == c.arguments
+
+
+def test_without_parallel_calls_an_answer_is_at_most_one_call() -> None:
+    plan = tools.plan(tools.parse_tools([FN, G]), "auto", parallel=False)
+    assert plan is not None
+    found = plan.parse('[{"name": "f", "arguments": {"x": 1}}, {"name": "g", "arguments": {}}]')
+    assert [(c.name, c.arguments) for c in found] == [("f", {"x": 1})]
 
 
 VALUES = st.one_of(
@@ -87,6 +111,11 @@ def test_an_opening_brace_is_held_and_text_is_not() -> None:
     assert text.feed("  ") == "" and text.feed("Hello") == "  Hello" and text.feed(" {x}") == " {x}"
     call = tools.Opening()
     assert call.feed(" {") == "" and call.feed('"a": 1}') == "" and call.held() == ' {"a": 1}'
+    # A model's own call marker is held, arriving in pieces; text that only starts like one is not.
+    marked = tools.Opening()
+    assert marked.feed("<tool") == "" and marked.feed("_call>\n{") == "" and marked.held() == "<tool_call>\n{"
+    angle = tools.Opening()
+    assert angle.feed("<to") == "" and angle.feed("p> secret") == "<top> secret"
 
 
 @pytest.mark.parametrize(

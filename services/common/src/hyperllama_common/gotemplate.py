@@ -317,6 +317,20 @@ class _Parser:
 _MISSING = object()  # no piped value yet (a piped nil is None)
 
 
+class Struct:
+    """A Go struct value: its fields by Go name, what JSON marshals it to (its json tags), and, for a
+    type with a String method (Ollama's tool types print as their JSON), what printing it shows."""
+
+    def __init__(self, fields: dict[str, Any], data: Any, printed: str | None = None) -> None:
+        self.fields = fields
+        self.data = data
+        self.printed = printed
+
+
+class JsonMap(dict):  # type: ignore[type-arg]
+    """A Go map whose type prints as its JSON (Ollama's tool call arguments)."""
+
+
 def _truth(v: Any) -> bool:  # false, 0, nil and empty strings, slices and maps are false; structs are true
     return bool(v) if v is None or isinstance(v, (bool, int, float, str, list)) else True
 
@@ -332,6 +346,10 @@ def _to_str(v: Any, top: bool = True) -> str:
         return "<no value>" if top else "<nil>"
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, JsonMap):
+        return _json(v)
+    if isinstance(v, Struct):
+        return v.printed if v.printed is not None else _to_str(v.fields, top)
     if isinstance(v, float):
         return repr(v).removesuffix(".0")
     if isinstance(v, (list, dict)):
@@ -341,7 +359,11 @@ def _to_str(v: Any, top: bool = True) -> str:
 
 
 def _field(v: Any, name: str) -> Any:
-    if isinstance(v, dict) and name in v:
+    if isinstance(v, Struct):
+        if name in v.fields:
+            return v.fields[name]
+        v = v.fields
+    elif isinstance(v, dict) and name in v:
         return v[name]
     known = f": it is none of {', '.join(v)}" if isinstance(v, dict) else f" in type {_go_type(v)}"
     raise _Fail(f"can't evaluate field {name}{known}")
@@ -434,13 +456,16 @@ def _printf(fmt: Any, *args: Any) -> str:
 
 def _json(v: Any) -> str:
     """Go's json.Marshal, which also escapes <, > and & (and U+2028/9) inside strings."""
-    s = json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+    s = json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=lambda o: o.data)
     return s.translate({ord(c): f"\\u{ord(c):04x}" for c in "<>&\u2028\u2029"})
 
 
 def _date(days_ago: int, *_format: Any) -> str:  # Ollama ignores the format argument: always YYYY-MM-DD
     return (datetime.date.today() - datetime.timedelta(days=days_ago)).isoformat()
 
+
+_TS_TYPES = {"string": "string", "integer": "number", "number": "number", "boolean": "boolean",
+             "array": "any[]", "object": "object"}  # fmt: skip
 
 _FUNCS: dict[str, Callable[..., Any]] = {
     "and": _truth,  # stand-ins: and/or stop at the argument that decides, so the evaluator runs them
@@ -461,7 +486,7 @@ _FUNCS: dict[str, Callable[..., Any]] = {
     "json": _json,
     "currentDate": partial(_date, 0),
     "yesterdayDate": partial(_date, 1),
-    "toTypeScriptType": lambda v: "any",  # it only types a tool's parameters, and .Tools is empty here
+    "toTypeScriptType": lambda v: _TS_TYPES.get(_to_str(v, False), "any"),  # a tool parameter's type
 }
 _SIGNATURES = {name: inspect.signature(fn) for name, fn in _FUNCS.items()}
 
@@ -634,19 +659,36 @@ class Template:
         self._nodes = nodes
 
     def render(
-        self, *, messages: list[dict[str, str]], system: str = "", prompt: str = "", response: str = ""
+        self,
+        *,
+        messages: list[dict[str, Any]],
+        system: str = "",
+        prompt: str = "",
+        response: str = "",
+        tools: list[dict[str, Any]] | None = None,
     ) -> str:
-        """Run the template once over these values; messages are dicts with "role" and "content"."""
-        return self._run(self._nodes, system, prompt, response, messages)
+        """Run the template once over these values: messages are dicts with "role" and "content" (and
+        "tool_calls", "tool_call_id", "name" as OpenAI writes them), tools as OpenAI's request lists them."""
+        return self._run(self._nodes, system, prompt, response, messages, tools or [])
 
     @staticmethod
     def _run(
-        nodes: list[_Node], system: str, prompt: str, response: str, messages: list[dict[str, str]]
+        nodes: list[_Node],
+        system: str,
+        prompt: str,
+        response: str,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
     ) -> str:
         # The data Ollama gives a template; each message is its templateMessage struct.
         msgs: list[dict[str, Any]] = [
             {"Role": m.get("role", ""), "Content": m.get("content", ""), "Thinking": m.get("thinking", "")}
-            | {"Images": [], "ToolCalls": [], "ToolName": m.get("tool_name", ""), "ToolCallID": ""}
+            | {
+                "Images": [],
+                "ToolCalls": [_tool_call(i, c) for i, c in enumerate(m.get("tool_calls") or ())],
+                "ToolName": m.get("name") or m.get("tool_name", ""),
+                "ToolCallID": m.get("tool_call_id", ""),
+            }
             for m in messages
         ]
         root: dict[str, Any] = {
@@ -654,7 +696,7 @@ class Template:
             "Prompt": prompt,
             "Response": response,
             "Messages": msgs,
-            "Tools": [],
+            "Tools": [_tool(t) for t in tools or ()],
         }
         root |= {"Suffix": "", "Think": False, "ThinkLevel": "", "IsThinkSet": False}
         ex = _Exec(root)
@@ -665,12 +707,82 @@ class Template:
         return "".join(ex.out)
 
 
+def _json_struct(fields: dict[str, Any], data: dict[str, Any]) -> Struct:
+    """A struct of Ollama's tool types, which print as their JSON."""
+    return Struct(fields, data, _json(data))
+
+
+def _tool_call(index: int, call: dict[str, Any]) -> Struct:
+    """Ollama's api.ToolCall for an OpenAI-style call (arguments an object)."""
+    fn = call.get("function") or {}
+    arguments = JsonMap(fn["arguments"] if isinstance(fn.get("arguments"), dict) else {})
+    name = str(fn.get("name") or "")
+    function = Struct(
+        {"Index": index, "Name": name, "Arguments": arguments},
+        {"index": index, "name": name, "arguments": arguments},
+    )
+    data = {"id": call["id"], "function": function} if call.get("id") else {"function": function}
+    return Struct({"ID": str(call.get("id") or ""), "Function": function}, data)
+
+
+def _property_type(kind: Any) -> str:
+    """api.PropertyType prints one type as itself, several as a Go list."""
+    if isinstance(kind, list):
+        return str(kind[0]) if len(kind) == 1 else f"[{' '.join(map(str, kind))}]"
+    return "" if kind is None else str(kind)
+
+
+def _tool(tool: dict[str, Any]) -> Struct:
+    """Ollama's api.Tool for an OpenAI-style tool; its JSON keeps the fields Ollama's types keep."""
+    fn = tool.get("function") or {}
+    params = fn.get("parameters") if isinstance(fn.get("parameters"), dict) else {}
+    properties = {}
+    for key, prop in sorted((params.get("properties") or {}).items()):
+        prop = prop if isinstance(prop, dict) else {}
+        data = {k: prop[k] for k in ("type", "items", "description", "enum") if prop.get(k)}
+        properties[key] = _json_struct(
+            {
+                "Type": _property_type(prop.get("type")),
+                "Items": prop.get("items"),
+                "Description": prop.get("description", ""),
+                "Enum": prop.get("enum"),
+            },
+            data,
+        )
+    param_data = {"type": params.get("type", "object")}
+    param_data |= {k: params[k] for k in ("$defs", "items") if params.get(k)}
+    param_data |= {"required": params.get("required"), "properties": properties}
+    parameters = _json_struct(
+        {
+            "Type": param_data["type"],
+            "Defs": params.get("$defs"),
+            "Items": params.get("items"),
+            "Required": params.get("required") or [],
+            "Properties": properties,
+        },
+        param_data,
+    )
+    name, description = str(fn.get("name") or ""), str(fn.get("description") or "")
+    fn_data = (
+        {"name": name} | ({"description": description} if description else {}) | {"parameters": parameters}
+    )
+    function = _json_struct({"Name": name, "Description": description, "Parameters": parameters}, fn_data)
+    return _json_struct(
+        {"Type": "function", "Items": None, "Function": function}, {"type": "function", "function": function}
+    )
+
+
 def parse(template: str) -> Template:
     """Parse a template; raises TemplateError."""
     return Template(template, _Parser(template).parse())
 
 
-def render_chat(template: Template | str, messages: list[dict[str, str]], system_default: str = "") -> str:
+def render_chat(
+    template: Template | str,
+    messages: list[dict[str, Any]],
+    system_default: str = "",
+    tools: list[dict[str, Any]] | None = None,
+) -> str:
     """The prompt Ollama builds for a chat (its Template.Execute).
 
     `system_default` (the model's SYSTEM) goes first when the chat does not start with a system message.
@@ -693,7 +805,7 @@ def render_chat(template: Template | str, messages: list[dict[str, str]], system
             merged.append(m)
     system = "\n\n".join(m.get("content", "") for m in messages if m.get("role") == "system")
     if tmpl.uses_messages:
-        return tmpl.render(messages=merged, system=system)
+        return tmpl.render(messages=merged, system=system, tools=tools)
     parts, turn = [], {"system": "", "user": "", "assistant": ""}
     for m in merged:
         role = m.get("role", "")

@@ -37,6 +37,8 @@ class Result:
     timings: worker_pb2.Timings = field(default_factory=worker_pb2.Timings)
     # Per generated token, when the request asked for them.
     logprobs: list[worker_pb2.TokenLogprob] = field(default_factory=list)
+    # The exchange as token ids (Ollama's context), when the request asked and the worker can.
+    context: list[int] = field(default_factory=list)
 
 
 def apply_final(result: Result, chunk: worker_pb2.GenerateChunk) -> bool:
@@ -48,6 +50,7 @@ def apply_final(result: Result, chunk: worker_pb2.GenerateChunk) -> bool:
     result.completion_tokens = chunk.usage.completion_tokens
     result.cached_prompt_tokens = chunk.usage.cached_prompt_tokens
     result.timings = chunk.timings
+    result.context = list(chunk.context)
     return True
 
 

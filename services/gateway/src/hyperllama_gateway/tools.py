@@ -1,14 +1,14 @@
 """Tool (function) calling, shared by both APIs.
 
-The model is told about the functions in a system message, in one generic format (the chat
-templates of the models served here do not render tools), and answers a call as a JSON object
-``{"name": ..., "arguments": {...}}``. When a call is required (``tool_choice`` "required" or a
-named function) the answer is constrained by a JSON schema built from the functions' parameters, so
-even a small model's call names a real function and its arguments validate against its schema.
-With "auto" the model is free: an answer that is such an object naming a function is a call, any
-other answer is text.
-
-One call per answer: several calls at once (``parallel_tool_calls``) are not produced.
+The worker tells the model about the functions: through the model's chat template when it renders
+tools, else in one generic format, the system text built here (``ToolPlan.system_text``), in which the
+model answers a call as a JSON object ``{"name": ..., "arguments": {...}}`` and several at once as a
+JSON array of them. When a call is required (``tool_choice`` "required" or a named function) the
+answer is constrained by a JSON schema built from the functions' parameters, so even a small model's
+call names a real function and its arguments validate against its schema. With "auto" the model is
+free: an answer that is one or more calls (in the generic format or the ones models trained on tools
+write: ``<tool_call>...</tool_call>``, ``[TOOL_CALLS]``, ``<|python_tag|>``) is a call, any other
+answer is text. ``parallel_tool_calls: false`` keeps an answer to one call.
 """
 
 from __future__ import annotations
@@ -93,11 +93,12 @@ def parse_tools(raw: list[dict[str, Any]] | None, param: str = "tools") -> list[
 @dataclass(frozen=True)
 class ToolPlan:
     """What a request asks of its tools: ``forced`` names the function a call must use ("" = any of
-    them); ``required`` means the answer must be a call."""
+    them); ``required`` means the answer must be a call; ``parallel``, that it may be several."""
 
     tools: list[Tool]
     required: bool
     forced: str = ""
+    parallel: bool = True
 
     def system_text(self) -> str:
         listed = "\n".join(
@@ -116,7 +117,8 @@ class ToolPlan:
             f"{listed}\n"
             'To call a function, answer with one JSON object and nothing else: {"name": <the function\'s '
             'name>, "arguments": <an object of its arguments>}. '
-            f"{ask}"
+            + ("To call several at once, answer with a JSON array of such objects. " if self.parallel else "")
+            + ask
         )
 
     def schema(self) -> dict[str, Any] | None:
@@ -133,53 +135,100 @@ class ToolPlan:
             }
             for t in chosen
         ]
-        return alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}
+        one = alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives}
+        if not self.parallel:
+            return one
+        return {"anyOf": [one, {"type": "array", "items": one, "minItems": 1}]}
 
-    def parse(self, text: str) -> ToolCall | None:
-        """The call an answer makes, or None for a text answer."""
-        body = text.strip()
-        if body.startswith("```"):  # a call in a code fence
-            body = body.strip("`").removeprefix("json").strip()
-        if not body.startswith("{"):
-            return None
+    def parse(self, text: str) -> list[ToolCall]:
+        """The calls an answer makes, in order; none for a text answer (or one that is not wholly
+        calls of these functions)."""
+        values = _call_values(text)
+        calls = []
+        for value in values:
+            if not isinstance(value, dict):
+                return []
+            name, arguments = value.get("name"), value.get("arguments", value.get("parameters"))
+            if isinstance(arguments, str):  # some models write the arguments as JSON text
+                try:
+                    arguments = json.loads(arguments)
+                except ValueError:
+                    return []
+            if not any(t.name == name for t in self.tools) or not isinstance(arguments, dict):
+                return []
+            calls.append(ToolCall(str(name), arguments, new_call_id()))
+        return calls if self.parallel else calls[:1]
+
+
+# How models trained on tools open a call (Hermes/Qwen, Mistral, Llama 3.x), besides bare JSON.
+_MARKERS = ("<tool_call>", "[TOOL_CALLS]", "<|python_tag|>", "```")
+_DECODER = json.JSONDecoder()
+
+
+def _call_values(text: str) -> list[Any]:
+    """The JSON values an answer consists of: one, an array of them, several one after another, in
+    ``<tool_call>`` tags or after a marker; empty when anything else is in it."""
+    body = text.strip()
+    if body.startswith("```"):  # a call in a code fence
+        body = body.strip("`").removeprefix("json").strip()
+    body = body.replace("<tool_call>", "").replace("</tool_call>", "")
+    body = body.removeprefix("[TOOL_CALLS]").removeprefix("<|python_tag|>").strip()
+    values: list[Any] = []
+    at = 0
+    while at < len(body):
+        if body[at] in " \t\r\n;,":
+            at += 1
+            continue
+        if body[at] not in "{[":
+            return []
         try:
-            value = json.loads(body)
+            value, at = _DECODER.raw_decode(body, at)
         except ValueError:
-            return None
-        if not isinstance(value, dict):
-            return None
-        name, arguments = value.get("name"), value.get("arguments", value.get("parameters"))
-        if not any(t.name == name for t in self.tools) or not isinstance(arguments, dict):
-            return None
-        return ToolCall(str(name), arguments, new_call_id())
+            return []
+        values.extend(value if isinstance(value, list) else [value])
+    return values
 
 
-def plan(tools: list[Tool], choice: Any, param: str = "tool_choice") -> ToolPlan | None:
+def plan(
+    tools: list[Tool], choice: Any, param: str = "tool_choice", parallel: bool | None = None
+) -> ToolPlan | None:
     """The plan for OpenAI's ``tool_choice`` ("none", "auto", "required" or a named function; absent
-    = "auto" when there are tools); None when the request uses no tools."""
+    = "auto" when there are tools) and ``parallel_tool_calls`` (absent = true); None when the request
+    uses no tools."""
     if not tools or choice == "none":
         return None
+    parallel = parallel is not False
     if choice is None or choice == "auto":
-        return ToolPlan(tools, required=False)
+        return ToolPlan(tools, required=False, parallel=parallel)
     if choice == "required":
-        return ToolPlan(tools, required=True)
+        return ToolPlan(tools, required=True, parallel=parallel)
     if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         name = choice["function"].get("name")
         if not any(t.name == name for t in tools):
             raise InvalidRequest(f"tool_choice names '{quote(str(name))}', which is not one of the tools",
                                  param=param)  # fmt: skip
-        return ToolPlan(tools, required=True, forced=str(name))
+        return ToolPlan(tools, required=True, forced=str(name), parallel=parallel)
     raise InvalidRequest("tool_choice must be 'none', 'auto', 'required' or a named function", param=param)
 
 
-def call_text(name: str, arguments: Any) -> str:
-    """An earlier call as the model wrote it, for the history of a conversation."""
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except ValueError:
-            pass
-    return json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+def history_calls(raw: list[dict[str, Any]] | None, param: str) -> list[worker_pb2.ToolCall]:
+    """An earlier answer's calls, as both APIs send them back: ``{"id", "function": {"name",
+    "arguments"}}``, the arguments a JSON string (OpenAI) or an object (Ollama)."""
+    calls = []
+    for i, call in enumerate(raw or ()):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise InvalidRequest(f"{param}.{i} must have a function with a name", param=f"{param}.{i}")
+        calls.append(worker_pb2.ToolCall(id=str(call.get("id") or ""), name=fn["name"],
+                                         arguments_json=arguments_text(fn.get("arguments"))))  # fmt: skip
+    return calls
+
+
+def arguments_text(arguments: Any) -> str:
+    """A call's arguments as JSON text: a string is taken as the JSON it should be."""
+    if arguments is None:
+        return "{}"
+    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
 
 
 class ArgumentStream:
@@ -211,14 +260,14 @@ class ArgumentStream:
 
 
 def apply(request: worker_pb2.GenerateRequest, tool_plan: ToolPlan) -> None:
-    """Tell the model about the functions (in the system message) and, when a call is required,
-    constrain its answer to one."""
-    messages = request.chat.messages
-    text = tool_plan.system_text()
-    if messages and messages[0].role == "system":
-        messages[0].content = f"{messages[0].content}\n\n{text}" if messages[0].content else text
-    else:
-        messages.insert(0, worker_pb2.ChatMessage(role="system", content=text))
+    """Give the worker the functions (it renders them, or adds the generic format's system text) and,
+    when a call is required, constrain the answer to calls."""
+    chat = request.chat
+    chat.tools.extend(
+        worker_pb2.Tool(name=t.name, description=t.description, parameters_json=json.dumps(t.parameters))
+        for t in tool_plan.tools
+    )
+    chat.tools_prompt = tool_plan.system_text()
     schema = tool_plan.schema()
     if schema is not None:
         if request.response_format.kind != worker_pb2.ResponseFormat.KIND_UNSPECIFIED:
@@ -230,7 +279,8 @@ def apply(request: worker_pb2.GenerateRequest, tool_plan: ToolPlan) -> None:
 
 class Opening:
     """Whether a streamed "auto" answer is text or may be a call, from its first characters: text is
-    passed on as it comes; an answer that opens with '{' is held until it ends."""
+    passed on as it comes; an answer that opens like a call ('{', '[', or a model's call marker) is
+    held until it ends."""
 
     def __init__(self) -> None:
         self._held: list[str] = []
@@ -242,7 +292,8 @@ class Opening:
             return text
         self._held.append(text)
         so_far = "".join(self._held)
-        if not so_far.strip() or so_far.lstrip().startswith("{"):
+        start = so_far.lstrip()
+        if not start or start[0] in "{[" or any(m.startswith(start) or start.startswith(m) for m in _MARKERS):
             return ""
         self._texting = True
         self._held.clear()

@@ -52,6 +52,8 @@ class Job:
     started_ns: int = 0
     first_token_ns: int = 0
     prompt_reported: bool = False
+    # The tokens generated, for a request that wants its exchange back as context (Ollama's).
+    generated: list[int] | None = None
 
 
 def _deliver(outbox: list[tuple[Emit, object]]) -> None:
@@ -145,12 +147,13 @@ class BatchEngine:
         meter = meter_for(self.model, s)
         job = Job(
             emit=emit,
-            sampler=SamplerChain(self.model.vocab, s, self.model.spec.options, grammar),
+            sampler=SamplerChain(self.model.vocab, s, self.model.spec.options, grammar, req.defaults),
             utf8=Utf8Assembler(),
             stops=stop_filter,
             ignore_eos=s.ignore_eos,
             arrived_ns=arrived,
             logprobs=meter,
+            generated=[] if req.return_context else None,
         )
         return Sequence(prompt=tokens, limit=limit, state=job)
 
@@ -325,6 +328,8 @@ class BatchEngine:
             self._finish(seq, worker_pb2.FINISH_REASON_STOP)
             return
         self.planner.sampled(seq, token)
+        if job.generated is not None:
+            job.generated.append(token)
         piece = self.model.piece(token)
         decoded = job.utf8.feed(piece)
         text, hit = job.stops.feed(decoded)
@@ -380,6 +385,9 @@ class BatchEngine:
             ),
             logprobs=entries,
         )
+        if job.generated is not None:
+            chunk.context.extend(seq.prompt)
+            chunk.context.extend(job.generated)
         job.sampler.close()
         self.metrics.prompt_tokens.inc(len(seq.prompt))
         self.metrics.cached_prompt_tokens.inc(seq.reused)

@@ -32,7 +32,7 @@ ENGINE = "llamacpp"
 FORMATS = ["gguf"]
 CAPABILITIES = [
     "generate", "chat", "embed", "json_object", "json_schema", "seed", "stop",
-    "logprobs", "logit_bias", "token_prompt",
+    "logprobs", "logit_bias", "token_prompt", "context",
 ]  # fmt: skip
 
 

@@ -8,7 +8,7 @@ import time
 
 import llama_cpp
 from hyperllama.worker.v1 import worker_pb2
-from hyperllama_common import gotemplate
+from hyperllama_common import chat_tools, gotemplate
 from hyperllama_common.errors import ContextLengthExceeded, InvalidRequest
 from llama_cpp import Llama
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -53,6 +53,11 @@ class LoadedModel:
         # A TEMPLATE from the store is Ollama's Go-template syntax and wins over the GGUF's own.
         self._go_template = gotemplate.parse(spec.go_template) if spec.go_template else None
         template = metadata.get("tokenizer.chat_template") or _FALLBACK_TEMPLATE
+        self.knows_tools = (
+            chat_tools.knows_tools(spec.go_template, go=True)
+            if self._go_template is not None
+            else chat_tools.knows_tools(template)
+        )
         self._formatter = Jinja2ChatFormatter(
             template=template,
             eos_token=self.llm._model.token_get_text(self.llm.token_eos()),
@@ -68,18 +73,21 @@ class LoadedModel:
         head_dim = llama_cpp.llama_model_n_embd(m) // max(1, llama_cpp.llama_model_n_head(m))
         return 2 * 2 * llama_cpp.llama_model_n_layer(m) * llama_cpp.llama_model_n_head_kv(m) * head_dim
 
-    def render_chat(self, messages: list[worker_pb2.ChatMessage]) -> str:
-        for m in messages:
+    def render_chat(self, conversation: worker_pb2.ChatConversation) -> str:
+        """The conversation as the model's template writes it; tools through the template when it
+        renders them, else in the generic format (chat_tools)."""
+        for m in conversation.messages:
             if m.role not in ROLES:
                 raise InvalidRequest(
                     f"unknown role '{m.role}'; expected one of {sorted(ROLES)}", param="messages"
                 )
-        chat = [{"role": m.role, "content": m.content} for m in messages]
+        tools = chat_tools.tool_list(conversation) if self.knows_tools else []
+        chat = chat_tools.structured(conversation) if self.knows_tools else chat_tools.plain(conversation)
         if self.spec.system and not any(m["role"] == "system" for m in chat):
             chat.insert(0, {"role": "system", "content": self.spec.system})  # as Ollama does
         if self._go_template is not None:
-            return gotemplate.render_chat(self._go_template, chat)
-        return self._formatter(messages=chat).prompt  # type: ignore[arg-type]
+            return gotemplate.render_chat(self._go_template, chat, tools=tools)
+        return self._formatter(messages=chat, tools=tools or None).prompt  # type: ignore[arg-type]
 
     def prompt_tokens(self, req: worker_pb2.GenerateRequest) -> list[int]:
         """The request's prompt as tokens (chat rendered with the model's template; token ids as they
@@ -87,8 +95,11 @@ class LoadedModel:
         if req.HasField("tokens"):
             tokens = self.check_token_ids(req.tokens.ids, "prompt")
         else:
-            prompt = self.render_chat(list(req.chat.messages)) if req.HasField("chat") else req.prompt
-            tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+            prompt = self.render_chat(req.chat) if req.HasField("chat") else req.prompt
+            # After an earlier exchange's tokens the prompt goes on from them: no second BOS.
+            tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=not req.context, special=True)
+        if req.context:
+            tokens = self.check_token_ids(req.context, "context") + tokens
         ctx = self.context_for(req)
         if len(tokens) >= ctx:
             raise ContextLengthExceeded(

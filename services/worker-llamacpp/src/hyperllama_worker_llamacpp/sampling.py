@@ -12,7 +12,8 @@ import numpy as np
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import BackendFailed, InvalidRequest
 
-# Used when neither the request nor the model registry sets a value (llama.cpp's own defaults).
+# Used when neither the request, the model's parameters nor the API's defaults set a value
+# (llama.cpp's own defaults).
 DEFAULTS: dict[str, float] = {
     "temperature": 0.8,
     "top_k": 40,
@@ -27,14 +28,23 @@ PENALTY_LAST_N = 64
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
-def resolve(params: worker_pb2.SamplingParams, model_defaults: dict[str, object]) -> dict[str, float]:
-    """Request values, else the model's registry defaults, else llama.cpp's defaults."""
+def resolve(
+    params: worker_pb2.SamplingParams,
+    model_defaults: Mapping[str, object],
+    api_defaults: worker_pb2.SamplingParams | None = None,
+) -> dict[str, float]:
+    """Request values, else the model's parameters, else the API's defaults (GenerateRequest.defaults),
+    else llama.cpp's."""
     out = {}
     for name, fallback in DEFAULTS.items():
         if params.HasField(name):  # type: ignore[arg-type]
             out[name] = float(getattr(params, name))
+        elif isinstance(value := model_defaults.get(name), int | float):
+            out[name] = float(value)
+        elif api_defaults is not None and api_defaults.HasField(name):  # type: ignore[arg-type]
+            out[name] = float(getattr(api_defaults, name))
         else:
-            out[name] = float(model_defaults.get(name, fallback))  # type: ignore[arg-type]
+            out[name] = fallback
     return out
 
 
@@ -70,10 +80,11 @@ class SamplerChain:
         self,
         vocab: llama_cpp.llama_vocab_p,
         params: worker_pb2.SamplingParams,
-        model_defaults: dict[str, object],
+        model_defaults: Mapping[str, object],
         grammar: str | None,
+        api_defaults: worker_pb2.SamplingParams | None = None,
     ):
-        p = resolve(params, model_defaults)
+        p = resolve(params, model_defaults, api_defaults)
         seed = (params.seed if params.HasField("seed") else random.getrandbits(32)) % 2**32
         self.chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         if not self.chain:

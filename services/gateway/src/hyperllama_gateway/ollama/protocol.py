@@ -97,6 +97,8 @@ class GenerateRequest(RequestBody):
     # Fill-in-the-middle: refused (no model template here renders a suffix), as Ollama refuses it
     # for a model whose template does not.
     suffix: str | None = None
+    # Token ids of an earlier exchange (a response's `context`), which the prompt goes on from.
+    context: list[Annotated[int, Field(ge=0, le=INT32_MAX)]] | None = None
     think: bool | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)

@@ -25,6 +25,19 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# Ollama's defaults for what neither a request nor the model's parameters set (its api.DefaultOptions;
+# repeat_last_n 64 is the workers' own).
+OLLAMA_DEFAULTS = worker_pb2.SamplingParams(
+    temperature=0.8,
+    top_k=40,
+    top_p=0.9,
+    min_p=0.0,
+    repeat_penalty=1.1,
+    frequency_penalty=0.0,
+    presence_penalty=0.0,
+)
+
+
 def sampling_params(options: Options | None) -> tuple[worker_pb2.SamplingParams, int]:
     params = worker_pb2.SamplingParams()
     if options is None:
@@ -79,14 +92,16 @@ def generate_request(body: GenerateRequest, request_id: str) -> worker_pb2.Gener
         raise InvalidRequest("image input is not supported by this model")
     sampling, num_ctx = sampling_params(body.options)
     request = worker_pb2.GenerateRequest(
-        request_id=request_id, model=body.model, sampling=sampling, num_ctx=num_ctx
+        request_id=request_id, model=body.model, sampling=sampling, num_ctx=num_ctx, defaults=OLLAMA_DEFAULTS
     )
     if body.raw:
-        request.prompt = body.prompt
+        request.prompt = body.prompt  # as Ollama: a raw prompt neither takes nor gives a context
     else:
         messages = [worker_pb2.ChatMessage(role="system", content=body.system)] if body.system else []
         messages.append(worker_pb2.ChatMessage(role="user", content=body.prompt))
         request.chat.messages.extend(messages)
+        request.context.extend(body.context or ())
+        request.return_context = True
     _apply_format(request, body.format)
     _apply_logprobs(request, body)
     return request
@@ -103,12 +118,14 @@ def chat_request(body: ChatRequest, request_id: str) -> worker_pb2.GenerateReque
             )
         if m.images:
             raise InvalidRequest("image input is not supported by this model")
-        content = m.content
-        if m.tool_calls:  # an earlier answer that called functions: the calls as the model wrote them
-            functions = [c.get("function") or {} for c in m.tool_calls]
-            calls = [tools.call_text(str(f.get("name")), f.get("arguments")) for f in functions]
-            content = "\n".join([content, *calls]) if content else "\n".join(calls)
-        messages.append(worker_pb2.ChatMessage(role=m.role, content=content))
+        messages.append(
+            worker_pb2.ChatMessage(
+                role=m.role,
+                content=m.content,
+                tool_calls=tools.history_calls(m.tool_calls, f"messages.{i}.tool_calls"),
+                tool_name=m.tool_name or "",
+            )
+        )
     sampling, num_ctx = sampling_params(body.options)
     request = worker_pb2.GenerateRequest(
         request_id=request_id,
@@ -116,6 +133,7 @@ def chat_request(body: ChatRequest, request_id: str) -> worker_pb2.GenerateReque
         chat=worker_pb2.ChatConversation(messages=messages),
         sampling=sampling,
         num_ctx=num_ctx,
+        defaults=OLLAMA_DEFAULTS,
     )
     _apply_format(request, body.format)
     _apply_logprobs(request, body)
@@ -130,22 +148,23 @@ def tool_plan(body: ChatRequest) -> tools.ToolPlan | None:
     return tools.plan(tools.parse_tools(body.tools), "auto")
 
 
-def tool_message(call: tools.ToolCall) -> dict[str, Any]:
-    return {"role": "assistant", "content": "",
-            "tool_calls": [{"function": {"name": call.name, "arguments": call.arguments}}]}  # fmt: skip
+def tool_message(calls: list[tools.ToolCall]) -> dict[str, Any]:
+    listed = [{"id": c.id, "function": {"index": i, "name": c.name, "arguments": c.arguments}}
+              for i, c in enumerate(calls)]  # fmt: skip
+    return {"role": "assistant", "content": "", "tool_calls": listed}
 
 
 def tool_response(gen: Generation, result: Result, plan: tools.ToolPlan) -> dict[str, Any]:
     answer = response(gen, result, chat=True)
-    call = plan.parse(result.text) if result.finish_reason == "stop" else None
-    if call is not None:
-        answer["message"] = tool_message(call)
+    calls = plan.parse(result.text) if result.finish_reason == "stop" else []
+    if calls:
+        answer["message"] = tool_message(calls)
     return answer
 
 
 async def tool_ndjson_stream(gen: Generation, plan: tools.ToolPlan) -> AsyncIterator[bytes]:
-    """As ``ndjson_stream``, but an answer that opens with '{' is held until it ends, then sent as
-    one message with its call (as Ollama sends calls) or as text."""
+    """As ``ndjson_stream``, but an answer that opens like a call is held until it ends, then sent as
+    one message with its calls (as Ollama sends calls) or as text."""
     result = Result()
     opening = tools.Opening()
     try:
@@ -157,8 +176,8 @@ async def tool_ndjson_stream(gen: Generation, plan: tools.ToolPlan) -> AsyncIter
             if apply_final(result, chunk):
                 held = opening.held()
                 if held:
-                    call = plan.parse(held) if result.finish_reason == "stop" else None
-                    message = tool_message(call) if call else {"role": "assistant", "content": held}
+                    calls = plan.parse(held) if result.finish_reason == "stop" else []
+                    message = tool_message(calls) if calls else {"role": "assistant", "content": held}
                     yield _line({"model": gen.request.model, "created_at": now(), "message": message,
                                  "done": False})  # fmt: skip
                 yield _line({"model": gen.request.model, "created_at": now(), **_text_field(True, ""),
@@ -181,9 +200,12 @@ def embed_request(
 
 def final_fields(gen: Generation, result: Result) -> dict[str, Any]:
     t = result.timings
+    # /api/generate's exchange as tokens, to send back as the next request's context.
+    context = {"context": result.context} if result.context else {}
     return {
         "done": True,
         "done_reason": result.finish_reason,
+        **context,
         "total_duration": gen.total_duration_ns(),
         "load_duration": t.load_duration_ns,
         "prompt_eval_count": result.prompt_tokens,

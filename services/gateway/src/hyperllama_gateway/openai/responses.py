@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hyperllama_gateway import tools
 from hyperllama_gateway.generation import Generation, Result, apply_final
 from hyperllama_gateway.limits import MAX_MESSAGES, MAX_TOKENS_LIMIT, Float32, JsonSchema, ModelName
+from hyperllama_gateway.openai.service import OPENAI_DEFAULTS
 from hyperllama_gateway.wellformed import RequestBody
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class ResponsesRequest(RequestBody):
     store: bool | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
     user: str | None = Field(default=None, max_length=256)
     metadata: dict[str, str] | None = None
 
@@ -107,11 +109,19 @@ def generate_request(body: ResponsesRequest, request_id: str) -> worker_pb2.Gene
             raise InvalidRequest(f"input holds at most {MAX_MESSAGES} items", param="input")
         for i, item in enumerate(body.input):
             if item.type == "function_call":
-                call = tools.call_text(item.name or "", item.arguments or "{}")
-                messages.append(worker_pb2.ChatMessage(role="assistant", content=call))
+                call = worker_pb2.ToolCall(id=item.call_id or "", name=item.name or "",
+                                           arguments_json=item.arguments or "{}")  # fmt: skip
+                if messages and messages[-1].role == "assistant" and messages[-1].tool_calls:
+                    messages[-1].tool_calls.append(call)  # parallel calls are one assistant turn
+                else:
+                    messages.append(worker_pb2.ChatMessage(role="assistant", tool_calls=[call]))
                 continue
             if item.type == "function_call_output":
-                messages.append(worker_pb2.ChatMessage(role="tool", content=item.output or ""))
+                messages.append(
+                    worker_pb2.ChatMessage(
+                        role="tool", content=item.output or "", tool_call_id=item.call_id or ""
+                    )
+                )
                 continue
             role = _ROLES.get(item.role or "")
             if item.type != "message" or role is None:
@@ -134,6 +144,7 @@ def generate_request(body: ResponsesRequest, request_id: str) -> worker_pb2.Gene
         model=body.model,
         chat=worker_pb2.ChatConversation(messages=messages),
         sampling=sampling,
+        defaults=OPENAI_DEFAULTS,
     )
     fmt = body.text.format if body.text else None
     if fmt is not None and fmt.type == "json_object":
@@ -159,7 +170,7 @@ def tool_plan(body: ResponsesRequest) -> tools.ToolPlan | None:
     choice = body.tool_choice
     if isinstance(choice, dict) and "name" in choice:
         choice = {"type": "function", "function": {"name": choice["name"]}}
-    return tools.plan(tools.parse_tools(as_chat), choice)
+    return tools.plan(tools.parse_tools(as_chat), choice, parallel=body.parallel_tool_calls)
 
 
 class ResponseBuilder:
@@ -182,7 +193,7 @@ class ResponseBuilder:
                 "call_id": call.id, "name": call.name, "arguments": arguments}  # fmt: skip
 
     def response(
-        self, result: Result | None, text: str = "", call: tools.ToolCall | None = None
+        self, result: Result | None, text: str = "", calls: list[tools.ToolCall] | None = None
     ) -> dict[str, Any]:
         body = self.body
         fmt = body.text.format if body.text and body.text.format else None
@@ -191,7 +202,9 @@ class ResponseBuilder:
         status = "in_progress" if not done else ("incomplete" if incomplete else "completed")
         output = []
         if done:
-            output = [self.call_item(call, "completed") if call else self.item(text, "completed")]
+            output = (
+                [self.call_item(c, "completed") for c in calls] if calls else [self.item(text, "completed")]
+            )
         out: dict[str, Any] = {
             "id": self.id,
             "object": "response",
@@ -203,7 +216,7 @@ class ResponseBuilder:
             "max_output_tokens": body.max_output_tokens,
             "model": body.model,
             "output": output,
-            "parallel_tool_calls": True,
+            "parallel_tool_calls": body.parallel_tool_calls is not False,
             "previous_response_id": None,
             "reasoning": {"effort": None, "summary": None},
             "store": False,
@@ -218,7 +231,7 @@ class ResponseBuilder:
             "metadata": body.metadata or {},
         }
         if result is not None:
-            out["output_text"] = "" if call else text
+            out["output_text"] = "" if calls else text
             out["usage"] = {
                 "input_tokens": result.prompt_tokens,
                 "input_tokens_details": {"cached_tokens": result.cached_prompt_tokens},
@@ -229,9 +242,9 @@ class ResponseBuilder:
         return out
 
 
-def finished(result: Result, plan: tools.ToolPlan | None) -> tools.ToolCall | None:
-    """The call a finished answer makes (only with tools, and only an answer that ended by itself)."""
-    return plan.parse(result.text) if plan is not None and result.finish_reason == "stop" else None
+def finished(result: Result, plan: tools.ToolPlan | None) -> list[tools.ToolCall]:
+    """The calls a finished answer makes (only with tools, and only an answer that ended by itself)."""
+    return plan.parse(result.text) if plan is not None and result.finish_reason == "stop" else []
 
 
 async def event_stream(
@@ -273,18 +286,21 @@ async def event_stream(
             apply_final(result, chunk)
         held = opening.held() if opening is not None else ""
         result.text = "".join(parts) + held
-        call = finished(result, plan) if held else None
-        if call is not None:
-            yield event(
-                "response.output_item.added", output_index=0, item=builder.call_item(call, "in_progress")
-            )
-            fc = {"item_id": builder.call_item(call, "completed")["id"], "output_index": 0}
-            yield event("response.function_call_arguments.delta", **fc, delta=call.arguments_json())
-            yield event("response.function_call_arguments.done", **fc, arguments=call.arguments_json())
-            yield event(
-                "response.output_item.done", output_index=0, item=builder.call_item(call, "completed")
-            )
-            final = builder.response(result, "", call)
+        calls = finished(result, plan) if held else []
+        if calls:
+            for index, call in enumerate(calls):
+                yield event(
+                    "response.output_item.added",
+                    output_index=index,
+                    item=builder.call_item(call, "in_progress"),
+                )
+                fc = {"item_id": builder.call_item(call, "completed")["id"], "output_index": index}
+                yield event("response.function_call_arguments.delta", **fc, delta=call.arguments_json())
+                yield event("response.function_call_arguments.done", **fc, arguments=call.arguments_json())
+                yield event(
+                    "response.output_item.done", output_index=index, item=builder.call_item(call, "completed")
+                )
+            final = builder.response(result, "", calls)
             yield event(f"response.{final['status']}", response=final)
             return
         if not started:

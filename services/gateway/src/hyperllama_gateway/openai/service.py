@@ -31,6 +31,19 @@ _ROLE_ALIASES = {"developer": "system"}
 _ROLES = {"system", "user", "assistant", "tool"}
 
 
+# OpenAI's defaults for what neither a request nor the model's parameters set: plain sampling at
+# temperature 1, no top-k, min-p or repetition penalty.
+OPENAI_DEFAULTS = worker_pb2.SamplingParams(
+    temperature=1.0,
+    top_p=1.0,
+    top_k=0,
+    min_p=0.0,
+    repeat_penalty=1.0,
+    frequency_penalty=0.0,
+    presence_penalty=0.0,
+)
+
+
 def sampling_params(body: _Sampling, max_tokens: int | None) -> worker_pb2.SamplingParams:
     params = worker_pb2.SamplingParams(stop=body.stops(), ignore_eos=body.ignore_eos)
     for field, value in (
@@ -65,16 +78,21 @@ def chat_request(body: ChatCompletionRequest, request_id: str) -> worker_pb2.Gen
             content = m.text()
         except ValueError as err:
             raise InvalidRequest(f"messages[{i}].content: {err}", param=f"messages.{i}.content") from None
-        if m.tool_calls:  # an earlier answer that called functions: the calls as the model wrote them
-            functions = [c.get("function") or {} for c in m.tool_calls]
-            calls = [tools.call_text(str(f.get("name")), f.get("arguments")) for f in functions]
-            content = "\n".join([content, *calls]) if content else "\n".join(calls)
-        messages.append(worker_pb2.ChatMessage(role=role, content=content))
+        messages.append(
+            worker_pb2.ChatMessage(
+                role=role,
+                content=content,
+                tool_calls=tools.history_calls(m.tool_calls, f"messages.{i}.tool_calls"),
+                tool_call_id=m.tool_call_id or "",
+                tool_name=m.name or "" if role == "tool" else "",
+            )
+        )
     request = worker_pb2.GenerateRequest(
         request_id=request_id,
         model=body.model,
         chat=worker_pb2.ChatConversation(messages=messages),
         sampling=sampling_params(body, body.max_completion_tokens or body.max_tokens),
+        defaults=OPENAI_DEFAULTS,
     )
     if body.logprobs:
         request.sampling.logprobs = True
@@ -94,7 +112,7 @@ def chat_request(body: ChatCompletionRequest, request_id: str) -> worker_pb2.Gen
 
 
 def tool_plan(body: ChatCompletionRequest) -> tools.ToolPlan | None:
-    plan = tools.plan(tools.parse_tools(body.tools), body.tool_choice)
+    plan = tools.plan(tools.parse_tools(body.tools), body.tool_choice, parallel=body.parallel_tool_calls)
     if plan is not None and body.n > 1:
         raise InvalidRequest("n > 1 cannot be combined with tools", param="n")
     return plan
@@ -114,10 +132,11 @@ def chat_tool_completion(
     """A chat completion whose answer may be a call: ``message.tool_calls`` and finish_reason
     "tool_calls" when it is."""
     response = chat_completion([gen], [result], request_id)
-    call = plan.parse(result.text) if result.finish_reason == "stop" else None
-    if call is not None:
+    calls = plan.parse(result.text) if result.finish_reason == "stop" else []
+    if calls:
         choice = response["choices"][0]
-        choice["message"] = {"role": "assistant", "content": None, "tool_calls": [tool_call_json(call)]}
+        choice["message"] = {"role": "assistant", "content": None,
+                             "tool_calls": [tool_call_json(call) for call in calls]}  # fmt: skip
         choice["finish_reason"] = "tool_calls"
     return response
 
@@ -125,9 +144,9 @@ def chat_tool_completion(
 async def tool_sse_stream(
     gen: Generation, plan: tools.ToolPlan, request_id: str, include_usage: bool
 ) -> AsyncIterator[bytes]:
-    """A chat stream that may be a call. A required call streams its arguments in pieces as they are
-    generated; with "auto" an answer that opens with '{' is held until it ends, then sent as a call
-    or as text."""
+    """A chat stream that may be calls. One required call streams its arguments in pieces as they are
+    generated (several, an array, are sent once it ends); with "auto" an answer that opens like a call
+    is held until it ends, then sent as calls or as text."""
     base: dict[str, Any] = {"id": f"chatcmpl-{request_id}", "object": "chat.completion.chunk",
                             "created": gen.created, "model": gen.request.model}  # fmt: skip
     extra = {"usage": None} if include_usage else {}
@@ -146,6 +165,8 @@ async def tool_sse_stream(
             text = chunk.text
             if plan.required and text:
                 name, piece = arguments.feed(text)
+                if arguments.name is None:
+                    opening.feed(text)  # an array of calls: held until it ends
                 if name is not None:
                     yield event({"tool_calls": [{"index": 0, "id": call_id, "type": "function",
                                                  "function": {"name": name, "arguments": ""}}]})  # fmt: skip
@@ -161,11 +182,11 @@ async def tool_sse_stream(
         if plan.required and arguments.name is not None and finish == "stop":
             finish = "tool_calls"
         elif held:
-            call = plan.parse(held) if finish == "stop" else None
-            if call is None:
+            calls = plan.parse(held) if finish == "stop" else []
+            if not calls:
                 yield event({"content": held})
             else:
-                yield event({"tool_calls": [tool_call_json(call, 0)]})
+                yield event({"tool_calls": [tool_call_json(call, i) for i, call in enumerate(calls)]})
                 finish = "tool_calls"
         yield event({}, finish)
         if include_usage:
@@ -180,7 +201,7 @@ async def tool_sse_stream(
 
 def completion_requests(body: CompletionRequest, request_id: str) -> list[worker_pb2.GenerateRequest]:
     """One generation per prompt, ``n`` per prompt, in the order of their choice indexes."""
-    request = worker_pb2.GenerateRequest(request_id=request_id, model=body.model,
+    request = worker_pb2.GenerateRequest(request_id=request_id, model=body.model, defaults=OPENAI_DEFAULTS,
                                          sampling=sampling_params(body, body.max_tokens))  # fmt: skip
     if body.logprobs is not None:
         request.sampling.logprobs = True
