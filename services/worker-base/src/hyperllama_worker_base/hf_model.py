@@ -12,12 +12,8 @@ from hyperllama_common.hf_files import human_parameter_count, weights_of
 
 
 def describe_hf_model(name: str, directory: Path, context_length: int) -> worker_pb2.ModelInfo:
-    """ModelInfo for ``directory`` (config.json, *.safetensors, tokenizer_config.json)."""
+    """ModelInfo for ``directory`` (config.json, *.safetensors, its chat template)."""
     config = json.loads((directory / "config.json").read_text())
-    tokenizer_config_path = directory / "tokenizer_config.json"
-    tokenizer_config = (
-        json.loads(tokenizer_config_path.read_text()) if tokenizer_config_path.is_file() else {}
-    )
     weights = sorted(directory.glob("*.safetensors"))
     summary = weights_of({path.name: path for path in weights})
     digest = hashlib.sha256()
@@ -38,7 +34,7 @@ def describe_hf_model(name: str, directory: Path, context_length: int) -> worker
         size_bytes=sum(p.stat().st_size for p in directory.iterdir() if p.is_file()),
         context_length=min(context_length, context) if context_length > 0 and context else context,
         digest="sha256:" + digest.hexdigest(),
-        chat_template=str(tokenizer_config.get("chat_template") or ""),
+        chat_template=chat_template(directory),
         embedding_length=int(config.get("hidden_size", 0)),
         modified_at_unix=int(max((p.stat().st_mtime for p in weights), default=0)),
         metadata={
@@ -76,3 +72,40 @@ def end_tokens(directory: Path) -> frozenset[str]:
     if isinstance(eos_token, str):
         texts.add(eos_token)
     return frozenset(texts)
+
+
+def chat_template(directory: Path) -> str:
+    """The model's chat template text: tokenizer_config.json's (one template, or several by name, joined)
+    or chat_template.jinja (where newer transformers write it); "" when it has none."""
+    path = directory / "tokenizer_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    template = config.get("chat_template") if isinstance(config, dict) else None
+    if isinstance(template, list):
+        return "\n".join(str(t.get("template") or "") for t in template if isinstance(t, dict))
+    if isinstance(template, str) and template:
+        return template
+    jinja = directory / "chat_template.jinja"
+    return jinja.read_text() if jinja.is_file() else ""
+
+
+# generation_config.json's sampling fields, by the SamplingParams field each is the default of.
+_GENERATION_FIELDS = {
+    "temperature": ("temperature", float), "top_p": ("top_p", float), "top_k": ("top_k", int),
+    "min_p": ("min_p", float), "repetition_penalty": ("repeat_penalty", float),
+}  # fmt: skip
+
+
+def generation_defaults(directory: Path) -> dict[str, float | int]:
+    """The sampling values the model's generation_config.json sets, named as SamplingParams fields
+    (repetition_penalty as repeat_penalty). Its do_sample is not read: vLLM ignores it too."""
+    path = directory / "generation_config.json"
+    try:
+        config = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+    out: dict[str, float | int] = {}
+    for key, (name, kind) in _GENERATION_FIELDS.items():
+        value = config.get(key) if isinstance(config, dict) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = kind(value)
+    return out
