@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hyperllama.worker.v1 import worker_pb2
@@ -28,6 +29,26 @@ def openai_sampling(s: worker_pb2.SamplingParams) -> dict[str, Any]:
     if s.HasField("presence_penalty"):
         body["presence_penalty"] = s.presence_penalty
     return body
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What an engine's OpenAI server does beyond the standard API, where the worker must know it."""
+
+    # The chat endpoint renders a request's ``tools`` through the model's template with tool_choice
+    # "none" and parses no calls (the gateway reads the text); else the worker renders such a chat.
+    renders_tools: bool = False
+    # The chat endpoint takes a prompt of token ids in this field (MAX: prompt_tokens), keeping chat's
+    # response_format; "": a token prompt goes to completions.
+    chat_token_field: str = ""
+    # Streamed choices carry their tokens' ids (``token_ids``) when asked with return_token_ids.
+    returns_token_ids: bool = False
+
+
+def dialect_of(engine: object) -> Dialect:
+    """An adapter's ``dialect``; one without (a test's) speaks plain OpenAI."""
+    dialect = getattr(engine, "dialect", None)
+    return dialect if isinstance(dialect, Dialect) else Dialect()
 
 
 class EngineAdapter(Protocol):

@@ -28,8 +28,15 @@ from hyperllama_common.errors import (
 )
 from hyperllama_common.model_source import ModelSource
 
-from hyperllama_worker_base.hf_model import describe_hf_model, end_tokens, vocab_size
+from hyperllama_worker_base.hf_model import (
+    chat_template,
+    describe_hf_model,
+    end_tokens,
+    generation_defaults,
+    vocab_size,
+)
 from hyperllama_worker_base.supervisor import EngineSupervisor
+from hyperllama_worker_base.tokenizer import HfTokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,11 @@ class ModelHost:
         # Token ids a request may name (prompts, logit_bias) are below this; 0 = unknown.
         self.vocab_size = 0
         self.end_tokens: frozenset[str] = frozenset()  # their logprob entries are left out
+        # The model's chat template (to see whether it renders tools), the sampling values of its
+        # generation_config.json, and its tokenizer (loaded when a request first needs it).
+        self.chat_template = ""
+        self.generation: dict[str, float | int] = {}
+        self.tokenizer: Tokenizer | None = None
         self.loading: worker_pb2.ModelInfo | None = None
         # A model from the store brings its SYSTEM and PARAMETERS: the defaults under each request's own.
         self.system = ""
@@ -97,6 +109,9 @@ class ModelHost:
         self.model, self.model_dir = model, directory
         self.vocab_size = vocab_size(directory)
         self.end_tokens = end_tokens(directory)
+        self.chat_template = chat_template(directory)
+        self.generation = generation_defaults(directory)
+        self.tokenizer = HfTokenizer(directory)
 
     async def load(self, name: str, digest: str) -> float:
         """Load ``name`` from the store and start the engine on it; the seconds it took."""
@@ -179,6 +194,7 @@ class ModelHost:
         self.model = self.model_dir = None
         self.vocab_size = 0
         self.end_tokens = frozenset()
+        self.chat_template, self.generation, self.tokenizer = "", {}, None
         self.supervisor = None
         self.system, self.parameters = "", {}
         if task is not None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
+from hyperllama_common import chat_tools
 from hyperllama_common.errors import (
     BackendFailed,
     Cancelled,
@@ -33,9 +34,10 @@ from hyperllama_common.errors import (
 from hyperllama_common.textstream import HeldWithText, StopStringFilter, Utf8Assembler
 from hyperllama_common.worker_metrics import ModelMetrics, WorkerMetrics
 
-from hyperllama_worker_base.adapter import EngineAdapter
+from hyperllama_worker_base.adapter import EngineAdapter, dialect_of
 from hyperllama_worker_base.model_host import ModelHost
 from hyperllama_worker_base.openai_client import EngineClient
+from hyperllama_worker_base.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,8 @@ class Progress:
     engine_completion_tokens: int | None = None
     finish: int = worker_pb2.FINISH_REASON_UNSPECIFIED
     first_token_ns: int = 0
-    texts: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)  # as sent
+    token_ids: list[int] | None = None  # the engine's ids of what it generated, where it gives them
 
     def completion_tokens(self) -> int:
         return self.engine_completion_tokens if self.engine_completion_tokens is not None else self.produced
@@ -72,14 +75,24 @@ _PARAMETER_FIELDS = {
     "temperature": float, "top_p": float, "top_k": int, "seed": int, "num_predict": int,
     "frequency_penalty": float, "presence_penalty": float, "repeat_penalty": float, "min_p": float,
 }  # fmt: skip
+# SamplingParams' fields that are set or not (the API defaults fill those a request leaves unset).
+_OPTIONAL_SAMPLING = (
+    "temperature", "top_p", "top_k", "seed", "max_tokens",
+    "frequency_penalty", "presence_penalty", "repeat_penalty", "min_p",
+)  # fmt: skip
 
 
 def with_model_defaults(
-    req: worker_pb2.GenerateRequest, system: str, parameters: dict[str, object]
+    req: worker_pb2.GenerateRequest,
+    system: str,
+    parameters: dict[str, object],
+    generation: dict[str, float | int] | None = None,
 ) -> worker_pb2.GenerateRequest:
     """The request with its model's SYSTEM and PARAMETERS (from the store) where it sets none, as Ollama
-    applies them: a chat without a system message gets the model's; an unset option gets its value."""
-    if not system and not parameters:
+    applies them: a chat without a system message gets the model's; an unset option gets its value.
+    Below those, the sampling values of the model's generation_config.json (``generation``), then the
+    API's defaults (``req.defaults``); the engine's own apply only to what all of these leave unset."""
+    if not system and not parameters and not generation and not req.HasField("defaults"):
         return req
     out = worker_pb2.GenerateRequest()
     out.CopyFrom(req)
@@ -92,6 +105,15 @@ def with_model_defaults(
     stops = parameters.get("stop")
     if not s.stop and stops:
         s.stop.extend(str(x) for x in (stops if isinstance(stops, list) else [stops]))
+    for name, value in (generation or {}).items():
+        if not s.HasField(name):  # type: ignore[arg-type]
+            setattr(s, name, value)
+    defaults = out.defaults
+    for name in _OPTIONAL_SAMPLING:
+        if defaults.HasField(name) and not s.HasField(name):  # type: ignore[arg-type]
+            setattr(s, name, getattr(defaults, name))
+    if not s.stop and defaults.stop:
+        s.stop.extend(defaults.stop)
     if system and out.HasField("chat") and not any(m.role == "system" for m in out.chat.messages):
         messages = list(out.chat.messages)
         del out.chat.messages[:]
@@ -117,8 +139,10 @@ def _check_ids(ids: list[int], vocab_size: int, param: str) -> None:
         raise InvalidRequest(f"token id {bad} is not in the model's vocabulary{known}", param=param)
 
 
-def _token_fields(req: worker_pb2.GenerateRequest, engine: EngineAdapter, vocab_size: int) -> dict[str, Any]:
-    """logprobs and logit_bias in the OpenAI dialect of the endpoint the request goes to."""
+def _token_fields(
+    req: worker_pb2.GenerateRequest, engine: EngineAdapter, vocab_size: int, chat: bool
+) -> dict[str, Any]:
+    """logprobs and logit_bias in the OpenAI dialect of the endpoint the request goes to (``chat``)."""
     s = req.sampling
     body: dict[str, Any] = {}
     if not 0 <= s.top_logprobs <= MAX_TOP_LOGPROBS:
@@ -133,7 +157,7 @@ def _token_fields(req: worker_pb2.GenerateRequest, engine: EngineAdapter, vocab_
         # At least one alternative: MAX computes no logprobs at all for 0. The relay cuts the
         # alternatives back to what was asked.
         top = max(1, s.top_logprobs)
-        if req.HasField("chat"):
+        if chat:
             body.update(logprobs=True, top_logprobs=top)
         else:
             body["logprobs"] = top  # completions: the number of alternatives
@@ -146,17 +170,100 @@ def _token_fields(req: worker_pb2.GenerateRequest, engine: EngineAdapter, vocab_
     return body
 
 
+def _check_roles(conversation: worker_pb2.ChatConversation) -> None:
+    for m in conversation.messages:
+        if m.role not in ROLES:
+            raise InvalidRequest(
+                f"unknown role '{m.role}'; expected one of {sorted(ROLES)}", param="messages"
+            )
+
+
+def template_tools(conversation: worker_pb2.ChatConversation, template: str) -> bool:
+    """Whether the chat's tools (or its earlier calls and their results) go through the model's own
+    template: it renders tools. Otherwise they take the generic format (chat_tools.plain)."""
+    uses_tools = bool(conversation.tools) or any(
+        m.tool_calls or m.tool_call_id or m.tool_name for m in conversation.messages
+    )
+    return uses_tools and chat_tools.knows_tools(template)
+
+
+def renders_prompt(req: worker_pb2.GenerateRequest, engine: EngineAdapter, template: str) -> bool:
+    """Whether the worker must turn the request's input into token ids itself (prompt_ids): to put an
+    Ollama context before it or return one, or to render tools the engine's endpoint would drop."""
+    if req.context or req.return_context:
+        return True
+    return (
+        req.HasField("chat") and template_tools(req.chat, template) and not dialect_of(engine).renders_tools
+    )
+
+
+def prompt_ids(
+    req: worker_pb2.GenerateRequest, tokenizer: Tokenizer, template: str, vocab_size: int
+) -> list[int]:
+    """The request's context and then its input as token ids: a chat through the model's template (up
+    to the assistant's turn), a text prompt tokenized as the engine would, token ids as they are. After
+    a context nothing adds a second beginning-of-sequence token. Blocks (tokenizes): run in a thread."""
+    context = list(req.context)
+    _check_ids(context, vocab_size, "context")
+    if req.HasField("chat"):
+        _check_roles(req.chat)
+        if template_tools(req.chat, template):
+            messages = chat_tools.structured(req.chat)
+            ids = tokenizer.render_chat(messages, chat_tools.tool_list(req.chat), bos=not context)
+        else:
+            ids = tokenizer.render_chat(chat_tools.plain(req.chat), None, bos=not context)
+    elif req.HasField("tokens"):
+        ids = list(req.tokens.ids)
+        _check_ids(ids, vocab_size, "prompt")
+    else:
+        ids = tokenizer.encode(req.prompt, special=not context) if req.prompt else []
+    if not ids and not context:
+        raise InvalidRequest("the prompt is empty", param="prompt")
+    return context + ids
+
+
+def generated_ids(engine_ids: list[int] | None, text: str, tokenizer: Tokenizer) -> list[int]:
+    """The ids of the text a generation sent: the engine's own ids when they are that text (less the
+    end-of-sequence token that ends it), else the text tokenized (a stop string cut the engine's last
+    tokens, or the engine gave no ids)."""
+    if engine_ids:
+        ids = list(engine_ids)
+        specials = tokenizer.special_ids()
+        while ids and ids[-1] in specials:
+            ids.pop()
+        if tokenizer.decode(ids) == text:
+            return ids
+    return tokenizer.encode(text, special=False) if text else []
+
+
 def request_body(
-    req: worker_pb2.GenerateRequest, engine: EngineAdapter, model_id: str, vocab_size: int = 0
+    req: worker_pb2.GenerateRequest,
+    engine: EngineAdapter,
+    model_id: str,
+    vocab_size: int = 0,
+    *,
+    prompt: list[int] | None = None,
+    template: str = "",
 ) -> tuple[str, dict]:
     """The engine endpoint and body for a request: chat goes to the engine's chat template, a prompt
-    (text or token ids) to completions. ``vocab_size``: the model's, to check token ids (0: unknown)."""
+    (text or token ids) to completions. ``vocab_size``: the model's, to check token ids (0: unknown).
+    ``prompt``: the input as the worker rendered it (prompt_ids), sent as token ids. ``template``: the
+    model's chat template, which decides how tools travel."""
+    dialect = dialect_of(engine)
+    chat_input = req.HasField("chat")
+    if chat_input:
+        _check_roles(req.chat)
+    if req.context or req.return_context:
+        _claimed(engine, "context", "context", "an Ollama context")
+    chat = chat_input and (prompt is None or bool(dialect.chat_token_field))
     body: dict[str, Any] = {
         "model": model_id,
         "stream_options": {"include_usage": True},
         **engine.sampling(req.sampling),
-        **_token_fields(req, engine, vocab_size),
+        **_token_fields(req, engine, vocab_size, chat),
     }
+    if req.return_context and dialect.returns_token_ids:
+        body["return_token_ids"] = True
     kind = req.response_format.kind
     if kind == worker_pb2.ResponseFormat.KIND_JSON_OBJECT:
         body["response_format"] = {"type": "json_object"}
@@ -168,15 +275,25 @@ def request_body(
                 f"the JSON schema is not valid JSON: {err}", param="response_format"
             ) from err
         body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
-    if req.HasField("chat"):
-        for m in req.chat.messages:
-            if m.role not in ROLES:
-                raise InvalidRequest(
-                    f"unknown role '{m.role}'; expected one of {sorted(ROLES)}", param="messages"
-                )
-        body["messages"] = [{"role": m.role, "content": m.content} for m in req.chat.messages]
+    if chat:
+        conversation = req.chat
+        if prompt is not None:
+            # The engine reads the ids; the messages only satisfy its schema.
+            body["messages"] = chat_tools.plain(conversation)
+            body[dialect.chat_token_field] = prompt
+        elif template_tools(conversation, template) and dialect.renders_tools:
+            # The engine renders the tools through the template but must not parse calls out of the
+            # answer: the gateway reads them from the text, the same way for every engine.
+            body["messages"] = chat_tools.structured(conversation, arguments_as_text=True)
+            if conversation.tools:
+                body["tools"] = chat_tools.tool_list(conversation)
+                body["tool_choice"] = "none"
+        else:
+            body["messages"] = chat_tools.plain(conversation)
         return "/v1/chat/completions", body
-    if req.HasField("tokens"):
+    if prompt is not None:
+        body["prompt"] = prompt
+    elif req.HasField("tokens"):
         _claimed(engine, "token_prompt", "prompt", "a prompt of token ids")
         if not req.tokens.ids:
             raise InvalidRequest("the prompt is empty", param="prompt")
@@ -329,9 +446,22 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
                 "serves (HYPERLLAMA_WORKER_MAX_MODEL_LEN)",
                 param="options.num_ctx",
             )
-        request = with_model_defaults(request, self.host.system, self.host.parameters)
+        host = self.host
+        request = with_model_defaults(request, host.system, host.parameters, host.generation)
+        prompt: list[int] | None = None
+        if renders_prompt(request, self.engine, host.chat_template) and host.tokenizer is not None:
+            prompt = await asyncio.to_thread(
+                prompt_ids, request, host.tokenizer, host.chat_template, host.vocab_size
+            )
         # The engine's server knows the model by the directory it loaded.
-        path, body = request_body(request, self.engine, str(self.host.model_dir), self.host.vocab_size)
+        path, body = request_body(
+            request,
+            self.engine,
+            str(host.model_dir),
+            host.vocab_size,
+            prompt=prompt,
+            template=host.chat_template,
+        )
         metrics = self.metrics
         if not self.host.ready or metrics is None:
             raise Unavailable(f"the {self.engine.name} engine is not ready: {self.host.last_problem}")
@@ -376,7 +506,14 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
             metrics.ttft.observe((progress.first_token_ns - arrived) / 1e9)
         metrics.prompt_tokens.inc(progress.prompt_tokens)
         metrics.output_tokens.inc(progress.completion_tokens())
+        exchange: list[int] = []
+        if request.return_context and prompt is not None and host.tokenizer is not None:
+            generated = await asyncio.to_thread(
+                generated_ids, progress.token_ids, "".join(progress.texts), host.tokenizer
+            )
+            exchange = prompt + generated
         yield worker_pb2.GenerateChunk(
+            context=exchange,
             finish_reason=progress.finish,
             usage=worker_pb2.Usage(
                 prompt_tokens=progress.prompt_tokens, completion_tokens=progress.completion_tokens()
@@ -389,7 +526,7 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
     async def _relay(
         self, path: str, body: dict[str, Any], request: worker_pb2.GenerateRequest, progress: Progress
     ) -> AsyncIterator[worker_pb2.GenerateChunk]:
-        chat = request.HasField("chat")
+        chat = path.endswith("/chat/completions")
         stops = StopStringFilter(list(request.sampling.stop))
         held: HeldWithText[worker_pb2.TokenLogprob] | None = (
             HeldWithText() if request.sampling.logprobs else None
@@ -408,6 +545,11 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
                 progress.engine_completion_tokens = int(usage.get("completion_tokens") or 0)
             for choice in event.get("choices") or ():
                 piece = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+                ids = choice.get("token_ids")
+                if isinstance(ids, list):
+                    if progress.token_ids is None:
+                        progress.token_ids = []
+                    progress.token_ids.extend(int(t) for t in ids)
                 text = ""
                 if piece:
                     if not progress.produced:
@@ -434,6 +576,7 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
                                 held.add(entry, 0, pending=max(0, token_chars - held.fed))
                     entries = held.release(len(text))
                 if text or entries:
+                    progress.texts.append(text)
                     yield worker_pb2.GenerateChunk(text=text, token_count=1 if text else 0, logprobs=entries)
                 reason = choice.get("finish_reason")
                 if reason and not stops.stopped:
@@ -452,6 +595,7 @@ class EngineServicer(worker_pb2_grpc.WorkerServiceServicer):
             # (a special token); only the latter are sent.
             entries = held.release(len(tail)) + ([] if stops.stopped or engine_stopped else held.flush())
         if tail or entries:
+            progress.texts.append(tail)
             yield worker_pb2.GenerateChunk(text=tail, logprobs=entries)
         if progress.finish == worker_pb2.FINISH_REASON_UNSPECIFIED:
             raise BackendFailed("the engine's stream ended without a finish_reason")

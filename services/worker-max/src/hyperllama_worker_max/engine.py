@@ -7,19 +7,23 @@ from pathlib import Path
 from typing import Any
 
 from hyperllama.worker.v1 import worker_pb2
-from hyperllama_worker_base.adapter import SAMPLING_DEFAULTS, openai_sampling
+from hyperllama_worker_base.adapter import SAMPLING_DEFAULTS, Dialect, openai_sampling
 from hyperllama_worker_base.pool import DevicePool, format_ids
 
 from hyperllama_worker_max.settings import MaxWorkerSettings
 
 # No "embed": MAX serves embeddings only from embedding-model pipelines. No "logit_bias": MAX 26.7
 # takes the field (it is OpenAI's) and ignores it, so the worker refuses it instead.
-BASE_CAPABILITIES = ["generate", "chat", "seed", "stop", "token_prompt"]
+BASE_CAPABILITIES = ["generate", "chat", "seed", "stop", "token_prompt", "context"]
 
 
 class MaxEngine:
     name = "max"
     health_path = "/health"
+    # MAX drops `tools` when tool_choice is "none" (and parses calls otherwise), so the worker renders
+    # a chat with tools itself and sends the ids as the chat's prompt_tokens; it returns token ids on
+    # request.
+    dialect = Dialect(chat_token_field="prompt_tokens", returns_token_ids=True)
 
     def __init__(self, settings: MaxWorkerSettings, pool: DevicePool, model_dir: Path):
         self.settings = settings
@@ -62,6 +66,7 @@ class MaxEngine:
         return {"MAX_SERVE_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
 
     def sampling(self, s: worker_pb2.SamplingParams) -> dict[str, Any]:
+        # top_k 0 (OpenAI's default: no cut) becomes MAX's own -1, "all tokens", in its SamplingParams.
         body = openai_sampling(s)
         body["top_k"] = s.top_k if s.HasField("top_k") else SAMPLING_DEFAULTS["top_k"]
         body["min_p"] = s.min_p if s.HasField("min_p") else SAMPLING_DEFAULTS["min_p"]

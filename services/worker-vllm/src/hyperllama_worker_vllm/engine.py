@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperllama.worker.v1 import worker_pb2
-from hyperllama_worker_base.adapter import SAMPLING_DEFAULTS, openai_sampling
+from hyperllama_worker_base.adapter import SAMPLING_DEFAULTS, Dialect, openai_sampling
 from hyperllama_worker_base.pool import DevicePool
 
 from hyperllama_worker_vllm.settings import VllmWorkerSettings
@@ -15,7 +15,7 @@ from hyperllama_worker_vllm.settings import VllmWorkerSettings
 # No "embed": a vLLM instance runs a model either for generation or for pooling, not both.
 CAPABILITIES = [
     "generate", "chat", "json_object", "json_schema", "seed", "stop",
-    "logprobs", "logit_bias", "token_prompt",
+    "logprobs", "logit_bias", "token_prompt", "context",
 ]  # fmt: skip
 
 
@@ -23,6 +23,9 @@ class VllmEngine:
     name = "vllm"
     capabilities = CAPABILITIES
     health_path = "/health"
+    # vLLM renders `tools` through the template with tool_choice "none" (its
+    # --exclude-tools-when-tool-choice-none is off) and returns token ids on request.
+    dialect = Dialect(renders_tools=True, returns_token_ids=True)
 
     def __init__(self, settings: VllmWorkerSettings, pool: DevicePool, model_dir: Path):
         self.settings = settings
@@ -40,7 +43,8 @@ class VllmEngine:
             "--port", str(port),
             "--dtype", s.dtype,
             "--max-num-seqs", str(s.max_batch),
-            # Sampling defaults come from the request, not from the model's generation_config.json.
+            # The worker fills unset sampling fields (the model's generation_config.json among them, in
+            # its place under the store's parameters and over the API's defaults); vLLM adds nothing.
             "--generation-config", "vllm",
             "--disable-uvicorn-access-log",
         ]  # fmt: skip
@@ -69,6 +73,7 @@ class VllmEngine:
         return env
 
     def sampling(self, s: worker_pb2.SamplingParams) -> dict[str, Any]:
+        # top_k 0 (OpenAI's default: no cut) is vLLM's own "disabled", as is -1.
         body = openai_sampling(s)
         body["top_k"] = s.top_k if s.HasField("top_k") else SAMPLING_DEFAULTS["top_k"]
         body["min_p"] = s.min_p if s.HasField("min_p") else SAMPLING_DEFAULTS["min_p"]
