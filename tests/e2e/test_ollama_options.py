@@ -56,3 +56,91 @@ def test_num_ctx_past_the_served_context_is_refused_not_cut(oll: ollama.Client) 
         oll.generate(model=MODEL, prompt="word " * 200, options={"num_ctx": 64, "num_predict": 2})
     assert short.value.status_code == 400 and "the context holds 64" in short.value.error
     assert oll.generate(model=MODEL, prompt="Hi", options={"num_ctx": 2048, "num_predict": 2}).done
+
+
+def test_generate_returns_its_context_and_a_context_sent_back_goes_on_from_it(oll: ollama.Client) -> None:
+    first = oll.generate(model=MODEL, prompt="My name is Zed.", options={"num_predict": 6, "temperature": 0})
+    context = list(first.context or [])
+    # The exchange as tokens: its prompt, then what was generated.
+    assert len(context) == first.prompt_eval_count + first.eval_count
+    alone = oll.generate(model=MODEL, prompt="What is my name?", options={"num_predict": 4, "temperature": 0})
+    after = oll.generate(model=MODEL, prompt="What is my name?", context=context,
+                         options={"num_predict": 4, "temperature": 0})  # fmt: skip
+    assert after.prompt_eval_count == len(context) + alone.prompt_eval_count
+    assert len(after.context or []) == after.prompt_eval_count + after.eval_count
+    assert list(after.context or [])[: len(context)] == context
+    # A raw prompt neither takes nor gives a context, as in Ollama.
+    raw = oll.generate(model=MODEL, prompt="Hi", raw=True, context=context, options={"num_predict": 2})
+    assert raw.context is None and raw.prompt_eval_count < len(context)
+
+
+def test_a_context_that_is_not_the_models_tokens_is_refused(oll: ollama.Client, base_url: str) -> None:
+    with pytest.raises(ollama.ResponseError) as err:
+        oll.generate(model=MODEL, prompt="Hi", context=[1, 2, 10_000_000])
+    assert (
+        err.value.status_code == 400
+        and "token id 10000000 is not in the model's vocabulary" in err.value.error
+    )
+    r = httpx.post(
+        f"{base_url}/api/generate", json={"model": MODEL, "prompt": "Hi", "context": [-1]}, timeout=30
+    )
+    assert r.status_code == 400 and "context" in r.json()["error"]
+
+
+def _texts(call, seeds: range) -> list[str]:  # type: ignore[no-untyped-def]
+    return [call(seed) for seed in seeds]
+
+
+def test_unset_sampling_gets_each_apis_own_defaults(oll: ollama.Client, base_url: str) -> None:
+    """/api samples as Ollama does (temperature 0.8, top_k 40, top_p 0.9, repeat_penalty 1.1) and /v1
+    as OpenAI does (temperature 1, top_p 1, nothing else): with a seed, unset options give exactly
+    what those values set explicitly give."""
+    seeds = range(1, 5)
+    prompt = "Write a short story about a cat."
+    ollama_defaults = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "min_p": 0.0, "repeat_penalty": 1.1}
+
+    def api(seed: int, **options: float) -> str:
+        return oll.generate(
+            model=MODEL, prompt=prompt, options={"seed": seed, "num_predict": 24, **options}
+        ).response
+
+    def v1(seed: int, **extra: float) -> str:
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": prompt}],
+            "seed": seed,
+            "max_tokens": 24,
+        }
+        r = httpx.post(f"{base_url}/v1/chat/completions", json=body | extra, timeout=60)
+        assert r.status_code == 200, r.text
+        return str(r.json()["choices"][0]["message"]["content"])
+
+    api_unset = _texts(api, seeds)
+    assert api_unset == _texts(lambda s: api(s, **ollama_defaults), seeds)
+    v1_unset = _texts(v1, seeds)
+    openai_explicit = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
+    assert v1_unset == _texts(lambda s: v1(s, **openai_explicit), seeds)
+    # llama.cpp's own defaults (top_p 0.95, min_p 0.05) are neither.
+    assert v1_unset != _texts(lambda s: v1(s, temperature=0.8, top_k=40, top_p=0.95, min_p=0.05), seeds)
+
+
+def test_a_models_own_parameters_sit_between_the_request_and_the_api_defaults(
+    oll: ollama.Client, base_url: str
+) -> None:
+    oll.create(model="greedy-smol", from_=MODEL, parameters={"temperature": 0})
+    try:
+
+        def v1(seed: int, **extra: float) -> str:
+            body = {"model": "greedy-smol", "messages": [{"role": "user", "content": "Tell me a joke."}],
+                    "seed": seed, "max_tokens": 16} | extra  # fmt: skip
+            r = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=120)
+            assert r.status_code == 200, r.text
+            return str(r.json()["choices"][0]["message"]["content"])
+
+        # The model's temperature 0 wins over OpenAI's 1: every seed gives the greedy answer...
+        unset = [v1(seed) for seed in (1, 2, 3)]
+        assert unset == [v1(1, temperature=0)] * 3
+        # ...and the request's own wins over the model's.
+        assert len({v1(seed, temperature=1.5) for seed in (1, 2, 3)}) > 1
+    finally:
+        oll.delete("greedy-smol")

@@ -189,3 +189,61 @@ def test_bad_tools_are_a_clear_400(base_url: str, body: dict[str, object], param
 
 def test_show_lists_tools_among_the_capabilities(oll: ollama.Client) -> None:
     assert "tools" in (oll.show(MODEL).capabilities or [])
+
+
+# An answer shaped as two calls at once (the format holds the model to it), to check that parallel
+# calls come back as several, in order, on both APIs.
+TWO_CALLS = {"type": "array", "items": CALL_FORMAT, "minItems": 2, "maxItems": 2}
+
+
+def test_parallel_calls_come_back_as_several_on_both_apis(oai: openai.OpenAI, oll: ollama.Client) -> None:
+    asked = [{"role": "user", "content": "What is the weather in Paris and in Rome?"}]
+    fmt = {"type": "json_schema", "json_schema": {"name": "calls", "schema": TWO_CALLS}}
+    r = oai.chat.completions.create(model=MODEL, messages=asked, tools=[WEATHER], response_format=fmt,  # type: ignore[arg-type]
+                                    max_tokens=120, temperature=0)  # fmt: skip
+    calls = r.choices[0].message.tool_calls or []
+    assert r.choices[0].finish_reason == "tool_calls" and len(calls) == 2 and len({c.id for c in calls}) == 2
+    for call in calls:
+        _valid(call.function.name, json.loads(call.function.arguments))
+    streamed: dict[int, dict[str, str]] = {}
+    for chunk in oai.chat.completions.create(model=MODEL, messages=asked, tools=[WEATHER], response_format=fmt,  # type: ignore[arg-type]  # noqa: E501
+                                             max_tokens=120, temperature=0, stream=True):  # fmt: skip
+        for choice in chunk.choices:
+            for call in choice.delta.tool_calls or []:
+                streamed[call.index] = {"name": call.function.name, "arguments": call.function.arguments}  # type: ignore[union-attr,dict-item]
+    assert sorted(streamed) == [0, 1]
+    assert [json.loads(streamed[i]["arguments"]) for i in (0, 1)] == [
+        json.loads(c.function.arguments) for c in calls
+    ]
+    # parallel_tool_calls false: one call at most.
+    one = oai.chat.completions.create(model=MODEL, messages=asked, tools=[WEATHER], response_format=fmt,  # type: ignore[arg-type]
+                                      parallel_tool_calls=False, max_tokens=120, temperature=0)  # fmt: skip
+    assert len(one.choices[0].message.tool_calls or []) == 1
+    # Ollama: one message with both calls.
+    answer = oll.chat(model=MODEL, messages=asked, tools=[WEATHER], format=TWO_CALLS,
+                      options={"num_predict": 120, "temperature": 0})  # fmt: skip
+    ollama_calls = answer.message.tool_calls or []
+    assert [dict(c.function.arguments) for c in ollama_calls] == [
+        json.loads(c.function.arguments) for c in calls
+    ]
+
+
+def test_a_history_of_parallel_calls_and_their_results_continues(oai: openai.OpenAI) -> None:
+    history = [
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_a", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}},
+            {"id": "call_b", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Rome", "unit": "celsius"}'}},
+        ]},
+        {"role": "tool", "tool_call_id": "call_a", "content": "21"},
+        {"role": "tool", "tool_call_id": "call_b", "content": "25"},
+    ]  # fmt: skip
+    with_tools = oai.chat.completions.create(model=MODEL, messages=history, tools=[WEATHER], tool_choice="none",  # type: ignore[arg-type]  # noqa: E501
+                                             max_tokens=8, temperature=0)  # fmt: skip
+    # Both calls are in the prompt: it is longer than the same history with one of them.
+    fewer = [history[0], {**history[1], "tool_calls": history[1]["tool_calls"][:1]}, history[2]]  # type: ignore[index]
+    shorter = oai.chat.completions.create(model=MODEL, messages=fewer, max_tokens=8, temperature=0)  # type: ignore[arg-type]
+    assert with_tools.choices[0].message.content and with_tools.usage and shorter.usage
+    assert with_tools.usage.prompt_tokens > shorter.usage.prompt_tokens + 10
