@@ -137,3 +137,24 @@ def test_a_required_function_call_and_its_result(oai: openai.OpenAI) -> None:
     follow = oai.responses.create(model=MODEL, input=history, tools=[WEATHER], tool_choice="none",  # type: ignore[arg-type,list-item]
                                   max_output_tokens=16, temperature=0)  # fmt: skip
     assert follow.output[0].type == "message" and follow.output_text
+
+
+def test_parallel_function_calls_are_output_items_of_their_own(oai: openai.OpenAI) -> None:
+    call = {"type": "object", "properties": {"name": {"type": "string", "enum": ["get_weather"]},
+            "arguments": WEATHER["parameters"]}, "required": ["name", "arguments"]}  # fmt: skip
+    # The format holds the 135M model to two calls at once.
+    fmt = {"format": {"type": "json_schema", "name": "calls",
+                      "schema": {"type": "array", "items": call, "minItems": 2, "maxItems": 2}}}  # fmt: skip
+    ask = "What is the weather in Paris and in Rome?"
+    r = oai.responses.create(model=MODEL, input=ask, tools=[WEATHER], text=fmt,  # type: ignore[arg-type,list-item]
+                             max_output_tokens=120, temperature=0)  # fmt: skip
+    assert [o.type for o in r.output] == ["function_call", "function_call"] and r.parallel_tool_calls
+    assert len({o.call_id for o in r.output}) == 2  # type: ignore[union-attr]
+    streamed = list(oai.responses.create(model=MODEL, input=ask, tools=[WEATHER], text=fmt,  # type: ignore[arg-type,list-item]
+                                         max_output_tokens=120, temperature=0, stream=True))  # fmt: skip
+    done = [e for e in streamed if e.type == "response.function_call_arguments.done"]
+    assert [e.output_index for e in done] == [0, 1]
+    assert [json.loads(e.arguments) for e in done] == [json.loads(o.arguments) for o in r.output]  # type: ignore[union-attr]
+    single = oai.responses.create(model=MODEL, input=ask, tools=[WEATHER], text=fmt, parallel_tool_calls=False,  # type: ignore[arg-type,list-item]  # noqa: E501
+                                  max_output_tokens=120, temperature=0)  # fmt: skip
+    assert [o.type for o in single.output] == ["function_call"] and single.parallel_tool_calls is False
