@@ -178,14 +178,15 @@ def test_generation_config_and_chat_template_are_read_from_the_model_directory(t
         "repeat_penalty": 1.05,
     }
     assert chat_template(tmp_path) == ""
-    (tmp_path / "chat_template.jinja").write_text(TOOLS_TEMPLATE)
-    assert chat_template(tmp_path) == TOOLS_TEMPLATE
     (tmp_path / "tokenizer_config.json").write_text(
         json.dumps(
             {"chat_template": [{"name": "default", "template": "A"}, {"name": "tool_use", "template": "B"}]}
         )
     )
     assert chat_template(tmp_path) == "A\nB"
+    # transformers reads chat_template.jinja first, as the engines do.
+    (tmp_path / "chat_template.jinja").write_text(TOOLS_TEMPLATE)
+    assert chat_template(tmp_path) == TOOLS_TEMPLATE
 
 
 def test_the_test_model_s_template_is_described() -> None:

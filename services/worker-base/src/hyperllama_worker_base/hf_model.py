@@ -75,17 +75,17 @@ def end_tokens(directory: Path) -> frozenset[str]:
 
 
 def chat_template(directory: Path) -> str:
-    """The model's chat template text: tokenizer_config.json's (one template, or several by name, joined)
-    or chat_template.jinja (where newer transformers write it); "" when it has none."""
+    """The model's chat template text as transformers finds it: chat_template.jinja, else
+    tokenizer_config.json's (one template, or several by name, joined); "" when it has none."""
+    jinja = directory / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
     path = directory / "tokenizer_config.json"
     config = json.loads(path.read_text()) if path.is_file() else {}
     template = config.get("chat_template") if isinstance(config, dict) else None
     if isinstance(template, list):
         return "\n".join(str(t.get("template") or "") for t in template if isinstance(t, dict))
-    if isinstance(template, str) and template:
-        return template
-    jinja = directory / "chat_template.jinja"
-    return jinja.read_text() if jinja.is_file() else ""
+    return template if isinstance(template, str) else ""
 
 
 # generation_config.json's sampling fields, by the SamplingParams field each is the default of.
