@@ -230,7 +230,12 @@ def test_a_context_needs_an_engine_that_claims_it() -> None:
         capabilities = ["generate", "chat", "token_prompt"]
 
     with pytest.raises(InvalidRequest, match="context"):
-        request_body(chat(("user", "x"), return_context=True), NoContext(), "m", prompt=[1, 2])
+        request_body(chat(("user", "x"), context=[1]), NoContext(), "m", prompt=[1, 2])
+    # Asking for the exchange back is no error there: it stays with the worker.
+    asked = chat(("user", "x"), return_context=True)
+    assert not renders_prompt(asked, NoContext(), "")
+    path, body = request_body(asked, NoContext(), "m")
+    assert path == "/v1/chat/completions" and "return_token_ids" not in body
 
 
 def test_rendered_ids_go_to_completions_or_to_max_s_chat_prompt_tokens(

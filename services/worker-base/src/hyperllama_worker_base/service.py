@@ -190,7 +190,7 @@ def template_tools(conversation: worker_pb2.ChatConversation, template: str) -> 
 def renders_prompt(req: worker_pb2.GenerateRequest, engine: EngineAdapter, template: str) -> bool:
     """Whether the worker must turn the request's input into token ids itself (prompt_ids): to put an
     Ollama context before it or return one, or to render tools the engine's endpoint would drop."""
-    if req.context or req.return_context:
+    if req.context or (req.return_context and "context" in engine.capabilities):
         return True
     return (
         req.HasField("chat") and template_tools(req.chat, template) and not dialect_of(engine).renders_tools
@@ -253,7 +253,9 @@ def request_body(
     chat_input = req.HasField("chat")
     if chat_input:
         _check_roles(req.chat)
-    if req.context or req.return_context:
+    if req.context:
+        # return_context alone is only a wish (every /api/generate asks): a worker that cannot keeps
+        # the exchange to itself.
         _claimed(engine, "context", "context", "an Ollama context")
     chat = chat_input and (prompt is None or bool(dialect.chat_token_field))
     body: dict[str, Any] = {
@@ -262,7 +264,7 @@ def request_body(
         **engine.sampling(req.sampling),
         **_token_fields(req, engine, vocab_size, chat),
     }
-    if req.return_context and dialect.returns_token_ids:
+    if prompt is not None and req.return_context and dialect.returns_token_ids:
         body["return_token_ids"] = True
     kind = req.response_format.kind
     if kind == worker_pb2.ResponseFormat.KIND_JSON_OBJECT:
