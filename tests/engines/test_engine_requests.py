@@ -227,6 +227,18 @@ def test_a_context_is_decoded_as_if_the_exchange_were_the_prompt(workers: Worker
     assert text == same
 
 
+def test_the_exchange_holds_the_text_sent_when_a_stop_string_cut_it(workers: Workers) -> None:
+    story = conversation(*STORY)
+    full, _ = generate(
+        workers.plain, chat=story, sampling=worker_pb2.SamplingParams(max_tokens=24, temperature=0)
+    )
+    stop = full[len(full) // 2 : len(full) // 2 + 5]
+    sampling = worker_pb2.SamplingParams(max_tokens=24, temperature=0, stop=[stop])
+    text, last = generate(workers.plain, chat=story, sampling=sampling, return_context=True)
+    assert text == full[: full.find(stop)]
+    assert detokenize(list(last.context)[last.usage.prompt_tokens :]) == text
+
+
 def test_a_context_outside_the_vocabulary_is_refused(workers: Workers) -> None:
     with pytest.raises(grpc.RpcError) as err:
         generate(workers.plain, chat=conversation(user("hi")), context=[5, 10_000_000])
