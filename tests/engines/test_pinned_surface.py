@@ -41,7 +41,7 @@ def test_tools(gateway_url: str, engine: str, engine_workers: dict[str, EngineWo
                                            max_tokens=60, temperature=0)  # fmt: skip
         call = (r.choices[0].message.tool_calls or [])[0]
         assert r.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
-        jsonschema.validate(json.loads(call.function.arguments), WEATHER["parameters"])  # type: ignore[index]
+        jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])  # type: ignore[index]
     else:
         with pytest.raises(openai.BadRequestError) as err:
             client.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER], tool_choice="required",  # type: ignore[arg-type,list-item]
