@@ -12,7 +12,6 @@ import pytest
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import BackendFailed, InvalidRequest
 from hyperllama_common.textstream import HeldWithText, StopStringFilter
-from hyperllama_worker_base.adapter import openai_sampling
 from hyperllama_worker_base.openai_client import EngineClient
 from hyperllama_worker_base.service import (
     EngineServicer,
@@ -24,26 +23,11 @@ from hyperllama_worker_base.service import (
 from hyperllama_worker_llamacpp.service import merge_chunks
 from hypothesis import given
 from hypothesis import strategies as st
+from support.engine_adapter import StubAdapter
 
-
-class _Engine:
-    name = "test"
-    health_path = "/health"
-
-    def __init__(self, *capabilities: str):
-        self.capabilities = ["generate", "chat", *capabilities]
-
-    def command(self, port: int) -> list[str]:
-        return []
-
-    def env(self) -> dict[str, str]:
-        return {}
-
-    def sampling(self, s: worker_pb2.SamplingParams) -> dict:
-        return openai_sampling(s)
-
-
-ALL = _Engine("logprobs", "logit_bias", "token_prompt")
+CHAT_ONLY = StubAdapter("generate", "chat")
+CHAT_ONLY_LOGPROBS = StubAdapter("generate", "chat", "logprobs")
+ALL = StubAdapter("generate", "chat", "logprobs", "logit_bias", "token_prompt")
 
 
 def _chat(**sampling) -> worker_pb2.GenerateRequest:
@@ -144,9 +128,17 @@ def test_a_token_prompt_goes_to_completions_as_ids():
         (_chat(logit_bias={1: float("nan")}), ALL, "logit_bias"),
         (_chat(logprobs=True, top_logprobs=21), ALL, "top_logprobs"),
         (_chat(top_logprobs=2), ALL, "top_logprobs"),
-        (_chat(logit_bias={1: 1.0}), _Engine("logprobs"), "logit_bias"),  # MAX: it would ignore it
-        (_chat(logprobs=True), _Engine(), "logprobs"),
-        (worker_pb2.GenerateRequest(tokens=worker_pb2.TokenPrompt(ids=[1])), _Engine(), "prompt"),
+        (
+            _chat(logit_bias={1: 1.0}),
+            StubAdapter("generate", "chat", "logprobs"),
+            "logit_bias",
+        ),  # MAX: it would ignore it
+        (_chat(logprobs=True), StubAdapter("generate", "chat"), "logprobs"),
+        (
+            worker_pb2.GenerateRequest(tokens=worker_pb2.TokenPrompt(ids=[1])),
+            StubAdapter("generate", "chat"),
+            "prompt",
+        ),
     ],
 )
 def test_what_cannot_be_honoured_is_refused_by_field(req, engine, param):

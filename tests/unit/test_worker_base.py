@@ -8,25 +8,11 @@ import os
 import pytest
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import BackendFailed, ContextLengthExceeded, InvalidRequest
-from hyperllama_worker_base.adapter import SAMPLING_DEFAULTS, openai_sampling
+from hyperllama_worker_base.adapter import SAMPLING_DEFAULTS
 from hyperllama_worker_base.openai_client import error_from_status
 from hyperllama_worker_base.pool import DevicePool, parse_ids
 from hyperllama_worker_base.service import request_body, with_model_defaults
-
-
-class _Engine:
-    name = "test"
-    capabilities = ["generate"]
-    health_path = "/health"
-
-    def command(self, port: int) -> list[str]:
-        return []
-
-    def env(self) -> dict[str, str]:
-        return {}
-
-    def sampling(self, s: worker_pb2.SamplingParams) -> dict:
-        return openai_sampling(s)
+from support.engine_adapter import StubAdapter
 
 
 def test_parse_ids():
@@ -61,7 +47,7 @@ def test_chat_request_body_with_defaults_stops_and_schema():
             kind=worker_pb2.ResponseFormat.KIND_JSON_SCHEMA, json_schema='{"type": "object"}'
         ),
     )
-    path, body = request_body(req, _Engine(), "/models/m")
+    path, body = request_body(req, StubAdapter("generate"), "/models/m")
     assert path == "/v1/chat/completions"
     assert body["model"] == "/models/m"
     assert body["messages"] == [{"role": "user", "content": "hi"}]
@@ -72,13 +58,13 @@ def test_chat_request_body_with_defaults_stops_and_schema():
 
 
 def test_raw_prompt_goes_to_completions_and_bad_role_is_refused():
-    path, body = request_body(worker_pb2.GenerateRequest(prompt="Once"), _Engine(), "m")
+    path, body = request_body(worker_pb2.GenerateRequest(prompt="Once"), StubAdapter("generate"), "m")
     assert path == "/v1/completions" and body["prompt"] == "Once"
     bad = worker_pb2.GenerateRequest(
         chat=worker_pb2.ChatConversation(messages=[worker_pb2.ChatMessage(role="wizard", content="x")])
     )
     with pytest.raises(InvalidRequest, match="role"):
-        request_body(bad, _Engine(), "m")
+        request_body(bad, StubAdapter("generate"), "m")
 
 
 def test_engine_errors_map_to_the_hierarchy():

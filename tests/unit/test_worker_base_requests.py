@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from hyperllama.worker.v1 import worker_pb2
 from hyperllama_common.errors import InvalidRequest
-from hyperllama_worker_base.adapter import SAMPLING_DEFAULTS, Dialect, openai_sampling
+from hyperllama_worker_base.adapter import SAMPLING_DEFAULTS
 from hyperllama_worker_base.hf_model import chat_template, describe_hf_model, generation_defaults
 from hyperllama_worker_base.pool import DevicePool
 from hyperllama_worker_base.service import (
@@ -24,6 +24,7 @@ from hyperllama_worker_base.service import (
     request_body,
     with_model_defaults,
 )
+from support.engine_adapter import StubAdapter
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS_TEMPLATE = (
@@ -33,6 +34,8 @@ TOOLS_TEMPLATE = (
     "{% endfor %}"
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# What an engine speaking only standard OpenAI claims, with context.
+PLAIN = ("generate", "chat", "token_prompt", "context")
 PLAIN_TEMPLATE = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
 
 
@@ -55,24 +58,6 @@ def engines() -> Iterator[dict[str, Any]]:
     finally:
         for p in paths:
             sys.path.remove(p)
-
-
-class _Plain:
-    """An engine that speaks only standard OpenAI and claims a context."""
-
-    name = "plain"
-    capabilities = ["generate", "chat", "token_prompt", "context"]
-    health_path = "/health"
-    dialect = Dialect()
-
-    def command(self, port: int) -> list[str]:
-        return []
-
-    def env(self) -> dict[str, str]:
-        return {}
-
-    def sampling(self, s: worker_pb2.SamplingParams) -> dict:
-        return openai_sampling(s)
 
 
 class FakeTokenizer:
@@ -140,7 +125,7 @@ def test_api_defaults_sit_under_the_request_the_store_and_generation_config() ->
 def test_without_any_default_the_engine_s_own_apply() -> None:
     req = chat(("user", "hi"))
     assert with_model_defaults(req, "", {}, {}) is req
-    _, body = request_body(req, _Plain(), "m")
+    _, body = request_body(req, StubAdapter(*PLAIN), "m")
     assert body["temperature"] == SAMPLING_DEFAULTS["temperature"]
     assert body["top_p"] == SAMPLING_DEFAULTS["top_p"]
 
@@ -226,15 +211,13 @@ def test_context_ids_outside_the_vocabulary_are_refused(context: list[int]) -> N
 
 
 def test_a_context_needs_an_engine_that_claims_it() -> None:
-    class NoContext(_Plain):
-        capabilities = ["generate", "chat", "token_prompt"]
-
+    no_context = StubAdapter("generate", "chat", "token_prompt")
     with pytest.raises(InvalidRequest, match="context"):
-        request_body(chat(("user", "x"), context=[1]), NoContext(), "m", prompt=[1, 2])
+        request_body(chat(("user", "x"), context=[1]), no_context, "m", prompt=[1, 2])
     # Asking for the exchange back is no error there: it stays with the worker.
     asked = chat(("user", "x"), return_context=True)
-    assert not renders_prompt(asked, NoContext(), "")
-    path, body = request_body(asked, NoContext(), "m")
+    assert not renders_prompt(asked, no_context, "")
+    path, body = request_body(asked, no_context, "m")
     assert path == "/v1/chat/completions" and "return_token_ids" not in body
 
 
@@ -257,10 +240,7 @@ def test_rendered_ids_go_to_completions_or_to_max_s_chat_prompt_tokens(
 def test_logprobs_follow_the_endpoint_not_the_input() -> None:
     req = chat(("user", "x"), context=[3], sampling=worker_pb2.SamplingParams(logprobs=True, top_logprobs=2))
 
-    class Logprobs(_Plain):
-        capabilities = [*_Plain.capabilities, "logprobs"]
-
-    _, body = request_body(req, Logprobs(), "m", prompt=[3, 4])
+    _, body = request_body(req, StubAdapter(*PLAIN, "logprobs"), "m", prompt=[3, 4])
     assert body["logprobs"] == 2 and "top_logprobs" not in body  # completions' integer
 
 

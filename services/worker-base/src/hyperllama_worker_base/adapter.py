@@ -45,16 +45,11 @@ class Dialect:
     returns_token_ids: bool = False
 
 
-def dialect_of(engine: object) -> Dialect:
-    """An adapter's ``dialect``; one without (a test's) speaks plain OpenAI."""
-    dialect = getattr(engine, "dialect", None)
-    return dialect if isinstance(dialect, Dialect) else Dialect()
-
-
 class EngineAdapter(Protocol):
     name: str  # llamacpp | vllm | max: the value of X-HyperLlama-Engine
     capabilities: list[str]
     health_path: str
+    dialect: Dialect
 
     def command(self, port: int) -> list[str]:
         """argv that serves the OpenAI API on 127.0.0.1:``port``."""

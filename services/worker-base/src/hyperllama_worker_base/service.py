@@ -34,7 +34,7 @@ from hyperllama_common.errors import (
 from hyperllama_common.textstream import HeldWithText, StopStringFilter, Utf8Assembler
 from hyperllama_common.worker_metrics import ModelMetrics, WorkerMetrics
 
-from hyperllama_worker_base.adapter import EngineAdapter, dialect_of
+from hyperllama_worker_base.adapter import EngineAdapter
 from hyperllama_worker_base.model_host import ModelHost
 from hyperllama_worker_base.openai_client import EngineClient
 from hyperllama_worker_base.tokenizer import Tokenizer
@@ -192,9 +192,7 @@ def renders_prompt(req: worker_pb2.GenerateRequest, engine: EngineAdapter, templ
     Ollama context before it or return one, or to render tools the engine's endpoint would drop."""
     if req.context or (req.return_context and "context" in engine.capabilities):
         return True
-    return (
-        req.HasField("chat") and template_tools(req.chat, template) and not dialect_of(engine).renders_tools
-    )
+    return req.HasField("chat") and template_tools(req.chat, template) and not engine.dialect.renders_tools
 
 
 def prompt_ids(
@@ -249,7 +247,7 @@ def request_body(
     (text or token ids) to completions. ``vocab_size``: the model's, to check token ids (0: unknown).
     ``prompt``: the input as the worker rendered it (prompt_ids), sent as token ids. ``template``: the
     model's chat template, which decides how tools travel."""
-    dialect = dialect_of(engine)
+    dialect = engine.dialect
     chat_input = req.HasField("chat")
     if chat_input:
         _check_roles(req.chat)
