@@ -123,7 +123,12 @@ class Api:
             "model": self.model,
             "stream": True,
             "max_tokens": self.max_tokens,
+            # llama.cpp's own sampling defaults, sent explicitly so that every peer samples alike
+            # (left unset, /v1 here means OpenAI's: no top-k, top-p or min-p cut).
             "temperature": 0.8,
+            "top_k": 40,
+            "top_p": 0.95,
+            "min_p": 0.05,
             "stream_options": {"include_usage": True},
         }
         if messages is not None:
