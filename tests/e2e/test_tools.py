@@ -247,3 +247,25 @@ def test_a_history_of_parallel_calls_and_their_results_continues(oai: openai.Ope
     shorter = oai.chat.completions.create(model=MODEL, messages=fewer, max_tokens=8, temperature=0)  # type: ignore[arg-type]
     assert with_tools.choices[0].message.content and with_tools.usage and shorter.usage
     assert with_tools.usage.prompt_tokens > shorter.usage.prompt_tokens + 10
+
+
+def test_ollama_history_carries_call_ids_and_tool_names(oll: ollama.Client, base_url: str) -> None:
+    """Ollama's current message fields: a call's id and a tool message's tool_call_id and tool_name."""
+    history = [
+        *ASK,
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_7", "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}}}]},  # noqa: E501
+        {"role": "tool", "tool_name": "get_weather", "tool_call_id": "call_7", "content": "21 degrees, clear"},  # noqa: E501
+    ]  # fmt: skip
+    r = httpx.post(f"{base_url}/api/chat", json={"model": MODEL, "messages": history, "stream": False,
+                                                 "options": {"num_predict": 8, "temperature": 0}}, timeout=60)  # fmt: skip  # noqa: E501
+    assert r.status_code == 200, r.text
+    assert r.json()["message"]["content"] and r.json()["done"] is True
+    bad = [*ASK, {"role": "assistant", "content": "", "tool_calls": [{"function": {"arguments": {}}}]}]
+    r = httpx.post(
+        f"{base_url}/api/chat", json={"model": MODEL, "messages": bad, "stream": False}, timeout=30
+    )
+    assert (
+        r.status_code == 400
+        and "messages.1.tool_calls.0 must have a function with a name" in r.json()["error"]
+    )

@@ -115,10 +115,11 @@ class Message(_Part):
     role: str
     content: str = ""
     images: list[str] | None = None
-    # An assistant's earlier calls ({"function": {"name", "arguments": {...}}}), and the function a
-    # "tool" message answers.
+    # An assistant's earlier calls ({"id", "function": {"name", "arguments": {...}}}), and the function
+    # and call a "tool" message answers.
     tool_calls: list[dict[str, Any]] | None = None
     tool_name: str | None = None
+    tool_call_id: str | None = None
 
 
 class ChatRequest(RequestBody):

@@ -124,6 +124,7 @@ def chat_request(body: ChatRequest, request_id: str) -> worker_pb2.GenerateReque
                 content=m.content,
                 tool_calls=tools.history_calls(m.tool_calls, f"messages.{i}.tool_calls"),
                 tool_name=m.tool_name or "",
+                tool_call_id=m.tool_call_id or "",
             )
         )
     sampling, num_ctx = sampling_params(body.options)
