@@ -65,7 +65,7 @@ class ModelHost:
         self.vocab_size = 0
         self.end_tokens: frozenset[str] = frozenset()  # their logprob entries are left out
         # The model's chat template (to see whether it renders tools), the sampling values of its
-        # generation_config.json, and its tokenizer (loaded when a request first needs it).
+        # generation_config.json, and its tokenizer (loading in the background from the start).
         self.chat_template = ""
         self.generation: dict[str, float | int] = {}
         self.tokenizer: Tokenizer | None = None
@@ -112,6 +112,7 @@ class ModelHost:
         self.chat_template = chat_template(directory)
         self.generation = generation_defaults(directory)
         self.tokenizer = HfTokenizer(directory)
+        self.tokenizer.warm()
 
     async def load(self, name: str, digest: str) -> float:
         """Load ``name`` from the store and start the engine on it; the seconds it took."""

@@ -3,12 +3,13 @@ Ollama ``context`` (token ids), a chat the engine cannot render as needed, and t
 an engine does not report.
 
 Hugging Face's tokenizer and chat template, from transformers (each engine's environment has it; the
-worker base does not depend on it). Loaded on first use, once per model: importing transformers takes
-seconds, and most requests never need it. Its calls block: run them in a thread.
+worker base does not depend on it). Loaded once per model, in the background when the model loads:
+importing transformers takes seconds. Its calls block: run them in a thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,12 +39,23 @@ class Tokenizer(Protocol):
 
 
 class HfTokenizer:
-    """transformers' AutoTokenizer on a model directory, loaded lazily."""
+    """transformers' AutoTokenizer on a model directory, loaded lazily or ahead of use (warm)."""
 
     def __init__(self, directory: Path):
         self.directory = directory
         self._tokenizer: Any = None
         self._lock = threading.Lock()
+
+    def warm(self) -> None:
+        """Load it now, in a thread of its own, so the first request that needs it (every Ollama
+        /api/generate asks for its context back) does not wait seconds for transformers' import; a
+        failure is reported to that request instead."""
+
+        def load() -> None:
+            with contextlib.suppress(BackendFailed):
+                self._get()
+
+        threading.Thread(target=load, name="tokenizer-warm", daemon=True).start()
 
     def _get(self) -> Any:
         with self._lock:
