@@ -220,11 +220,11 @@ def history_calls(raw: list[dict[str, Any]] | None, param: str) -> list[worker_p
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             raise InvalidRequest(f"{param}.{i} must have a function with a name", param=f"{param}.{i}")
         calls.append(worker_pb2.ToolCall(id=str(call.get("id") or ""), name=fn["name"],
-                                         arguments_json=arguments_text(fn.get("arguments"))))  # fmt: skip
+                                         arguments_json=_arguments_text(fn.get("arguments"))))  # fmt: skip
     return calls
 
 
-def arguments_text(arguments: Any) -> str:
+def _arguments_text(arguments: Any) -> str:
     """A call's arguments as JSON text: a string is taken as the JSON it should be."""
     if arguments is None:
         return "{}"
