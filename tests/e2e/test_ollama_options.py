@@ -144,3 +144,21 @@ def test_a_models_own_parameters_sit_between_the_request_and_the_api_defaults(
         assert len({v1(seed, temperature=1.5) for seed in (1, 2, 3)}) > 1
     finally:
         oll.delete("greedy-smol")
+
+
+def test_the_context_after_a_stop_string_holds_the_text_sent(oll: ollama.Client) -> None:
+    from hyperllama_worker_llamacpp.registry import _bundled_smollm2
+    from llama_cpp import Llama  # the bundled model's vocabulary, to read the returned tokens
+
+    vocab = Llama(model_path=str(_bundled_smollm2()), n_ctx=64, vocab_only=True, verbose=False)
+    options = {"num_predict": 24, "temperature": 0}
+    full = oll.generate(model=MODEL, prompt="Tell me a story about a fox.", options=options)
+    stop = full.response[len(full.response) // 2 : len(full.response) // 2 + 4]
+    cut = oll.generate(
+        model=MODEL, prompt="Tell me a story about a fox.", options={**options, "stop": [stop]}
+    )
+    assert cut.done_reason == "stop" and cut.response == full.response[: full.response.find(stop)]
+    generated = list(cut.context or [])[cut.prompt_eval_count :]
+    assert vocab.detokenize(generated).decode() == cut.response
+    # Without a stop string, the tokens are the ones generated.
+    assert len(list(full.context or [])) == full.prompt_eval_count + full.eval_count

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import llama_cpp
 from hyperllama.worker.v1 import worker_pb2
@@ -52,8 +52,10 @@ class Job:
     started_ns: int = 0
     first_token_ns: int = 0
     prompt_reported: bool = False
-    # The tokens generated, for a request that wants its exchange back as context (Ollama's).
+    # The tokens generated and the text sent, for a request that wants its exchange back as context
+    # (Ollama's).
     generated: list[int] | None = None
+    sent: list[str] = field(default_factory=list)
 
 
 def _deliver(outbox: list[tuple[Emit, object]]) -> None:
@@ -334,6 +336,8 @@ class BatchEngine:
         decoded = job.utf8.feed(piece)
         text, hit = job.stops.feed(decoded)
         chunk = worker_pb2.GenerateChunk(text=text, token_count=1) if text else None
+        if job.generated is not None and text:
+            job.sent.append(text)
         if job.logprobs is not None:
             # An entry goes out with the end of its token's text: held back while that text is, never
             # sent if a stop string withholds it for good.
@@ -387,7 +391,11 @@ class BatchEngine:
         )
         if job.generated is not None:
             chunk.context.extend(seq.prompt)
-            chunk.context.extend(job.generated)
+            if job.stops.stopped:
+                # A stop string cut the text: the exchange is what was sent, not the stop string.
+                chunk.context.extend(self.model.text_tokens("".join(job.sent) + tail))
+            else:
+                chunk.context.extend(job.generated)
         job.sampler.close()
         self.metrics.prompt_tokens.inc(len(seq.prompt))
         self.metrics.cached_prompt_tokens.inc(seq.reused)

@@ -109,6 +109,10 @@ class LoadedModel:
             )
         return tokens
 
+    def text_tokens(self, text: str) -> list[int]:
+        """Generated text as tokens (no BOS; special tokens' text stays text)."""
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) if text else []
+
     def context_for(self, req: worker_pb2.GenerateRequest) -> int:
         """The request's context: its num_ctx (Ollama's option) up to the sequence's; a larger one is
         refused, never cut silently."""
