@@ -459,3 +459,17 @@ def test_tool_fields_read_by_name_and_json():
     assert head == "function:get_weather(city:string,unit:string,) req=[city]"
     assert listed.startswith('[{"type":"function","function":{"name":"get_weather"')
     assert calls == "c1=Osloget_weatherc1"
+
+
+def test_a_template_knows_tools_when_its_code_reads_them() -> None:
+    from hyperllama_common.chat_tools import knows_tools
+
+    assert knows_tools("{% if tools %}{{ tools | tojson }}{% endif %}{{ messages }}")
+    assert knows_tools("{%- for t in tools -%}\n{{ t }}{%- endfor %}")
+    # The word in the template's own text is not the variable.
+    assert not knows_tools(
+        "You are a helpful assistant with tools.{% for m in messages %}{{ m.content }}{% endfor %}"
+    )
+    assert not knows_tools("{{ toolset }}{{ messages }}")
+    assert knows_tools("{{ range .Tools }}{{ .Function.Name }}{{ end }}", go=True)
+    assert not knows_tools("{{ .Messages }} with tools", go=True)

@@ -14,14 +14,18 @@ from typing import Any
 
 from hyperllama.worker.v1 import worker_pb2
 
-# Jinja templates (a GGUF's, a Hugging Face model's) name the variable `tools`; Ollama's Go templates
-# read `.Tools`.
-_JINJA_TOOLS = re.compile(r"\btools\b")
+# Jinja templates (a GGUF's, a Hugging Face model's) name the variable `tools` inside their tags (the
+# word in the template's text, "You are an assistant with tools", does not count); Ollama's Go
+# templates read `.Tools`.
+_JINJA_TAG = re.compile(r"\{[{%].*?[%}]\}", re.DOTALL)
+_TOOLS = re.compile(r"\btools\b")
 
 
 def knows_tools(template: str, go: bool = False) -> bool:
     """Whether a chat template renders a request's tools."""
-    return ".Tools" in template if go else bool(_JINJA_TOOLS.search(template))
+    if go:
+        return ".Tools" in template
+    return any(_TOOLS.search(tag) for tag in _JINJA_TAG.findall(template))
 
 
 def _arguments(text: str) -> Any:
