@@ -31,6 +31,7 @@ from hyperllama_common.errors import (
     Overloaded,
     Unavailable,
 )
+from hyperllama_common.sampling_checks import check_logprobs
 from hyperllama_common.textstream import HeldWithText, StopStringFilter, Utf8Assembler
 from hyperllama_common.worker_metrics import ModelMetrics, WorkerMetrics
 
@@ -45,7 +46,6 @@ ROLES = {"system", "user", "assistant", "tool"}
 # Tokens read past a stop string the worker saw first, waiting for the engine to stop by itself.
 _DRAIN_AFTER_STOP = 8
 FINISH = {"stop": worker_pb2.FINISH_REASON_STOP, "length": worker_pb2.FINISH_REASON_LENGTH}
-MAX_TOP_LOGPROBS = 20  # OpenAI's bound, and both engines' default ceiling
 
 
 @dataclass
@@ -145,13 +145,7 @@ def _token_fields(
     """logprobs and logit_bias in the OpenAI dialect of the endpoint the request goes to (``chat``)."""
     s = req.sampling
     body: dict[str, Any] = {}
-    if not 0 <= s.top_logprobs <= MAX_TOP_LOGPROBS:
-        raise InvalidRequest(
-            f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, not {s.top_logprobs}",
-            param="top_logprobs",
-        )
-    if s.top_logprobs and not s.logprobs:
-        raise InvalidRequest("top_logprobs needs logprobs to be asked for", param="top_logprobs")
+    check_logprobs(s)
     if s.logprobs:
         _claimed(engine, "logprobs", "logprobs", "logprobs")
         # At least one alternative: MAX computes no logprobs at all for 0. The relay cuts the

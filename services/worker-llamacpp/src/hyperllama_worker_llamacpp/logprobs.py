@@ -14,25 +14,14 @@ from __future__ import annotations
 import llama_cpp
 import numpy as np
 from hyperllama.worker.v1 import worker_pb2
-from hyperllama_common.errors import InvalidRequest
+from hyperllama_common.sampling_checks import check_logprobs
 from hyperllama_common.textstream import HeldWithText
 
 from hyperllama_worker_llamacpp.model import LoadedModel
 
-MAX_TOP_LOGPROBS = 20  # OpenAI's bound
 # The top alternatives are looked for among the tokens this close to the best logit first: a partial
 # sort of those few instead of the whole vocabulary (a third of the cost); all of them if too few are.
 TOP_WINDOW = 20.0
-
-
-def check(params: worker_pb2.SamplingParams) -> None:
-    if not 0 <= params.top_logprobs <= MAX_TOP_LOGPROBS:
-        raise InvalidRequest(
-            f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, not {params.top_logprobs}",
-            param="top_logprobs",
-        )
-    if params.top_logprobs and not params.logprobs:
-        raise InvalidRequest("top_logprobs needs logprobs to be asked for", param="top_logprobs")
 
 
 class LogprobMeter:
@@ -91,5 +80,5 @@ class LogprobMeter:
 
 
 def meter_for(model: LoadedModel, params: worker_pb2.SamplingParams) -> LogprobMeter | None:
-    check(params)
+    check_logprobs(params)
     return LogprobMeter(model, params) if params.logprobs else None
