@@ -132,3 +132,29 @@ def test_bad_tools_name_their_field(raw: list[dict[str, object]], param: str) ->
     with pytest.raises(InvalidRequest) as err:
         tools.parse_tools(raw)
     assert err.value.param == param
+
+
+def test_history_calls_reach_the_worker_with_their_ids_on_both_apis() -> None:
+    from hyperllama_gateway.ollama.protocol import ChatRequest as OllamaChat
+    from hyperllama_gateway.ollama.service import chat_request as ollama_chat
+    from hyperllama_gateway.openai.protocol import ChatCompletionRequest
+    from hyperllama_gateway.openai.service import chat_request as openai_chat
+
+    ollama = ollama_chat(OllamaChat.model_validate({"model": "m", "messages": [
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_7", "function": {"name": "f", "arguments": {"x": 1}}}]},
+        {"role": "tool", "content": "2", "tool_name": "f", "tool_call_id": "call_7"},
+    ]}), "r1")  # fmt: skip
+    call, result = ollama.chat.messages
+    assert (call.tool_calls[0].id, call.tool_calls[0].name, json.loads(call.tool_calls[0].arguments_json)) == (  # noqa: E501
+        "call_7", "f", {"x": 1})  # fmt: skip
+    assert (result.tool_name, result.tool_call_id) == ("f", "call_7")
+    openai = openai_chat(ChatCompletionRequest.model_validate({"model": "m", "messages": [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_8", "type": "function", "function": {"name": "f", "arguments": '{"x": 2}'}}]},
+        {"role": "tool", "content": "3", "tool_call_id": "call_8"},
+    ]}), "r2")  # fmt: skip
+    call, result = openai.chat.messages
+    assert (call.tool_calls[0].id, call.tool_calls[0].arguments_json) == ("call_8", '{"x": 2}')
+    assert result.tool_call_id == "call_8" and openai.defaults.temperature == 1.0
+    assert ollama.defaults.temperature == pytest.approx(0.8) and ollama.defaults.top_k == 40
