@@ -113,14 +113,24 @@ def _chat(url: str, key: str, model: str = MODEL, max_tokens: int = 4) -> httpx.
 
 
 # Every route a client may call, with a body that would pass validation.
+# Generations are kept short: unbounded, at OpenAI's default temperature 1 the small model may run
+# to the end of its context, past the client's timeout.
 ROUTES = [
-    ("POST", "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}),
-    ("POST", "/v1/completions", {"model": MODEL, "prompt": "x"}),
+    (
+        "POST",
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 4},
+    ),
+    ("POST", "/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 4}),
     ("POST", "/v1/embeddings", {"model": MODEL, "input": "x"}),
     ("GET", "/v1/models", None),
     ("GET", f"/v1/models/{MODEL}", None),
-    ("POST", "/api/generate", {"model": MODEL, "prompt": "x"}),
-    ("POST", "/api/chat", {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}),
+    ("POST", "/api/generate", {"model": MODEL, "prompt": "x", "options": {"num_predict": 4}}),
+    (
+        "POST",
+        "/api/chat",
+        {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "options": {"num_predict": 4}},
+    ),
     ("POST", "/api/embed", {"model": MODEL, "input": "x"}),
     ("POST", "/api/embeddings", {"model": MODEL, "prompt": "x"}),
     ("GET", "/api/tags", None),
