@@ -11,7 +11,14 @@ import asyncio
 
 import pytest
 from hyperllama.scheduler.v1 import scheduler_pb2
+from hyperllama.worker.v1 import worker_pb2
 from hyperllama_scheduler import keys, placement
+from hyperllama_scheduler.dispatcher import Dispatcher, Needs
+from hyperllama_scheduler.leases import SlotLeases
+from hyperllama_scheduler.metrics import SchedulerMetrics
+from hyperllama_scheduler.queue import RequestQueue
+from hyperllama_scheduler.registry import WorkerRegistry
+from hyperllama_scheduler.routing import Requirements
 from test_scheduler import MODEL, collect, request, until
 
 # Long enough for several whole blocks of the scheduler's prefix hashing (256 bytes each).
@@ -131,3 +138,42 @@ async def test_a_request_does_not_wait_for_its_home_when_another_free_worker_hol
     text, _ = await collect(h, request(SYSTEM + "second question", max_tokens=2), timeout=10)
     assert text.split()[0] == other  # at once, not after 30 s of patience
     stall.cancel()
+
+
+async def test_a_request_whose_home_slot_was_just_taken_waits_for_it_rather_than_prefill_elsewhere(
+    redis_client,
+):
+    """The race behind a placement: a dispatch pass counts the home's free slot, another replica
+    leases it before this grant. The request must then wait for its home (within the patience), not
+    fall through to the other worker, which would compute its whole prefix again. In-process
+    against real Redis, so the race is set up exactly: the pass's count says free, Redis says full."""
+    metrics = SchedulerMetrics()
+    registry = WorkerRegistry(redis_client, 10, metrics)
+    leases = SlotLeases(redis_client, 10, metrics)
+    dispatcher = Dispatcher(
+        redis_client, RequestQueue(redis_client, 16, 1, metrics), registry, leases, 10,
+        prefix_patience_seconds=30,
+    )  # fmt: skip
+    for worker_id in ("home", "other"):
+        await registry.heartbeat(
+            worker_pb2.WorkerInfo(
+                worker_id=worker_id,
+                address=f"{worker_id}:1",
+                ready=True,
+                capabilities=["generate"],
+                slots_total=1,
+                models=[worker_pb2.ModelInfo(name=MODEL, slots_total=1)],
+            )
+        )
+    prefixes = tuple(placement.prefix_hashes(request(SYSTEM + "?").request))
+    needs = Needs(MODEL, Requirements(("generate",)), prefixes)
+    await redis_client.zadd(keys.prefixes("home", MODEL), {h: 1 for h in prefixes})  # sent there before
+    # The home's one slot, leased by another replica after this pass counted it free.
+    await redis_client.zadd(keys.leases("home", MODEL), {"someone-else": 2**50})
+
+    lease = await dispatcher._place(MODEL, "r1", needs, queued=False, in_use={}, waited=0.5)
+    assert lease is None  # waits for its home
+    assert await redis_client.zcard(keys.leases("other", MODEL)) == 0
+
+    lease = await dispatcher._place(MODEL, "r1", needs, queued=False, in_use={}, waited=31)
+    assert lease is not None and lease.worker_id == "other"  # past the patience: by load

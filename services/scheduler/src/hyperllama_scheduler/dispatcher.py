@@ -129,13 +129,14 @@ class Dispatcher:
             else {}
         )
         home = placement.home(workers, matches, len(prefixes))
-        if (
-            home is not None
-            and free[home.worker_id] <= 0
-            and waited < self.prefix_patience
-            and not any(placement.home([w], matches, len(prefixes)) for w in candidates)
-        ):
-            return None  # its home will have a slot soon; elsewhere it would prefill from scratch
+        patient = home is not None and waited < self.prefix_patience
+
+        def wait_for_home() -> bool:
+            # Its home will have a slot soon; elsewhere it would prefill from scratch.
+            return patient and not any(placement.home([w], matches, len(prefixes)) for w in candidates)
+
+        if wait_for_home():
+            return None
         while candidates:
             worker = placement.choose(candidates, free, cap, matches, len(prefixes))
             keep = (
@@ -156,6 +157,11 @@ class Dispatcher:
                 arrived_ms=arrived_ms,
             )
             if outcome.code in (GRANTED, GRANTED_BEFORE):
+                log.debug(
+                    "%s on %s: %d of %d prefix blocks sent there before, free slots %s, waited %.2f s",
+                    request_id, worker.worker_id, matches.get(worker.worker_id, 0), len(prefixes),
+                    free, waited,
+                )  # fmt: skip
                 if in_use is not None:
                     in_use[worker.worker_id] = in_use.get(worker.worker_id, 0) + 1
                 return outcome.lease
@@ -165,6 +171,8 @@ class Dispatcher:
             candidates.remove(worker)
             if in_use is not None:
                 in_use[worker.worker_id] = cap[worker.worker_id]
+            if wait_for_home():
+                return None  # as above: the home's last slot went to another request meanwhile
         return None
 
     async def grant_now(self, model: str, request_id: str, needs: Needs) -> scheduler_pb2.Lease | None:
