@@ -14,7 +14,6 @@ exit for its supervisor to restart it: a dead loop must never look like a worker
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import threading
 import time
@@ -28,6 +27,7 @@ from hyperllama_common.textstream import StopStringFilter, Utf8Assembler
 from hyperllama_common.worker_metrics import ModelMetrics
 
 from hyperllama_worker_llamacpp.batching import BatchPlanner, Feed, Seat, Sequence
+from hyperllama_worker_llamacpp.cell_buffers import CellBuffers, Cells
 from hyperllama_worker_llamacpp.grammar import GrammarChecker, grammar_text
 from hyperllama_worker_llamacpp.logprobs import LogprobMeter, meter_for
 from hyperllama_worker_llamacpp.model import LoadedModel
@@ -95,7 +95,9 @@ class BatchEngine:
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self.planner = BatchPlanner(slots, n_batch, prompt_cache_bytes // model.kv_bytes_per_token)
-        self._parked: dict[int, ctypes.Array[ctypes.c_uint8]] = {}  # the prompt cache's KV cells
+        self._parked: dict[int, Cells] = {}  # the prompt cache's KV cells
+        self._buffers = CellBuffers()
+        self._prompt_cache_bytes = prompt_cache_bytes
         metrics.slots_in_use.set_function(lambda: self.planner.in_use)
         self.grammars = GrammarChecker(model.vocab)
         self._wake = threading.Condition()
@@ -227,32 +229,40 @@ class BatchEngine:
         state (only the cells a sequence holds, at once): seq_cp between slots would copy a slot's
         whole KV stream, its full context, and only at the next decode."""
         slot = seat.seq.slot
+        for key in seat.drop:  # first, so the parking below can reuse their memory
+            self._buffers.give(self._parked.pop(key).buffer)
         if seat.park is not None:
             self._parked[seat.park] = self._save(slot)
-        for key in seat.drop:
-            del self._parked[key]
-        cells = None
-        if seat.copy_from is not None:
-            cells = self._save(seat.copy_from)
-        elif seat.restore is not None:
-            cells = self._parked[seat.restore]
-        if cells is not None:
-            if llama_cpp.llama_state_seq_set_data(self.ctx, cells, len(cells), slot) != len(cells):
-                log.warning("could not copy a cached prefix into slot %d; prefilling it", slot)
-                self.planner.forget_prefix(seat.seq)
-                llama_cpp.llama_memory_seq_rm(self.mem, slot, -1, -1)
-                return
-            self.metrics.prefix_copies.inc()
-        llama_cpp.llama_memory_seq_rm(self.mem, slot, seat.kept, -1)
-        self.metrics.prompt_cache_bytes.set(sum(len(c) for c in self._parked.values()))
+        copied: Cells | None = None
+        try:
+            cells = None
+            if seat.copy_from is not None:
+                cells = copied = self._save(seat.copy_from)
+            elif seat.restore is not None:
+                cells = self._parked[seat.restore]
+            if cells is not None:
+                if llama_cpp.llama_state_seq_set_data(self.ctx, cells.buffer, cells.size, slot) != cells.size:
+                    log.warning("could not copy a cached prefix into slot %d; prefilling it", slot)
+                    self.planner.forget_prefix(seat.seq)
+                    llama_cpp.llama_memory_seq_rm(self.mem, slot, -1, -1)
+                    return
+                self.metrics.prefix_copies.inc()
+            llama_cpp.llama_memory_seq_rm(self.mem, slot, seat.kept, -1)
+        finally:
+            if copied is not None:
+                self._buffers.give(copied.buffer)
+            parked = sum(len(c.buffer) for c in self._parked.values())
+            # Parked prompts and spare buffers together stay within the prompt cache's budget.
+            self._buffers.trim(self._prompt_cache_bytes - parked)
+            self.metrics.prompt_cache_bytes.set(sum(c.size for c in self._parked.values()))
 
-    def _save(self, slot: int) -> ctypes.Array[ctypes.c_uint8]:
+    def _save(self, slot: int) -> Cells:
         size = llama_cpp.llama_state_seq_get_size(self.ctx, slot)
-        # A bytearray is calloc'd (fresh zero pages, not written twice), a ctypes array is zeroed.
-        cells = (ctypes.c_uint8 * size).from_buffer(bytearray(size))
-        if llama_cpp.llama_state_seq_get_data(self.ctx, cells, size, slot) != size:
+        buffer = self._buffers.take(size)
+        if llama_cpp.llama_state_seq_get_data(self.ctx, buffer, size, slot) != size:
+            self._buffers.give(buffer)
             raise RuntimeError(f"llama.cpp could not read the KV cells of slot {slot}")
-        return cells
+        return Cells(buffer, size)
 
     def _fail_everything(self, reason: str) -> None:
         """The loop is dead: every sequence it held or would have seated gets an error now."""
