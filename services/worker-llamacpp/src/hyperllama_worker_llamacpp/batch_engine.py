@@ -4,7 +4,7 @@ The loop runs in its own thread (llama.cpp releases the GIL while decoding). Req
 (tokenized, validated) in the caller's thread and join between steps. Their output (text chunks, then
 one final chunk, or an exception) goes to each request's ``emit`` callback on the event loop: what one
 step produces for all sequences is handed over in a single call, so the event loop wakes once per step
-rather than once per token, and does its sending while the next step decodes.
+rather than once per token, and does its sending while the next step decodes (see handoff.py).
 
 If the loop itself fails, every sequence it holds or was about to seat gets BackendFailed, the engine
 refuses new work with Unavailable, and ``failed`` is set so the worker can report itself not ready and
@@ -14,6 +14,7 @@ exit for its supervisor to restart it: a dead loop must never look like a worker
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -29,6 +30,7 @@ from hyperllama_common.worker_metrics import ModelMetrics
 from hyperllama_worker_llamacpp.batching import BatchPlanner, Feed, Seat, Sequence
 from hyperllama_worker_llamacpp.cell_buffers import CellBuffers, Cells
 from hyperllama_worker_llamacpp.grammar import GrammarChecker, grammar_text
+from hyperllama_worker_llamacpp.handoff import Handoff
 from hyperllama_worker_llamacpp.logprobs import LogprobMeter, meter_for
 from hyperllama_worker_llamacpp.model import LoadedModel
 from hyperllama_worker_llamacpp.sampling import SamplerChain
@@ -75,7 +77,7 @@ class BatchEngine:
         prompt_cache_bytes: int = 0,
     ):
         self.model = model
-        self._loop = loop
+        self._handoff = Handoff(loop)
         self._outbox: list[tuple[Emit, object]] = []
         self.slots = slots
         self.metrics = metrics
@@ -184,6 +186,7 @@ class BatchEngine:
             self._stopping = True
             self._wake.notify()
         self._thread.join()
+        self._handoff.close()
         llama_cpp.llama_batch_free(self.batch)
         llama_cpp.llama_free(self.ctx)
 
@@ -276,7 +279,7 @@ class BatchEngine:
             except Exception:
                 log.exception("could not free a failed sequence's sampler")
             self._post(seq, BackendFailed(f"the {self.model.spec.name} engine failed: {reason}"))
-        self._loop.call_soon_threadsafe(self._announce_failure)
+        self._handoff.post(self._announce_failure)  # before the requests' errors, posted next
         self._flush()
 
     def _announce_failure(self) -> None:
@@ -291,7 +294,7 @@ class BatchEngine:
         """Hand this step's output to the event loop in one call."""
         if self._outbox:
             outbox, self._outbox = self._outbox, []
-            self._loop.call_soon_threadsafe(_deliver, outbox)
+            self._handoff.post(functools.partial(_deliver, outbox))
 
     def _step(self, feeds: list[Feed]) -> None:
         b = self.batch
