@@ -20,6 +20,7 @@ def test_a_buffer_given_back_is_handed_out_again_the_smallest_that_fits():
     small[0], large[0] = 7, 9
     buffers.give(large)
     buffers.give(small)
+    assert buffers.has(3 * GRANULE) and not buffers.has(3 * GRANULE + 1)
     again = buffers.take(GRANULE // 2)
     assert again is small and again[0] == 7  # the same memory, not a copy
     assert buffers.take(2 * GRANULE) is large

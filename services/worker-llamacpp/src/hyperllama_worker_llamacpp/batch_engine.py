@@ -99,6 +99,7 @@ class BatchEngine:
         self.planner = BatchPlanner(slots, n_batch, prompt_cache_bytes // model.kv_bytes_per_token)
         self._parked: dict[int, Cells] = {}  # the prompt cache's KV cells
         self._buffers = CellBuffers()
+        self._last_freed: int | None = None  # the slot whose sequence ended last
         self._prompt_cache_bytes = prompt_cache_bytes
         metrics.slots_in_use.set_function(lambda: self.planner.in_use)
         self.grammars = GrammarChecker(model.vocab)
@@ -201,6 +202,9 @@ class BatchEngine:
 
     def _decode_loop(self) -> None:
         while True:
+            if self._last_freed is not None and not self.planner.running and not self.planner.waiting:
+                self._prepare_spare(self._last_freed)
+                self._last_freed = None
             with self._wake:
                 while not self._stopping and not self.planner.waiting and not self.planner.running:
                     self._wake.wait()
@@ -258,6 +262,16 @@ class BatchEngine:
             # Parked prompts and spare buffers together stay within the prompt cache's budget.
             self._buffers.trim(self._prompt_cache_bytes - parked)
             self.metrics.prompt_cache_bytes.set(sum(c.size for c in self._parked.values()))
+
+    def _prepare_spare(self, slot: int) -> None:
+        """While idle: have memory ready for parking the cells ``slot`` holds, the likeliest to be
+        parked next (the next request of a conversation, or of the same prompt, takes its slot), so
+        that request does not wait for fresh memory on its way to its first token."""
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, slot)
+        parked = sum(len(c.buffer) for c in self._parked.values())
+        if self._buffers.has(size) or parked + self._buffers.spare_bytes + size > self._prompt_cache_bytes:
+            return
+        self._buffers.give(self._buffers.take(size))
 
     def _save(self, slot: int) -> Cells:
         size = llama_cpp.llama_state_seq_get_size(self.ctx, slot)
@@ -418,3 +432,4 @@ class BatchEngine:
     def _release(self, seq: Sequence) -> None:
         self.planner.finish(seq)
         seq.state.sampler.close()
+        self._last_freed = seq.slot

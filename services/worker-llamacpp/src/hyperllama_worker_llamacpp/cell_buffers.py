@@ -33,6 +33,10 @@ class CellBuffers:
     def spare_bytes(self) -> int:
         return sum(len(b) for b in self._spare)
 
+    def has(self, size: int) -> bool:
+        """Whether a spare of at least ``size`` bytes is ready."""
+        return any(len(b) >= size for b in self._spare)
+
     def take(self, size: int) -> ctypes.Array[ctypes.c_uint8]:
         """A buffer of at least ``size`` bytes: the smallest spare that fits, else a new one."""
         fits = [b for b in self._spare if len(b) >= size]
@@ -41,7 +45,7 @@ class CellBuffers:
             self._spare.remove(best)
             return best
         rounded = -(-max(size, 1) // GRANULE) * GRANULE
-        # A bytearray is calloc'd (fresh zero pages, not written twice), a ctypes array is zeroed.
+        # bytearray(n) writes its zeros: the pages are faulted in here, not on the first copy into it.
         return (ctypes.c_uint8 * rounded).from_buffer(bytearray(rounded))
 
     def give(self, buffer: ctypes.Array[ctypes.c_uint8]) -> None:
