@@ -735,7 +735,7 @@ def _property_type(kind: Any) -> str:
 def _tool(tool: dict[str, Any]) -> Struct:
     """Ollama's api.Tool for an OpenAI-style tool; its JSON keeps the fields Ollama's types keep."""
     fn = tool.get("function") or {}
-    params = fn.get("parameters") if isinstance(fn.get("parameters"), dict) else {}
+    params: dict[str, Any] = fn["parameters"] if isinstance(fn.get("parameters"), dict) else {}
     properties = {}
     for key, prop in sorted((params.get("properties") or {}).items()):
         prop = prop if isinstance(prop, dict) else {}
