@@ -52,3 +52,16 @@ async def test_close_from_another_thread_runs_what_is_pending_and_frees_the_pipe
         except OSError:
             continue
         raise AssertionError(f"fd {fd} is still open")
+
+
+async def test_a_failing_callback_does_not_hold_back_the_ones_after_it():
+    handoff = Handoff(asyncio.get_running_loop())
+    done = asyncio.Event()
+
+    def broken() -> None:
+        raise RuntimeError("a listener broke")
+
+    handoff.post(broken)
+    handoff.post(done.set)  # in the same wake-up as the failing one
+    await asyncio.wait_for(done.wait(), 10)
+    handoff.close()

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import os
 from collections import deque
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 _libc = ctypes.PyDLL(None)  # PyDLL: its calls hold the GIL
 _libc.write.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
@@ -45,7 +48,11 @@ class Handoff:
         # Cleared before draining: a callback posted from here on gets its own wake-up.
         self._signalled = False
         while self._callbacks:
-            self._callbacks.popleft()()
+            callback = self._callbacks.popleft()
+            try:
+                callback()
+            except Exception:  # one failing callback must not hold back the ones after it
+                log.exception("callback from the decode thread failed")
 
     def close(self) -> None:
         """From any thread, after the last post: what is still pending runs, then the pipe goes."""
