@@ -258,18 +258,23 @@ class BatchEngine:
         finally:
             if copied is not None:
                 self._buffers.give(copied.buffer)
-            parked = sum(len(c.buffer) for c in self._parked.values())
             # Parked prompts and spare buffers together stay within the prompt cache's budget.
-            self._buffers.trim(self._prompt_cache_bytes - parked)
+            self._buffers.trim(self._prompt_cache_bytes - self._parked_bytes)
             self.metrics.prompt_cache_bytes.set(sum(c.size for c in self._parked.values()))
+
+    @property
+    def _parked_bytes(self) -> int:
+        """Host memory the parked prompts hold (whole buffers, not only their cells)."""
+        return sum(len(c.buffer) for c in self._parked.values())
 
     def _prepare_spare(self, slot: int) -> None:
         """While idle: have memory ready for parking the cells ``slot`` holds, the likeliest to be
         parked next (the next request of a conversation, or of the same prompt, takes its slot), so
         that request does not wait for fresh memory on its way to its first token."""
         size = llama_cpp.llama_state_seq_get_size(self.ctx, slot)
-        parked = sum(len(c.buffer) for c in self._parked.values())
-        if self._buffers.has(size) or parked + self._buffers.spare_bytes + size > self._prompt_cache_bytes:
+        if self._buffers.has(size) or (
+            self._parked_bytes + self._buffers.spare_bytes + size > self._prompt_cache_bytes
+        ):
             return
         self._buffers.give(self._buffers.take(size))
 
