@@ -1,4 +1,7 @@
-"""Typed dependencies that reach the app's state; no module-level singletons."""
+"""Typed dependencies that reach the app's state; no module-level singletons.
+
+Each is ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool, a hop to
+another thread and back on every request (about a millisecond of TTFT on two cores)."""
 
 from __future__ import annotations
 
@@ -26,15 +29,15 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 _ENGINE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 
-def _scheduler(request: Request) -> SchedulerClient:
+async def _scheduler(request: Request) -> SchedulerClient:
     return request.app.state.scheduler
 
 
-def _store(request: Request) -> StoreClient:
+async def _store(request: Request) -> StoreClient:
     return request.app.state.store
 
 
-def _metrics(request: Request) -> GatewayMetrics:
+async def _metrics(request: Request) -> GatewayMetrics:
     return request.app.state.metrics
 
 
@@ -96,12 +99,16 @@ def parse_engine(raw: str | None) -> str:
     return value
 
 
-def tenant_of(request: Request) -> Tenant:
+def _tenant_of(request: Request) -> Tenant:
     return getattr(request.state, "tenant", None) or OPEN_DEFAULT
 
 
-def _call(request: Request) -> Call:
-    tenant = tenant_of(request)
+async def _tenant(request: Request) -> Tenant:
+    return _tenant_of(request)
+
+
+async def _call(request: Request) -> Call:
+    tenant = _tenant_of(request)
     return Call(
         http=request,
         scheduler=request.app.state.scheduler,
@@ -122,5 +129,5 @@ def _call(request: Request) -> Call:
 Scheduler = Annotated[SchedulerClient, Depends(_scheduler)]
 Store = Annotated[StoreClient, Depends(_store)]
 Metrics = Annotated[GatewayMetrics, Depends(_metrics)]
-TenantDep = Annotated[Tenant, Depends(tenant_of)]
+TenantDep = Annotated[Tenant, Depends(_tenant)]
 CallDep = Annotated[Call, Depends(_call)]
