@@ -27,10 +27,12 @@ from hyperllama_common.errors import BackendFailed, Cancelled, InvalidRequest, U
 from hyperllama_common.textstream import StopStringFilter, Utf8Assembler
 from hyperllama_common.worker_metrics import ModelMetrics
 
+from hyperllama_worker_llamacpp import kv_pages
 from hyperllama_worker_llamacpp.batching import BatchPlanner, Feed, Seat, Sequence
 from hyperllama_worker_llamacpp.cell_buffers import CellBuffers, Cells
 from hyperllama_worker_llamacpp.grammar import GrammarChecker, grammar_text
 from hyperllama_worker_llamacpp.handoff import Handoff
+from hyperllama_worker_llamacpp.kv_pages import KvPages
 from hyperllama_worker_llamacpp.logprobs import LogprobMeter, meter_for
 from hyperllama_worker_llamacpp.model import LoadedModel
 from hyperllama_worker_llamacpp.sampling import SamplerChain
@@ -91,11 +93,19 @@ class BatchEngine:
         params.n_threads_batch = threads
         # One KV stream per slot, as llama-server does with -np: a sequence attends only to its own cells.
         params.kv_unified = False
+        before = kv_pages.anonymous_ranges()
         self.ctx = llama_cpp.llama_init_from_model(model.llm.model, params)
         if not self.ctx:
             raise RuntimeError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        # The cache's pages are resident only while cells on them are held (kv_pages.py); the
+        # decode thread finds them, as every llama_decode of this context runs there: llama.cpp's
+        # OpenMP keeps a team of threads per calling thread, and a second team slowed every step
+        # by half.
+        self._kv_before = before
+        self.kv_pages: KvPages | None = None
+        self._located = threading.Event()
         self.planner = BatchPlanner(slots, n_batch, prompt_cache_bytes // model.kv_bytes_per_token)
         self._parked: dict[int, Cells] = {}  # the prompt cache's KV cells
         self._buffers = CellBuffers()
@@ -111,6 +121,7 @@ class BatchEngine:
         self._failure_listeners: list[Callable[[], None]] = []
         self._thread = threading.Thread(target=self._run, name=f"decode-{model.spec.name}", daemon=True)
         self._thread.start()
+        self._located.wait()
 
     @property
     def in_use(self) -> int:
@@ -195,10 +206,22 @@ class BatchEngine:
 
     def _run(self) -> None:
         try:
+            try:
+                self._locate_cache()
+            finally:
+                self._located.set()
             self._decode_loop()
         except BaseException as err:
             log.exception("the decode loop of %s stopped", self.model.spec.name)
             self._fail_everything(f"{type(err).__name__}: {err}")
+
+    def _locate_cache(self) -> None:
+        kv_bytes = self.model.kv_bytes_per_token * llama_cpp.llama_n_ctx(self.ctx)
+        layers = llama_cpp.llama_model_n_layer(self.model.llm.model)
+        self.kv_pages = KvPages.locate(self.ctx, self.batch, self._kv_before, layers, kv_bytes, self.slots, 0)
+        if self.kv_pages is None:
+            log.info("%s: the KV cache's layout is not the expected one; its %d MiB stay resident",
+                     self.model.spec.name, kv_bytes >> 20)  # fmt: skip
 
     def _decode_loop(self) -> None:
         while True:
@@ -247,6 +270,8 @@ class BatchEngine:
                 cells = copied = self._save(seat.copy_from)
             elif seat.restore is not None:
                 cells = self._parked[seat.restore]
+            if cells is not None or seat.kept == 0:
+                self._empty(slot)  # none of its own cells are kept: their pages go back
             if cells is not None:
                 if llama_cpp.llama_state_seq_set_data(self.ctx, cells.buffer, cells.size, slot) != cells.size:
                     log.warning("could not copy a cached prefix into slot %d; prefilling it", slot)
@@ -261,6 +286,11 @@ class BatchEngine:
             # Parked prompts and spare buffers together stay within the prompt cache's budget.
             self._buffers.trim(self._prompt_cache_bytes - self._parked_bytes)
             self.metrics.prompt_cache_bytes.set(sum(c.size for c in self._parked.values()))
+
+    def _empty(self, slot: int) -> None:
+        llama_cpp.llama_memory_seq_rm(self.mem, slot, -1, -1)
+        if self.kv_pages is not None:
+            self.kv_pages.release_slot(slot)
 
     @property
     def _parked_bytes(self) -> int:
