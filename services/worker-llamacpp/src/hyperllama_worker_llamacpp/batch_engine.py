@@ -36,6 +36,7 @@ from hyperllama_worker_llamacpp.kv_pages import KvPages
 from hyperllama_worker_llamacpp.logprobs import LogprobMeter, meter_for
 from hyperllama_worker_llamacpp.model import LoadedModel
 from hyperllama_worker_llamacpp.sampling import SamplerChain
+from hyperllama_worker_llamacpp.threadpool import ThreadPool
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ class BatchEngine:
         if not self.ctx:
             raise RuntimeError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
         self.mem = llama_cpp.llama_get_memory(self.ctx)
+        self._pool = ThreadPool(threads)
+        self._pool.attach(self.ctx)
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         # The cache's pages are resident only while cells on them are held (kv_pages.py); the
         # decode thread finds them, as every llama_decode of this context runs there: llama.cpp's
@@ -200,6 +203,7 @@ class BatchEngine:
         self._thread.join()
         self._handoff.close()
         llama_cpp.llama_batch_free(self.batch)
+        self._pool.close()
         llama_cpp.llama_free(self.ctx)
 
     # ---- the decode thread ------------------------------------------------------------------
