@@ -224,8 +224,8 @@ class BatchEngine:
         layers = llama_cpp.llama_model_n_layer(self.model.llm.model)
         self.kv_pages = KvPages.locate(self.ctx, self.batch, self._kv_before, layers, kv_bytes, self.slots, 0)
         if self.kv_pages is None:
-            log.info("%s: the KV cache's layout is not the expected one; its %d MiB stay resident",
-                     self.model.spec.name, kv_bytes >> 20)  # fmt: skip
+            log.info("%s: the KV cache's layout is not the expected one; all of it stays resident",
+                     self.model.spec.name)  # fmt: skip
 
     def _decode_loop(self) -> None:
         while True:

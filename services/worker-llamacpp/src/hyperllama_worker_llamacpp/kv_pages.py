@@ -100,7 +100,8 @@ class KvPages:
     ) -> KvPages | None:
         """Find the cache of a context made since ``before`` (a snapshot of anonymous_ranges) and give
         its pages back. Decodes one token into slot 0 and empties the slot again; call it before the
-        context serves anything. None if the layout is not the expected one."""
+        context serves anything. None if the layout is not the expected one. Loads run one at a
+        time (ModelSet), so no other context of the same shape appears meanwhile."""
         tensors = 2 * layers
         if kv_bytes % (tensors * slots) or kv_bytes // tensors < PAGE:
             return None
