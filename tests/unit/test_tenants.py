@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from fastapi.testclient import TestClient
 from hyperllama_gateway.app import create_app
@@ -90,9 +92,9 @@ def test_a_tenant_s_priority_ceiling_clamps_the_header() -> None:
 
     app.state.scheduler = app.state.store = app.state.dispatch = app.state.quotas = None
     app.state.settings = app.state.metrics = None
-    assert _call(Request(Tenant("low", max_priority=3), "9")).priority == 3  # type: ignore[arg-type]
-    assert _call(Request(Tenant("low", max_priority=3), "1")).priority == 1  # type: ignore[arg-type]
-    assert _call(Request(Tenant("any"), "9")).priority == 9  # type: ignore[arg-type]
+    assert asyncio.run(_call(Request(Tenant("low", max_priority=3), "9"))).priority == 3  # type: ignore[arg-type]
+    assert asyncio.run(_call(Request(Tenant("low", max_priority=3), "1"))).priority == 1  # type: ignore[arg-type]
+    assert asyncio.run(_call(Request(Tenant("any"), "9"))).priority == 9  # type: ignore[arg-type]
 
 
 def test_auth_on_without_an_admin_key_does_not_start() -> None:
