@@ -99,8 +99,8 @@ class BatchEngine:
         if not self.ctx:
             raise RuntimeError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
         self.mem = llama_cpp.llama_get_memory(self.ctx)
-        self._pool = ThreadPool(threads)
-        self._pool.attach(self.ctx)
+        self._threads = threads
+        self._pool: ThreadPool | None = None  # attached by the decode thread once checked
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         # The cache's pages are resident only while cells on them are held (kv_pages.py); the
         # decode thread finds them, as every llama_decode of this context runs there: llama.cpp's
@@ -203,7 +203,8 @@ class BatchEngine:
         self._thread.join()
         self._handoff.close()
         llama_cpp.llama_batch_free(self.batch)
-        self._pool.close()
+        if self._pool is not None:
+            self._pool.close()
         llama_cpp.llama_free(self.ctx)
 
     # ---- the decode thread ------------------------------------------------------------------
@@ -220,6 +221,7 @@ class BatchEngine:
             self._fail_everything(f"{type(err).__name__}: {err}")
 
     def _locate_cache(self) -> None:
+        self._pool = ThreadPool.checked(self.ctx, self.batch, self._threads, self.model.n_vocab)
         kv_bytes = self.model.kv_bytes_per_token * llama_cpp.llama_n_ctx(self.ctx)
         layers = llama_cpp.llama_model_n_layer(self.model.llm.model)
         self.kv_pages = KvPages.locate(self.ctx, self.batch, self._kv_before, layers, kv_bytes, self.slots, 0)

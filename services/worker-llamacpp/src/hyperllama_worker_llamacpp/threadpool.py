@@ -1,19 +1,30 @@
 """A persistent ggml thread pool for a generation context, as llama-server attaches one.
 
-Without one, ggml starts its compute threads for every decode step and joins them at its end: at
-one stream, a step of the default model took 6.6 instead of 5.9 ms. The pool's threads poll for the
-next step a while after each one, then sleep. Only the context's decode thread computes with it (a
-pool serves one computation at a time). llama-cpp-python has no binding for these calls.
+Without one, ggml starts its compute threads for every decode step and joins them at its end: at one
+stream the worker made 0.84x llama-server's tokens/s without a pool and 0.92-1.00x with one. The
+pool's threads poll for the next step a while after each one, then sleep. Only the context's decode
+thread computes with it (a pool serves one computation at a time). llama-cpp-python has no binding
+for these calls.
+
+A pool is kept only if it computes what ggml's own per-step threads compute: with this llama.cpp,
+Gemma 3's Q4_K weights (repacked for AVX2) came out wrong on a persistent pool of two threads, and
+the model answered with empty text. ``checked`` decodes the same tokens both ways and compares.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 
+log = logging.getLogger(__name__)
+
 _MAX_THREADS = 512  # GGML_MAX_N_THREADS
+# Tokens of the check: a batch (prompt kernels) then one more (generation kernels). Any ids do.
+_CHECK_TOKENS = [1, 2, 3, 4, 5, 6, 7, 8]
 _LIB = Path(llama_cpp.__file__).parent / "lib"
 
 
@@ -44,7 +55,51 @@ _llama.llama_detach_threadpool.argtypes = [ctypes.c_void_p]
 _llama.llama_detach_threadpool.restype = None
 
 
+def _logits(ctx: llama_cpp.llama_context_p, batch: Any, n_vocab: int) -> list[float] | None:
+    """Decode the check's tokens into slot 0 and return the last logits of each decode; slot 0 is
+    empty again after."""
+    mem = llama_cpp.llama_get_memory(ctx)
+    out: list[float] = []
+    try:
+        for start, tokens in ((0, _CHECK_TOKENS[:-1]), (len(_CHECK_TOKENS) - 1, _CHECK_TOKENS[-1:])):
+            for i, token in enumerate(tokens):
+                batch.token[i] = token
+                batch.pos[i] = start + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = i == len(tokens) - 1
+            batch.n_tokens = len(tokens)
+            if llama_cpp.llama_decode(ctx, batch) != 0:
+                return None
+            out.extend(llama_cpp.llama_get_logits_ith(ctx, len(tokens) - 1)[:n_vocab])
+        return out
+    finally:
+        llama_cpp.llama_memory_seq_rm(mem, 0, -1, -1)
+
+
 class ThreadPool:
+    @classmethod
+    def checked(
+        cls, ctx: llama_cpp.llama_context_p, batch: Any, threads: int, n_vocab: int
+    ) -> ThreadPool | None:
+        """A pool attached to ``ctx`` if it computes the same logits as ggml's own threads (on the
+        calling thread, before ``ctx`` serves anything), else None and ggml's own threads."""
+        if threads < 2:
+            return None  # nothing to keep: one thread is the caller
+        expected = _logits(ctx, batch, n_vocab)
+        pool = cls(threads)
+        pool.attach(ctx)
+        got = _logits(ctx, batch, n_vocab)
+        if (
+            expected is not None
+            and got is not None
+            and all(abs(a - b) <= 1e-3 * (1 + abs(a)) for a, b in zip(expected, got, strict=True))
+        ):
+            return pool
+        pool.close()
+        log.warning("a persistent thread pool computed other logits than ggml's own threads; not used")
+        return None
+
     def __init__(self, threads: int):
         params = _Params()
         _base.ggml_threadpool_params_init(ctypes.byref(params), threads)  # ggml's defaults (poll 50)
