@@ -100,12 +100,11 @@ class BatchEngine:
             raise RuntimeError(f"llama.cpp could not create a context of {params.n_ctx} tokens")
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self._threads = threads
+        self._n_batch = n_batch
         self._pool: ThreadPool | None = None  # attached by the decode thread once checked
         self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
-        # The cache's pages are resident only while cells on them are held (kv_pages.py); the
-        # decode thread finds them, as every llama_decode of this context runs there: llama.cpp's
-        # OpenMP keeps a team of threads per calling thread, and a second team slowed every step
-        # by half.
+        # The decode thread checks the thread pool (threadpool.py) and finds the KV cache's pages
+        # (kv_pages.py) before anything is served: every computation of this context runs there.
         self._kv_before = before
         self.kv_pages: KvPages | None = None
         self._located = threading.Event()
@@ -212,7 +211,7 @@ class BatchEngine:
     def _run(self) -> None:
         try:
             try:
-                self._locate_cache()
+                self._prepare_context()
             finally:
                 self._located.set()
             self._decode_loop()
@@ -220,8 +219,10 @@ class BatchEngine:
             log.exception("the decode loop of %s stopped", self.model.spec.name)
             self._fail_everything(f"{type(err).__name__}: {err}")
 
-    def _locate_cache(self) -> None:
-        self._pool = ThreadPool.checked(self.ctx, self.batch, self._threads, self.model.n_vocab)
+    def _prepare_context(self) -> None:
+        self._pool = ThreadPool.checked(
+            self.ctx, self.batch, self._n_batch, self._threads, self.model.n_vocab
+        )
         kv_bytes = self.model.kv_bytes_per_token * llama_cpp.llama_n_ctx(self.ctx)
         layers = llama_cpp.llama_model_n_layer(self.model.llm.model)
         self.kv_pages = KvPages.locate(self.ctx, self.batch, self._kv_before, layers, kv_bytes, self.slots, 0)

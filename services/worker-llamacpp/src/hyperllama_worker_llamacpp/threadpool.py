@@ -55,13 +55,14 @@ _llama.llama_detach_threadpool.argtypes = [ctypes.c_void_p]
 _llama.llama_detach_threadpool.restype = None
 
 
-def _logits(ctx: llama_cpp.llama_context_p, batch: Any, n_vocab: int) -> list[float] | None:
-    """Decode the check's tokens into slot 0 and return the last logits of each decode; slot 0 is
-    empty again after."""
+def _logits(ctx: llama_cpp.llama_context_p, batch: Any, capacity: int, n_vocab: int) -> list[float] | None:
+    """Decode the check's tokens into slot 0 (a batch of at most ``capacity``, the batch's size, then
+    one) and return the last logits of each decode; slot 0 is empty again after."""
     mem = llama_cpp.llama_get_memory(ctx)
     out: list[float] = []
+    first = _CHECK_TOKENS[: min(len(_CHECK_TOKENS) - 1, capacity)]
     try:
-        for start, tokens in ((0, _CHECK_TOKENS[:-1]), (len(_CHECK_TOKENS) - 1, _CHECK_TOKENS[-1:])):
+        for start, tokens in ((0, first), (len(first), _CHECK_TOKENS[-1:])):
             for i, token in enumerate(tokens):
                 batch.token[i] = token
                 batch.pos[i] = start + i
@@ -80,16 +81,16 @@ def _logits(ctx: llama_cpp.llama_context_p, batch: Any, n_vocab: int) -> list[fl
 class ThreadPool:
     @classmethod
     def checked(
-        cls, ctx: llama_cpp.llama_context_p, batch: Any, threads: int, n_vocab: int
+        cls, ctx: llama_cpp.llama_context_p, batch: Any, capacity: int, threads: int, n_vocab: int
     ) -> ThreadPool | None:
         """A pool attached to ``ctx`` if it computes the same logits as ggml's own threads (on the
         calling thread, before ``ctx`` serves anything), else None and ggml's own threads."""
         if threads < 2:
             return None  # nothing to keep: one thread is the caller
-        expected = _logits(ctx, batch, n_vocab)
+        expected = _logits(ctx, batch, capacity, n_vocab)
         pool = cls(threads)
         pool.attach(ctx)
-        got = _logits(ctx, batch, n_vocab)
+        got = _logits(ctx, batch, capacity, n_vocab)
         if (
             expected is not None
             and got is not None
