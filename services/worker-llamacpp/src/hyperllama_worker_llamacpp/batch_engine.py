@@ -225,7 +225,7 @@ class BatchEngine:
         )
         kv_bytes = self.model.kv_bytes_per_token * llama_cpp.llama_n_ctx(self.ctx)
         layers = llama_cpp.llama_model_n_layer(self.model.llm.model)
-        self.kv_pages = KvPages.locate(self.ctx, self.batch, self._kv_before, layers, kv_bytes, self.slots, 0)
+        self.kv_pages = KvPages.locate(self.ctx, self.batch, self._kv_before, layers, kv_bytes, self.slots)
         if self.kv_pages is None:
             log.info("%s: the KV cache's layout is not the expected one; all of it stays resident",
                      self.model.spec.name)  # fmt: skip

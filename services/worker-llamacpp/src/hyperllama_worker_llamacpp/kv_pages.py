@@ -24,6 +24,8 @@ from typing import Any
 
 import llama_cpp
 
+from hyperllama_worker_llamacpp.probe import decode_into_slot0
+
 log = logging.getLogger(__name__)
 
 PAGE = mmap.PAGESIZE
@@ -91,12 +93,11 @@ class KvPages:
     def locate(
         cls,
         ctx: llama_cpp.llama_context_p,
-        batch: Any,  # a llama_cpp.llama_batch: its ctypes arrays defeat the type checker
+        batch: Any,  # a llama_cpp.llama_batch (see probe.py)
         before: list[tuple[int, int]],
         layers: int,
         kv_bytes: int,
         slots: int,
-        token: int,
     ) -> KvPages | None:
         """Find the cache of a context made since ``before`` (a snapshot of anonymous_ranges) and give
         its pages back. Decodes one token into slot 0 and empties the slot again; call it before the
@@ -107,13 +108,7 @@ class KvPages:
             return None
         tensor_bytes = kv_bytes // tensors
         fresh = [r for r in new_ranges(before, anonymous_ranges()) if r[1] - r[0] >= kv_bytes]
-        batch.token[0] = token
-        batch.pos[0] = 0
-        batch.n_seq_id[0] = 1
-        batch.seq_id[0][0] = 0
-        batch.logits[0] = 1
-        batch.n_tokens = 1
-        if llama_cpp.llama_decode(ctx, batch) != 0:
+        if not decode_into_slot0(ctx, batch, [0]):
             return None
         mem = llama_cpp.llama_get_memory(ctx)
         try:
@@ -123,8 +118,7 @@ class KvPages:
                 for base in range(top, max(start, top - _SEARCH_BYTES) - 1, -16):
                     if _written(base) and cls._matches(base, tensors, tensor_bytes, slots):
                         pages = cls(base, tensors, tensor_bytes, slots)
-                        llama_cpp.llama_memory_seq_rm(mem, 0, -1, -1)
-                        pages.release(pages.base, pages.size)
+                        pages.release(pages.base, pages.size)  # slot 0 is emptied below
                         return pages
             return None
         finally:

@@ -20,6 +20,8 @@ from typing import Any
 
 import llama_cpp
 
+from hyperllama_worker_llamacpp.probe import decode_into_slot0
+
 log = logging.getLogger(__name__)
 
 _MAX_THREADS = 512  # GGML_MAX_N_THREADS
@@ -63,14 +65,7 @@ def _logits(ctx: llama_cpp.llama_context_p, batch: Any, capacity: int, n_vocab: 
     first = _CHECK_TOKENS[: min(len(_CHECK_TOKENS) - 1, capacity)]
     try:
         for start, tokens in ((0, first), (len(first), _CHECK_TOKENS[-1:])):
-            for i, token in enumerate(tokens):
-                batch.token[i] = token
-                batch.pos[i] = start + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = i == len(tokens) - 1
-            batch.n_tokens = len(tokens)
-            if llama_cpp.llama_decode(ctx, batch) != 0:
+            if not decode_into_slot0(ctx, batch, tokens, start):
                 return None
             out.extend(llama_cpp.llama_get_logits_ith(ctx, len(tokens) - 1)[:n_vocab])
         return out
